@@ -1,0 +1,154 @@
+"""Wire models exchanged between the coordinator and the agents.
+
+These are the only shapes that cross the coordinator ↔ agent boundary; SPEC.md §5 is their
+normative description. Both sides import them, so a change here is a protocol change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from claude_cluster.domain.states import AgentStatus, ErrorCategory, Priority
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- agent → coordinator ---------------------------------------------------------------
+
+
+class AgentRegistration(_Wire):
+    """Body of ``POST /api/v1/agents`` (the seed's fields, plus ``secret`` and ``url``)."""
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(min_length=1, max_length=200)
+    hostname: str = ""
+    ip_address: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=1, le=65535)
+    specialties: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    max_concurrent_tasks: int = Field(default=3, ge=1, le=256)
+    cpu_cores: int | None = None
+    memory_gb: float | None = None
+    disk_gb: float | None = None
+    workspace_path: str = ""
+    version: str = ""
+    configuration: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    #: the bearer secret the coordinator must present when it calls this agent
+    secret: str | None = Field(default=None, min_length=16, max_length=256)
+    #: base URL to reach the agent; default ``http://{ip_address}:{port}``
+    url: str | None = None
+
+
+class Heartbeat(_Wire):
+    """Body of ``PUT /api/v1/agents/{id}``: the agent's view of itself."""
+
+    status: AgentStatus | None = None
+    current_load: float = Field(default=0.0, ge=0.0, le=1.0)
+    active_task_count: int = Field(default=0, ge=0)
+    uptime: float | None = None
+    last_task_completed_at: datetime | None = None
+    #: every run the agent holds right now; runs not listed for a lease are lost
+    run_ids: list[int] = Field(default_factory=list)
+
+
+class HeartbeatReply(_Wire):
+    #: runs the agent holds that the coordinator no longer assigns to it: stop them
+    stop_run_ids: list[int] = Field(default_factory=list)
+    draining: bool = False
+
+
+class RunEvent(_Wire):
+    """One event of a run, as the agent reports it (batched)."""
+
+    seq: int = Field(ge=0)  #: per run, from 0; (run_id, seq) is unique, so resending is safe
+    ts: datetime
+    kind: str = Field(min_length=1, max_length=40)  #: phase, assistant, tool_use, tool_result, ...
+    level: str = "info"
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunEventBatch(_Wire):
+    events: list[RunEvent] = Field(min_length=1, max_length=1000)
+
+
+class RunPhase(_Wire):
+    """Body of ``POST /api/v1/runs/{id}/phase``: the task moves with it."""
+
+    phase: str = Field(pattern=r"^(in_progress|testing)$")
+
+
+class RunResult(_Wire):
+    """Body of ``POST /api/v1/runs/{id}/result``: how the run ended, with the real figures."""
+
+    succeeded: bool
+    error_category: ErrorCategory | None = None
+    message: str = Field(default="", max_length=20_000)
+    retry_after_seconds: float | None = Field(default=None, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_creation_tokens: int = Field(default=0, ge=0)
+    num_turns: int = Field(default=0, ge=0)
+    session_id: str | None = None
+    branch: str | None = None
+    commit_sha: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    tests_command: str | None = None
+    tests_passed: int | None = None
+    tests_failed: int | None = None
+    tests_ok: bool | None = None
+    fix_rounds: int = 0
+    changed_files: list[str] = Field(default_factory=list)
+    log_excerpt: str = Field(default="", max_length=20_000)
+
+
+# --- coordinator → agent ---------------------------------------------------------------
+
+
+class ExecuteTaskRequest(_Wire):
+    """Body of the agent's ``POST /execute_task``. ``run_id`` is the idempotency key."""
+
+    run_id: int
+    task_id: int
+    attempt: int = 1
+    title: str
+    description: str = ""
+    requirements: list[str] = Field(default_factory=list)
+    priority: Priority = Priority.MEDIUM
+    github_repository: str
+    github_issue_number: int
+    estimated_duration_minutes: int = 60
+    #: what ``git fetch`` reads: a local path, file:// URL or https URL
+    repository_url: str
+    #: branch to base new work on; None = the remote's default branch
+    base_branch: str | None = None
+    #: existing branch to continue (follow-up runs for review feedback)
+    branch: str | None = None
+    #: review feedback for a follow-up run
+    feedback: str | None = None
+    #: Claude session to resume on a follow-up run
+    resume_session_id: str | None = None
+    budget_usd: float | None = Field(default=None, gt=0)
+    #: the repository's configured test command (operator text, split with shlex, no shell)
+    test_command: str | None = None
+    timeout_seconds: int | None = Field(default=None, gt=0)
+    #: short-lived GitHub token for push and pull request; never stored by the agent
+    git_token: str | None = None
+    #: open a pull request (GitHub repositories) or only push the branch
+    open_pull_request: bool = False
+    issue_comments: list[str] = Field(default_factory=list)
+
+
+class ExecuteTaskReply(_Wire):
+    run_id: int
+    accepted: bool = True
+    duplicate: bool = False

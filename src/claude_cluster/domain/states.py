@@ -22,7 +22,9 @@ class TaskStatus(StrEnum):
     TESTING = "testing"  #: the agent is running the repository's tests
     REVIEW = "review"  #: a pull request is open (or a branch was delivered and waits for review)
     COMPLETED = "completed"  #: merged, or delivered for a repository without pull requests
-    FAILED = "failed"  #: gave up: non-retryable outcome or attempts exhausted, or PR closed unmerged
+    FAILED = (
+        "failed"  #: gave up: non-retryable outcome or attempts exhausted, or PR closed unmerged
+    )
     CANCELLED = "cancelled"  #: a user cancelled it or its issue was closed
 
 
@@ -68,7 +70,7 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 
 
 def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
-    return target == current or target in TRANSITIONS[current]
+    return target in TRANSITIONS[current]
 
 
 def check_transition(current: TaskStatus, target: TaskStatus) -> None:

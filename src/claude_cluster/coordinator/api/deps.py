@@ -1,0 +1,75 @@
+"""Dependencies of the routes: the service object and who is calling.
+
+Three kinds of bearer token: the admin token (``ADMIN_TOKEN``) or an API token for people
+and the CLI; the registration token, good only for ``POST /api/v1/agents``; and the
+per-agent token that registration returns, good only for that agent's own resources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from claude_cluster.coordinator.service import Coordinator, hash_token, tokens_equal
+from claude_cluster.errors import Forbidden, Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="admin, API or agent token")
+
+
+def get_coordinator(request: Request) -> Coordinator:
+    coordinator: Coordinator = request.app.state.coordinator
+    return coordinator
+
+
+CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "admin" or "agent"
+    agent_id: str | None = None
+
+    def require_agent(self, agent_id: str) -> None:
+        """Admins may act for any agent; an agent only for itself."""
+        if self.kind == "agent" and self.agent_id != agent_id:
+            raise Forbidden(f"this token belongs to agent {self.agent_id}, not {agent_id}")
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    return credentials.credentials
+
+
+async def principal(coordinator: CoordinatorDep, credentials: Credentials) -> Principal:
+    token = _token(credentials)
+    if tokens_equal(token, coordinator.settings.admin_token):
+        return Principal("admin")
+    digest = hash_token(token)
+    if await coordinator.repo.api_token_by_hash(digest) is not None:
+        return Principal("admin")
+    agent = await coordinator.repo.agent_by_token_hash(digest)
+    if agent is not None:
+        return Principal("agent", agent.id)
+    raise Unauthorized("invalid bearer token")
+
+
+async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    if caller.kind != "admin":
+        raise Forbidden("this endpoint needs an admin or API token")
+    return caller
+
+
+async def registration(coordinator: CoordinatorDep, credentials: Credentials) -> None:
+    token = _token(credentials)
+    if not tokens_equal(token, coordinator.settings.agent_registration_token):
+        raise Unauthorized("invalid registration token")
+
+
+AnyCaller = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]
+Registration = Annotated[None, Depends(registration)]

@@ -1,0 +1,88 @@
+"""``/api/v1/agents``: registration, heartbeat, listing, manual assignment, drain."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from claude_cluster.coordinator.api.deps import Admin, AnyCaller, CoordinatorDep, Registration
+from claude_cluster.coordinator.api.schemas import (
+    AgentOut,
+    AssignIn,
+    DrainIn,
+    RegistrationOut,
+    RunOut,
+    TaskOut,
+)
+from claude_cluster.domain.wire import AgentRegistration, Heartbeat, HeartbeatReply
+from claude_cluster.errors import Conflict
+
+router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses={200: {"model": RegistrationOut}})
+async def register_agent(
+    body: AgentRegistration, coordinator: CoordinatorDep, _: Registration, response: Response
+) -> RegistrationOut:
+    """Register or re-register an agent (an upsert). Returns the agent's own token; runs the
+    coordinator still assigned to a re-registering agent are lost and requeued."""
+    agent, token, created = await coordinator.register_agent(body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return RegistrationOut(
+        agent=AgentOut.model_validate(agent),
+        token=token,
+        created=created,
+        heartbeat_interval=coordinator.settings.heartbeat_interval,
+        lease_seconds=coordinator.settings.run_lease_seconds,
+    )
+
+
+@router.get("")
+async def list_agents(coordinator: CoordinatorDep, _: Admin) -> list[AgentOut]:
+    return [AgentOut.model_validate(a) for a in await coordinator.repo.list_agents()]
+
+
+@router.get("/{agent_id}")
+async def get_agent(agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller) -> AgentOut:
+    caller.require_agent(agent_id)
+    return AgentOut.model_validate(await coordinator.repo.get_agent(agent_id))
+
+
+@router.put("/{agent_id}")
+async def heartbeat(
+    agent_id: str, body: Heartbeat, coordinator: CoordinatorDep, caller: AnyCaller
+) -> HeartbeatReply:
+    """The heartbeat: the agent's status, load and the runs it holds."""
+    caller.require_agent(agent_id)
+    return await coordinator.heartbeat(agent_id, body)
+
+
+@router.get("/{agent_id}/tasks")
+async def agent_tasks(
+    agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller
+) -> list[RunOut]:
+    """The agent's runs, newest first (each names its task)."""
+    caller.require_agent(agent_id)
+    return [RunOut.model_validate(r) for r in await coordinator.repo.agent_runs(agent_id)]
+
+
+@router.post("/{agent_id}/tasks")
+async def assign_task(
+    agent_id: str, body: AssignIn, coordinator: CoordinatorDep, _: Admin
+) -> TaskOut:
+    """Dispatch a queued task to this agent now. 409 when the agent has no free slot."""
+    if await coordinator.assign_task(agent_id, body.task_id) == 0:
+        raise Conflict(
+            f"agent {agent_id} cannot take task {body.task_id} now (offline, "
+            "draining, full, or not matching its requirements)"
+        )
+    return TaskOut.model_validate(await coordinator.repo.get_task(body.task_id))
+
+
+@router.post("/{agent_id}/drain")
+async def drain_agent(
+    agent_id: str, coordinator: CoordinatorDep, _: Admin, body: DrainIn | None = None
+) -> AgentOut:
+    """Stop giving the agent new runs (``{"drain": false}`` undoes it)."""
+    agent = await coordinator.drain_agent(agent_id, body.drain if body else True)
+    return AgentOut.model_validate(agent)

@@ -1,0 +1,190 @@
+"""Request and response bodies of the REST API (the wire models for agents live in
+``claude_cluster.domain.wire``)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from claude_cluster.domain.states import Priority, TaskStatus
+
+_REPO = re.compile(r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|/.+|file://.+)$")
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=500)
+    description: str = Field(default="", max_length=65_536)
+    github_repository: str = Field(
+        min_length=1,
+        max_length=500,
+        description="owner/name of a GitHub repository, or an absolute path or file:// URL "
+        "of a local git repository",
+    )
+    github_issue_number: int = Field(ge=1)
+    priority: Priority | None = None
+    requirements: list[str] | None = Field(default=None, max_length=20)
+    labels: list[str] = Field(default_factory=list, max_length=50)
+    budget_usd: float | None = Field(default=None, gt=0)
+    test_command: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("github_repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not _REPO.match(value) or ".." in value.split("/"):
+            raise ValueError("must be owner/name, an absolute path or a file:// URL")
+        return value
+
+
+class TaskUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, min_length=1, max_length=500)
+    description: str | None = Field(default=None, max_length=65_536)
+    priority: Priority | None = None
+    requirements: list[str] | None = Field(default=None, max_length=20)
+    budget_usd: float | None = Field(default=None, gt=0)
+    status: TaskStatus | None = Field(
+        default=None, description="only 'cancelled' is accepted here (same as DELETE)"
+    )
+
+
+class TaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    description: str
+    status: str
+    priority: str
+    github_repository: str
+    github_issue_number: int
+    github_branch: str | None
+    github_pr_number: int | None
+    github_pr_url: str | None
+    labels: list[str]
+    requirements: list[str]
+    estimated_complexity: str
+    estimated_duration_minutes: int
+    assigned_agent_id: str | None
+    assigned_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    not_before: datetime | None
+    result_data: dict[str, Any]
+    error_message: str | None
+    attempts: int
+    retry_count: int
+    budget_usd: float | None
+    cost_usd: float
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    task_id: int
+    attempt: int
+    agent_id: str
+    status: str
+    kind: str
+    started_at: datetime
+    accepted_at: datetime | None
+    last_seen_at: datetime
+    ended_at: datetime | None
+    error_category: str | None
+    message: str | None
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_creation_tokens: int
+    num_turns: int
+    session_id: str | None
+    branch: str | None
+    commit_sha: str | None
+    pr_number: int | None
+    pr_url: str | None
+    tests_command: str | None
+    tests_passed: int | None
+    tests_failed: int | None
+    tests_ok: bool | None
+    fix_rounds: int
+    changed_files: list[str]
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    task_id: int
+    run_id: int | None
+    seq: int | None
+    timestamp: datetime
+    kind: str
+    level: str
+    message: str
+    details: dict[str, Any]
+
+
+class AgentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    hostname: str
+    ip_address: str
+    port: int
+    url: str
+    specialties: list[str]
+    capabilities: list[str]
+    max_concurrent_tasks: int
+    status: str
+    active_task_count: int
+    current_load: float
+    total_tasks_completed: int
+    total_tasks_failed: int
+    average_task_duration: float
+    last_heartbeat: datetime | None
+    registered_at: datetime
+    last_task_completed_at: datetime | None
+    workspace_path: str
+    version: str
+    draining: bool
+
+
+class RegistrationOut(BaseModel):
+    agent: AgentOut
+    token: str
+    created: bool
+    heartbeat_interval: float
+    lease_seconds: float
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: int = Field(ge=1)
+
+
+class DrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    drain: bool = True
+
+
+class QueueStatusOut(BaseModel):
+    pending_tasks: int
+    active_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    available_nodes: int
+    total_capacity: int
+    current_load: float
+    by_status: dict[str, int]

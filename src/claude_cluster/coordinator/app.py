@@ -1,0 +1,106 @@
+"""The FastAPI application: wiring, lifespan, error mapping, request metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from claude_cluster import __version__, metrics
+from claude_cluster.coordinator.agent_client import AgentClient
+from claude_cluster.coordinator.api.routes import agents, health, queue, runs, tasks
+from claude_cluster.coordinator.bus import make_bus
+from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.coordinator.scheduler import TokenProvider, no_token
+from claude_cluster.coordinator.service import Coordinator
+from claude_cluster.coordinator.store.db import create_engine, sessionmaker
+from claude_cluster.coordinator.store.repository import Repository
+from claude_cluster.errors import (
+    ClusterError,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    IllegalTransition,
+    NotFound,
+    Unauthorized,
+)
+from claude_cluster.logging import get_logger
+
+log = get_logger(__name__)
+
+_STATUS: list[tuple[type[ClusterError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (ConfigError, 422),
+]
+
+
+def create_app(
+    settings: CoordinatorSettings,
+    *,
+    token_provider: TokenProvider = no_token,
+    setup: Callable[[FastAPI, Coordinator], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """Build the app. ``setup`` runs inside the lifespan once the coordinator exists (the
+    GitHub loop uses it to attach its observers and routes)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
+        repo = Repository(sessionmaker(engine), postgres=engine.dialect.name == "postgresql")
+        bus = make_bus(settings.redis_url)
+        await bus.start()
+        client = AgentClient(timeout=settings.agent_call_timeout)
+        coordinator = Coordinator(settings, repo, bus, client, token_provider=token_provider)
+        app.state.coordinator = coordinator
+        if setup is not None:
+            await setup(app, coordinator)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(coordinator.run(stop))
+        log.info("coordinator_started", database=engine.dialect.name, version=__version__)
+        try:
+            yield
+        finally:
+            stop.set()
+            await runner
+            await client.close()
+            await bus.close()
+            await engine.dispose()
+            log.info("coordinator_stopped")
+
+    app = FastAPI(title=settings.app_name, version=__version__, lifespan=lifespan)
+    for router in (health.router, tasks.router, agents.router, runs.router, queue.router):
+        app.include_router(router)
+
+    @app.exception_handler(ClusterError)
+    async def _cluster_error(_: Request, exc: ClusterError) -> JSONResponse:
+        code = next((c for kind, c in _STATUS if isinstance(exc, kind)), 500)
+        body: dict[str, object] = {"detail": exc.message}
+        if isinstance(exc, IllegalTransition):
+            body["current_status"] = exc.context.get("current")
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        metrics.HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    return app

@@ -1,0 +1,74 @@
+"""The coordinator's settings: the seed's variable names plus what the design adds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings
+
+from claude_cluster.config import is_placeholder, settings_config
+
+DEFAULT_DATA_DIR = Path(".data")
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = settings_config()
+
+    app_name: str = "Claude Code Coordinator"
+    debug: bool = False
+    host: str = "0.0.0.0"  # noqa: S104 - the coordinator serves the LAN by design
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+    #: embedded default: a SQLite file in DATA_DIR; production: postgresql://...
+    database_url: str = ""
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
+    #: empty = in-process event bus (one coordinator process)
+    redis_url: str = ""
+
+    secret_key: str = ""
+    admin_token: str = ""
+    agent_registration_token: str = ""
+
+    max_agents: int = Field(default=10, ge=1)
+    agent_heartbeat_timeout: float = Field(default=300.0, gt=0)
+    run_lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    max_concurrent_tasks: int = Field(default=50, ge=1)
+    task_timeout: float = Field(default=3600.0, gt=0)
+    task_retry_attempts: int = Field(default=3, ge=0)
+    retry_base_seconds: float = Field(default=10.0, ge=0)
+    retry_max_seconds: float = Field(default=300.0, ge=0)
+    sweep_interval: float = Field(default=2.0, gt=0)
+    agent_call_timeout: float = Field(default=10.0, gt=0)
+    #: how long a failed push keeps an agent out of the candidate list
+    agent_cooldown_seconds: float = Field(default=15.0, ge=0)
+
+    github_web_url: str = "https://github.com"
+
+    log_level: str = "INFO"
+    log_file: Path | None = None
+    metrics_port: int | None = None  # kept for the seed; metrics are served on PORT at /metrics
+
+    @model_validator(mode="after")
+    def _secrets_and_store(self) -> Self:
+        if not self.debug:
+            for name in ("secret_key", "admin_token", "agent_registration_token"):
+                if is_placeholder(getattr(self, name)):
+                    raise ValueError(
+                        f"{name.upper()} is unset or a placeholder; set a real secret "
+                        "(or DEBUG=true for a throwaway setup)"
+                    )
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+        if not self.database_url.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,92 @@
+"""The reconciler keeps runs honest: leases from heartbeats, offline agents, wall-time
+limits, and the gauges. It runs every ``SWEEP_INTERVAL`` seconds in every coordinator
+process; the repository's row locks keep replicas from doing the same work twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from claude_cluster import metrics
+from claude_cluster.coordinator.agent_client import AgentClient
+from claude_cluster.coordinator.store.repository import Repository, RetryPolicy, RunEnd
+from claude_cluster.logging import get_logger
+
+log = get_logger(__name__)
+
+#: grace on top of TASK_TIMEOUT: the agent's own watchdog should end the run first
+TIMEOUT_GRACE_SECONDS = 60.0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        repo: Repository,
+        client: AgentClient,
+        *,
+        policy: RetryPolicy,
+        lease_seconds: float,
+        heartbeat_timeout: float,
+        task_timeout: float,
+        sweep_interval: float,
+        on_run_end: Callable[[RunEnd], Awaitable[None]],
+    ) -> None:
+        self._repo = repo
+        self._client = client
+        self._policy = policy
+        self._lease = lease_seconds
+        self._heartbeat_timeout = heartbeat_timeout
+        self._task_timeout = task_timeout
+        self._sweep = sweep_interval
+        self._on_run_end = on_run_end
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile_failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._sweep)
+            except TimeoutError:
+                pass
+
+    async def reconcile_once(self) -> None:
+        for end in await self._repo.expire_runs(
+            lease_seconds=self._lease, dispatch_seconds=max(self._lease, 60.0), policy=self._policy
+        ):
+            log.warning(
+                "run_lost", task_id=end.task.id, run_id=end.run.id, agent_id=end.run.agent_id
+            )
+            await self._on_run_end(end)
+        for agent, ends in await self._repo.expire_agents(
+            heartbeat_timeout=self._heartbeat_timeout, policy=self._policy
+        ):
+            log.warning("agent_offline", agent_id=agent.id, runs_lost=len(ends))
+            for end in ends:
+                await self._on_run_end(end)
+        for end, agent in await self._repo.timed_out_runs(
+            task_timeout=self._task_timeout, grace=TIMEOUT_GRACE_SECONDS, policy=self._policy
+        ):
+            log.warning("run_timed_out", task_id=end.task.id, run_id=end.run.id, agent_id=agent.id)
+            await self._client.cancel(agent, end.task.id)
+            await self._on_run_end(end)
+        await self.update_gauges()
+
+    async def update_gauges(self) -> None:
+        status = await self._repo.queue_status()
+        metrics.TASKS_QUEUE_SIZE.set(status.pending_tasks)
+        metrics.TASKS_ACTIVE.set(status.active_tasks)
+        agents = await self._repo.list_agents()
+        metrics.AGENTS_TOTAL.set(len(agents))
+        metrics.AGENTS_AVAILABLE.set(status.available_nodes)
+        for agent in agents:
+            specialty = ",".join(agent.specialties) or "general"
+            load = (
+                agent.active_task_count / agent.max_concurrent_tasks
+                if agent.max_concurrent_tasks
+                else 0
+            )
+            metrics.AGENT_LOAD.labels(agent.id, specialty).set(min(1.0, load))
+            if agent.last_heartbeat is not None:
+                metrics.AGENT_LAST_HEARTBEAT.labels(agent.id).set(agent.last_heartbeat.timestamp())

@@ -1,0 +1,135 @@
+"""The dispatcher: claims queued tasks for agents and pushes the runs to them.
+
+Event driven: :meth:`Dispatcher.wake` (a task became queued, a slot freed, an agent
+appeared) starts a dispatch pass at once; a sweep every ``SWEEP_INTERVAL`` seconds catches
+everything else (retry back-offs that expired, wake-ups from other replicas lost with the
+bus). Claiming is one transaction in the repository; the push happens after the commit, and
+a refused or failed push hands the task back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from claude_cluster import metrics
+from claude_cluster.coordinator.agent_client import AgentClient
+from claude_cluster.coordinator.store.repository import Claim, Repository
+from claude_cluster.domain.wire import ExecuteTaskRequest
+from claude_cluster.errors import AgentCallError
+from claude_cluster.logging import get_logger
+
+log = get_logger(__name__)
+
+#: owner/name of a GitHub repository (anything else is a local path or URL)
+GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+#: returns a short-lived token for pushes and pull requests to a repository, or None
+TokenProvider = Callable[[str], Awaitable[str | None]]
+
+
+async def no_token(_repository: str) -> str | None:
+    return None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        repo: Repository,
+        client: AgentClient,
+        *,
+        max_concurrent_tasks: int,
+        sweep_interval: float,
+        task_timeout: float,
+        cooldown_seconds: float,
+        token_provider: TokenProvider = no_token,
+    ) -> None:
+        self._repo = repo
+        self._client = client
+        self._max_active = max_concurrent_tasks
+        self._sweep = sweep_interval
+        self._task_timeout = task_timeout
+        self._cooldown = cooldown_seconds
+        self._tokens = token_provider
+        self._wake = asyncio.Event()
+        self._pushes: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wake_later(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._sweep)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.dispatch_once()
+            except Exception:  # keep dispatching whatever one pass hit
+                log.exception("dispatch_pass_failed")
+                await asyncio.sleep(min(1.0, self._sweep))
+        if self._pushes:
+            await asyncio.gather(*self._pushes, return_exceptions=True)
+
+    async def dispatch_once(
+        self, *, only_task: int | None = None, only_agent: str | None = None
+    ) -> int:
+        """Claim and push until nothing more can be claimed; returns how many were claimed."""
+        total = 0
+        while True:
+            claims = await self._repo.claim(
+                max_active=self._max_active, only_task=only_task, only_agent=only_agent
+            )
+            if not claims:
+                return total
+            total += len(claims)
+            for claim in claims:
+                push = asyncio.create_task(self._push(claim))
+                self._pushes.add(push)
+                push.add_done_callback(self._pushes.discard)
+            if only_task is not None:
+                return total
+
+    async def _push(self, claim: Claim) -> None:
+        task, run, agent = claim.task, claim.run, claim.agent
+        bound = log.bind(task_id=task.id, run_id=run.id, agent_id=agent.id)
+        is_github = bool(GITHUB_REPO.match(task.github_repository))
+        token = await self._tokens(task.github_repository) if is_github else None
+        request = ExecuteTaskRequest(
+            run_id=run.id,
+            task_id=task.id,
+            attempt=run.attempt,
+            title=task.title,
+            description=task.description,
+            requirements=task.requirements,
+            priority=task.priority,
+            github_repository=task.github_repository,
+            github_issue_number=task.github_issue_number,
+            estimated_duration_minutes=task.estimated_duration_minutes,
+            repository_url=task.repository_url,
+            branch=task.github_branch if task.feedback else None,
+            feedback=task.feedback,
+            resume_session_id=task.session_id if task.feedback else None,
+            budget_usd=task.budget_usd,
+            test_command=task.test_command,
+            timeout_seconds=int(self._task_timeout),
+            git_token=token,
+            open_pull_request=is_github and token is not None,
+        )
+        try:
+            await self._client.execute(agent, request)
+        except AgentCallError as exc:
+            bound.warning("dispatch_failed", reason=str(exc))
+            await self._repo.dispatch_failed(run.id, str(exc), cooldown_seconds=self._cooldown)
+            self.wake()
+            return
+        await self._repo.mark_accepted(run.id)
+        if task.queued_at is not None:
+            metrics.DISPATCH_LATENCY.observe(max(0.0, time.time() - task.queued_at.timestamp()))
+        bound.info("dispatched", attempt=run.attempt)

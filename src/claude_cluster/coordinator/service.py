@@ -1,0 +1,329 @@
+"""The coordinator's application service: what the API, the webhooks and the CLI ask of it.
+
+Each method is one repository transaction followed by its side effects: waking the
+dispatcher, metrics, live events on the bus, and observers (the GitHub loop comments on
+issues from here). Routes stay thin and never touch the repository directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from claude_cluster import metrics
+from claude_cluster.coordinator.agent_client import AgentClient
+from claude_cluster.coordinator.bus import WAKE, Bus
+from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.coordinator.reconciler import Reconciler
+from claude_cluster.coordinator.scheduler import GITHUB_REPO, Dispatcher, TokenProvider, no_token
+from claude_cluster.coordinator.store.repository import NewTask, Repository, RetryPolicy, RunEnd
+from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
+from claude_cluster.domain.analysis import analyse
+from claude_cluster.domain.states import Priority, TaskStatus
+from claude_cluster.domain.wire import (
+    AgentRegistration,
+    Heartbeat,
+    HeartbeatReply,
+    RunEvent,
+    RunResult,
+)
+from claude_cluster.errors import ConfigError, Conflict
+from claude_cluster.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def hash_token(token: str) -> str:
+    """Tokens are random and long, so a plain SHA-256 is a safe at-rest form."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_equal(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(hash_token(given), hash_token(expected))
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """What observers hear after a task changed (committed)."""
+
+    kind: str  # created, run_succeeded, run_failed, retry_scheduled, cancelled, ...
+    task: Task
+    run_end: RunEnd | None = None
+
+
+Observer = Callable[[TaskChange], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    title: str
+    description: str
+    github_repository: str
+    github_issue_number: int
+    priority: Priority | None = None
+    requirements: list[str] | None = None
+    labels: Sequence[str] = ()
+    budget_usd: float | None = None
+    test_command: str | None = None
+    created_by: str = ""
+
+
+def repository_url(repository: str, github_web_url: str) -> str:
+    """What agents fetch for a task: GitHub's clone URL, or the local path / file:// URL."""
+    if repository.startswith("file://"):
+        return repository
+    if GITHUB_REPO.match(repository) and not Path(repository).exists():
+        return f"{github_web_url.rstrip('/')}/{repository}.git"
+    path = Path(repository).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(
+            f"github_repository {repository!r} is neither owner/name nor an absolute path "
+            "or file:// URL"
+        )
+    return str(path)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        repo: Repository,
+        bus: Bus,
+        client: AgentClient,
+        *,
+        token_provider: TokenProvider = no_token,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.bus = bus
+        self.client = client
+        self.policy = RetryPolicy(
+            max_retries=settings.task_retry_attempts,
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_max_seconds,
+        )
+        self.dispatcher = Dispatcher(
+            repo,
+            client,
+            max_concurrent_tasks=settings.max_concurrent_tasks,
+            sweep_interval=settings.sweep_interval,
+            task_timeout=settings.task_timeout,
+            cooldown_seconds=settings.agent_cooldown_seconds,
+            token_provider=token_provider,
+        )
+        self.reconciler = Reconciler(
+            repo,
+            client,
+            policy=self.policy,
+            lease_seconds=settings.run_lease_seconds,
+            heartbeat_timeout=settings.agent_heartbeat_timeout,
+            task_timeout=settings.task_timeout,
+            sweep_interval=settings.sweep_interval,
+            on_run_end=self._after_run_end,
+        )
+        self.observers: list[Observer] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatcher, reconciler and the cross-replica wake listener, until ``stop``."""
+        jobs = [
+            asyncio.create_task(self.dispatcher.run(stop)),
+            asyncio.create_task(self.reconciler.run(stop)),
+            asyncio.create_task(self._listen_for_wakes(stop)),
+        ]
+        await stop.wait()
+        await asyncio.gather(*jobs[:2], return_exceptions=True)
+        jobs[2].cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _listen_for_wakes(self, stop: asyncio.Event) -> None:
+        try:
+            async for _ in self.bus.subscribe(WAKE):
+                self.dispatcher.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Without the bus, other replicas' wake-ups arrive with the sweep instead.
+            log.warning("wake_listener_stopped", error=str(exc))
+
+    async def _wake_all(self) -> None:
+        self.dispatcher.wake()
+        await self.bus.publish(WAKE, {})
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        job = asyncio.ensure_future(coro)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _notify(self, change: TaskChange) -> None:
+        await self.bus.publish(
+            f"task:{change.task.id}",
+            {"kind": change.kind, "task_id": change.task.id, "status": change.task.status},
+        )
+        for observer in self.observers:
+            self._spawn(self._call_observer(observer, change))
+
+    @staticmethod
+    async def _call_observer(observer: Observer, change: TaskChange) -> None:
+        try:
+            await observer(change)
+        except Exception:
+            log.exception("observer_failed", task_id=change.task.id, kind=change.kind)
+
+    # --- tasks ----------------------------------------------------------------------
+
+    async def submit_task(self, request: TaskRequest) -> tuple[Task, bool]:
+        """Analyse and queue a task; an open task for the same issue is returned instead."""
+        analysis = analyse(request.title, request.description, request.labels)
+        url = repository_url(request.github_repository, self.settings.github_web_url)
+        task, created = await self.repo.create_task(
+            NewTask(
+                title=request.title,
+                description=request.description,
+                github_repository=request.github_repository,
+                github_issue_number=request.github_issue_number,
+                repository_url=url,
+                priority=request.priority or analysis.priority,
+                requirements=request.requirements
+                if request.requirements is not None
+                else analysis.requirements,
+                labels=list(request.labels),
+                complexity=analysis.complexity,
+                estimated_duration_minutes=analysis.estimated_duration_minutes,
+                budget_usd=request.budget_usd,
+                test_command=request.test_command,
+                created_by=request.created_by,
+            )
+        )
+        if created:
+            metrics.TASKS_TOTAL.labels(TaskStatus.QUEUED.value, task.priority).inc()
+            log.info(
+                "task_created",
+                task_id=task.id,
+                repository=task.github_repository,
+                issue=task.github_issue_number,
+                priority=task.priority,
+            )
+            await self._wake_all()
+            await self._notify(TaskChange("created", task))
+        return task, created
+
+    async def cancel_task(self, task_id: int, reason: str = "cancelled by a user") -> Task:
+        task, to_stop = await self.repo.cancel_task(task_id, reason)
+        metrics.TASKS_TOTAL.labels(TaskStatus.CANCELLED.value, task.priority).inc()
+        log.info("task_cancelled", task_id=task.id, reason=reason)
+        if to_stop is not None:
+            _run, agent = to_stop
+            self._spawn(self.client.cancel(agent, task.id))
+            await self._wake_all()
+        await self._notify(TaskChange("cancelled", task))
+        return task
+
+    async def assign_task(self, agent_id: str, task_id: int) -> int:
+        """Dispatch a queued task to one agent now (the seed's manual assignment)."""
+        await self.repo.get_agent(agent_id)
+        task = await self.repo.get_task(task_id)
+        if task.status != TaskStatus.QUEUED.value:
+            raise Conflict(f"task {task_id} is {task.status}; only queued tasks can be assigned")
+        return await self.dispatcher.dispatch_once(only_task=task_id, only_agent=agent_id)
+
+    # --- agents ---------------------------------------------------------------------
+
+    async def register_agent(self, reg: AgentRegistration) -> tuple[Agent, str, bool]:
+        token = secrets.token_urlsafe(32)
+        agent, created, lost = await self.repo.register_agent(
+            reg, token_hash=hash_token(token), max_agents=self.settings.max_agents
+        )
+        log.info(
+            "agent_registered",
+            agent_id=agent.id,
+            created=created,
+            runs_lost=len(lost),
+            url=agent.url,
+        )
+        await self._wake_all()
+        return agent, token, created
+
+    async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
+        reply = await self.repo.heartbeat(agent_id, hb)
+        if hb.active_task_count < (await self.repo.get_agent(agent_id)).max_concurrent_tasks:
+            self.dispatcher.wake()
+        return reply
+
+    async def drain_agent(self, agent_id: str, draining: bool = True) -> Agent:
+        agent = await self.repo.set_draining(agent_id, draining)
+        log.info("agent_drain", agent_id=agent_id, draining=draining)
+        if not draining:
+            await self._wake_all()
+        return agent
+
+    # --- run reports ----------------------------------------------------------------
+
+    async def record_events(self, run_id: int, agent_id: str, events: Sequence[RunEvent]) -> int:
+        count, stored = await self.repo.record_events(run_id, agent_id, events)
+        for event in stored:
+            await self.bus.publish(f"task:{event.task_id}", _event_message(event))
+        return count
+
+    async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:
+        task = await self.repo.set_phase(run_id, agent_id, phase)
+        await self._notify(TaskChange("phase", task))
+        return task
+
+    async def finish_run(self, run_id: int, agent_id: str, result: RunResult) -> RunEnd:
+        end = await self.repo.finish_run(run_id, agent_id, result, self.policy)
+        if not end.already_finished:
+            await self._after_run_end(end)
+        return end
+
+    async def _after_run_end(self, end: RunEnd) -> None:
+        run, task = end.run, end.task
+        metrics.RUNS_TOTAL.labels(run.error_category or run.status).inc()
+        metrics.RUN_COST_USD.inc(run.cost_usd or 0.0)
+        if run.ended_at is not None:
+            metrics.TASK_DURATION.observe((run.ended_at - run.started_at).total_seconds())
+        metrics.TASKS_TOTAL.labels(task.status, task.priority).inc()
+        log.info(
+            "run_finished",
+            task_id=task.id,
+            run_id=run.id,
+            agent_id=run.agent_id,
+            outcome=run.status,
+            category=run.error_category,
+            task_status=task.status,
+            cost_usd=run.cost_usd,
+        )
+        if end.retried:
+            self.dispatcher.wake_later(end.delay_seconds + 0.01)
+        await self._wake_all()
+        kind = (
+            "run_succeeded"
+            if run.status == "succeeded"
+            else ("retry_scheduled" if end.retried else "run_failed")
+        )
+        await self._notify(TaskChange(kind, task, end))
+
+    async def events(self, task_id: int, after_id: int = 0) -> Sequence[TaskEvent]:
+        return await self.repo.list_events(task_id, after_id=after_id)
+
+
+def _event_message(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "task_id": event.task_id,
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "kind": event.kind,
+        "level": event.level,
+        "message": event.message,
+        "timestamp": event.timestamp.isoformat(),
+    }

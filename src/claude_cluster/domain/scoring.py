@@ -1,0 +1,65 @@
+"""Which agent gets a task: the seed's score, over the candidates the design allows.
+
+Candidates are online, not draining, below their slot limit, and match a requirement in
+their specialties or capabilities (a task without requirements, or only ``general``,
+matches any agent). The best score wins; ties go to the less loaded agent, then the id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What scoring needs to know about an agent."""
+
+    id: str
+    specialties: Sequence[str]
+    capabilities: Sequence[str]
+    active: int
+    capacity: int
+    completed: int
+    failed: int
+    average_duration_seconds: float
+
+    @property
+    def load(self) -> float:
+        return min(1.0, self.active / self.capacity) if self.capacity else 1.0
+
+    @property
+    def success_rate(self) -> float:
+        finished = self.completed + self.failed
+        return self.completed / finished if finished else 1.0
+
+
+def matches(agent: AgentView, requirements: Sequence[str]) -> bool:
+    wanted = {r for r in requirements if r != "general"}
+    if not wanted:
+        return True
+    skills = {s.lower() for s in (*agent.specialties, *agent.capabilities)}
+    return bool(wanted & skills) or "general" in {s.lower() for s in agent.specialties}
+
+
+def score(agent: AgentView, requirements: Sequence[str], estimated_minutes: int) -> float:
+    """+10 per requirement in the specialties, −5·load, +2·success rate,
+    −|average duration − estimate| / 60 (both in minutes)."""
+    specialties = {s.lower() for s in agent.specialties}
+    value = 10.0 * sum(1 for r in requirements if r.lower() in specialties)
+    value -= 5.0 * agent.load
+    value += 2.0 * agent.success_rate
+    if agent.average_duration_seconds > 0:
+        value -= abs(agent.average_duration_seconds / 60.0 - estimated_minutes) / 60.0
+    return value
+
+
+def pick(
+    agents: Sequence[AgentView], requirements: Sequence[str], estimated_minutes: int
+) -> list[AgentView]:
+    """Matching agents with a free slot, best first."""
+    candidates = [a for a in agents if a.active < a.capacity and matches(a, requirements)]
+    return sorted(
+        candidates,
+        key=lambda a: (-score(a, requirements, estimated_minutes), a.load, a.id),
+    )

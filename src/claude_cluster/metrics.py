@@ -1,0 +1,128 @@
+"""Every Prometheus metric of the project, declared once. One name, one meaning.
+
+Coordinator metrics are served on the coordinator's port at ``/metrics``, agent metrics on
+the agent's port. Names follow the seed where it named them, with its collisions fixed:
+HTTP requests of the coordinator are ``claude_http_*`` (not ``claude_api_*``, which the seed
+also used for model calls), model usage is ``claude_model_*``, and load is 0–1 everywhere.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: what the coordinator serves at /metrics
+COORDINATOR = CollectorRegistry()
+#: what an agent serves at /metrics
+AGENT = CollectorRegistry()
+
+# --- coordinator ------------------------------------------------------------------------
+
+TASKS_TOTAL = Counter(
+    "claude_tasks_total",
+    "Tasks that reached a status.",
+    ["status", "priority"],
+    registry=COORDINATOR,
+)
+TASKS_QUEUE_SIZE = Gauge(
+    "claude_tasks_queue_size", "Tasks waiting in status queued.", registry=COORDINATOR
+)
+TASKS_ACTIVE = Gauge("claude_tasks_active", "Tasks with a run on an agent.", registry=COORDINATOR)
+TASK_DURATION = Histogram(
+    "claude_task_duration_seconds",
+    "Wall time of finished runs, from dispatch to result.",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+    registry=COORDINATOR,
+)
+RUNS_TOTAL = Counter(
+    "claude_runs_total", "Finished runs by outcome.", ["outcome"], registry=COORDINATOR
+)
+RUN_COST_USD = Counter(
+    "claude_run_cost_usd_total", "Model cost reported by finished runs.", registry=COORDINATOR
+)
+DISPATCH_LATENCY = Histogram(
+    "claude_dispatch_latency_seconds",
+    "From a task becoming queued to the agent accepting its run.",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=COORDINATOR,
+)
+AGENTS_TOTAL = Gauge("claude_agents_total", "Registered agents.", registry=COORDINATOR)
+AGENTS_AVAILABLE = Gauge(
+    "claude_agents_available", "Online agents with a free slot.", registry=COORDINATOR
+)
+AGENT_LOAD = Gauge(
+    "claude_agent_load", "Agent load, 0–1.", ["agent_id", "specialty"], registry=COORDINATOR
+)
+AGENT_LAST_HEARTBEAT = Gauge(
+    "claude_agent_last_heartbeat",
+    "Unix time of the agent's last heartbeat.",
+    ["agent_id"],
+    registry=COORDINATOR,
+)
+HTTP_REQUESTS = Counter(
+    "claude_http_requests_total",
+    "Coordinator HTTP requests.",
+    ["method", "endpoint", "status"],
+    registry=COORDINATOR,
+)
+HTTP_DURATION = Histogram(
+    "claude_http_request_duration_seconds",
+    "Coordinator HTTP request latency.",
+    ["endpoint"],
+    registry=COORDINATOR,
+)
+DB_UP = Gauge("claude_db_up", "1 when the last database check succeeded.", registry=COORDINATOR)
+GITHUB_WEBHOOKS = Counter(
+    "claude_github_webhooks_total",
+    "GitHub webhook deliveries received.",
+    ["event_type"],
+    registry=COORDINATOR,
+)
+GITHUB_API_CALLS = Counter(
+    "claude_github_api_calls_total",
+    "Calls to the GitHub API.",
+    ["endpoint", "status"],
+    registry=COORDINATOR,
+)
+GITHUB_RATE_LIMIT_REMAINING = Gauge(
+    "claude_github_rate_limit_remaining",
+    "X-RateLimit-Remaining of the last GitHub response.",
+    registry=COORDINATOR,
+)
+GITHUB_PRS_CREATED = Counter(
+    "claude_github_prs_created_total", "Pull requests opened.", registry=COORDINATOR
+)
+# --- agent --------------------------------------------------------------------------------
+
+AGENT_TASKS_COMPLETED = Counter(
+    "claude_agent_tasks_completed_total",
+    "Runs this agent finished successfully.",
+    ["agent_id"],
+    registry=AGENT,
+)
+AGENT_TASKS_FAILED = Counter(
+    "claude_agent_tasks_failed_total",
+    "Runs this agent finished unsuccessfully.",
+    ["agent_id"],
+    registry=AGENT,
+)
+AGENT_TASK_DURATION = Histogram(
+    "claude_agent_task_duration_seconds",
+    "Wall time of runs on this agent.",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+    registry=AGENT,
+)
+WORKSPACE_DISK_USAGE = Gauge(
+    "claude_workspace_disk_usage_bytes", "Bytes under WORKSPACE_PATH.", registry=AGENT
+)
+WORKSPACE_ACTIVE_TASKS = Gauge(
+    "claude_workspace_active_tasks", "Runs with a live worktree.", registry=AGENT
+)
+MODEL_TOKENS = Counter(
+    "claude_model_tokens_total", "Model tokens used by runs.", ["agent_id", "type"], registry=AGENT
+)
+MODEL_COST_USD = Counter(
+    "claude_model_cost_usd_total", "Model cost of runs.", ["agent_id"], registry=AGENT
+)
+GIT_OPERATIONS = Counter(
+    "claude_git_operations_total", "Git operations.", ["agent_id", "operation"], registry=AGENT
+)

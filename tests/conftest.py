@@ -1,0 +1,88 @@
+"""Fixtures shared by every tier: databases on both backends and a running coordinator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from claude_cluster.coordinator.app import create_app
+from claude_cluster.coordinator.config import CoordinatorSettings
+from tests.support import databases
+from tests.support.servers import ServerThread
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+REGISTRATION_TOKEN = "test-registration-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def _pg_template() -> None:
+    databases.make_pg_template()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: each test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield databases.new_sqlite_database(tmp_path)
+        return
+    request.getfixturevalue("_pg_template")
+    name, url = databases.new_pg_database()
+    try:
+        yield url
+    finally:
+        databases.drop_pg_database(name)
+
+
+def coordinator_settings(db_url: str, **overrides: object) -> CoordinatorSettings:
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "secret_key": "test-secret-key-0123456789",
+        "admin_token": ADMIN_TOKEN,
+        "agent_registration_token": REGISTRATION_TOKEN,
+        "sweep_interval": 0.2,
+        "retry_base_seconds": 0.2,
+        "retry_max_seconds": 1.0,
+        "agent_cooldown_seconds": 0.5,
+        "agent_call_timeout": 2.0,
+        "redis_url": "",
+    }
+    values.update(overrides)
+    return CoordinatorSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class RunningCoordinator:
+    url: str
+    server: ServerThread
+    settings: CoordinatorSettings
+
+    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    def async_client(self, token: str = ADMIN_TOKEN) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+
+@pytest.fixture
+def coordinator(db_url: str) -> Iterator[RunningCoordinator]:
+    """The real coordinator app under uvicorn on a free port, on each backend."""
+    settings = coordinator_settings(db_url)
+    server = ServerThread(create_app(settings)).start()
+    try:
+        yield RunningCoordinator(server.url, server, settings)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def api(coordinator: RunningCoordinator) -> Iterator[httpx.Client]:
+    with coordinator.client() as client:
+        yield client

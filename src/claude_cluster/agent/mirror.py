@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from claude_cluster.agent.filelock import FileLock
 from claude_cluster.agent.git import WorkspaceError, auth_env, git, redact
 
-__all__ = ["MirrorCache", "RemoteRefs", "is_local_url", "mirror_name"]
+__all__ = ["MirrorCache", "RemoteRefs", "git_url", "is_local_url", "mirror_name"]
 
 #: Files that runs produce but that never belong in a commit. They go to the mirror's
 #: ``info/exclude``, which every worktree of the mirror reads; tracked files are unaffected.
@@ -71,7 +71,8 @@ def mirror_name(url: str) -> str:
     return f"{readable or 'repo'}-{digest}"
 
 
-def _fetch_url(url: str) -> str:
+def git_url(url: str) -> str:
+    """``url`` as git should be given it: local paths made absolute."""
     # A relative path would be resolved against git's cwd, which is the mirror.
     if is_local_url(url) and not url.startswith("file://"):
         return str(Path(url).expanduser().resolve())
@@ -155,7 +156,7 @@ class MirrorCache:
         mirror = self.path_for(url)
         env = auth_env(url, token)
         if not _configured(mirror):
-            await self._create(mirror, _fetch_url(url))
+            await self._create(mirror, git_url(url))
         await git(
             "fetch", "--prune", "--quiet", "origin",
             cwd=mirror, timeout=self.git_timeout, env=env, secrets=[token],

@@ -272,9 +272,12 @@ class WorkspaceManager:
             await asyncio.to_thread(force_rmtree, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         await git("worktree", "prune", cwd=mirror, timeout=self.git_timeout)
+        # update-ref + add --force rather than add -B: -B refuses a branch that a crashed
+        # run's worktree still has checked out, and the newest run owns the branch.
+        await git("update-ref", f"refs/heads/{branch}", start, cwd=mirror)
         await git(
-            "worktree", "add", "--quiet", "--no-checkout", "--force", "-B", branch,
-            str(path), start, cwd=mirror, timeout=self.git_timeout,
+            "worktree", "add", "--quiet", "--no-checkout", "--force", str(path), branch,
+            cwd=mirror, timeout=self.git_timeout,
         )  # fmt: skip
         return lambda: self._git_quiet(path, "reset", "--hard", "--quiet")
 

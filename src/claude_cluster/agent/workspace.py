@@ -32,7 +32,7 @@ from pathlib import Path
 
 from claude_cluster.agent.filelock import FileLock
 from claude_cluster.agent.git import WorkspaceError, git, redact
-from claude_cluster.agent.mirror import MirrorCache, RemoteRefs
+from claude_cluster.agent.mirror import MirrorCache
 from claude_cluster.agent.sweep import SweepReport, force_rmtree, sweep
 
 __all__ = [
@@ -158,6 +158,7 @@ class WorkspaceManager:
         Raises:
             WorkspaceError: the fetch failed, a branch is missing or invalid, or git failed.
         """
+        follow_up = branch is not None
         branch = branch or branch_name(self.branch_prefix, issue_number, title)
         if _BAD_REF.search(branch) or len(branch) > 255:
             raise WorkspaceError(detail=f"{branch!r} is not a valid branch name")
@@ -173,7 +174,11 @@ class WorkspaceManager:
                         detail=f"branch {base!r} does not exist in {redact(repository_url)}"
                     )
                 remote_sha = refs.sha(branch)
-                start = remote_sha if remote_sha and _is_follow_up(branch, refs) else base_sha
+                # A follow-up continues the branch. Otherwise (a new task, or a retry) the run
+                # starts from the base; the push then replaces the branch under a lease.
+                # The default branch is never continued: a run must not push onto main.
+                continued = follow_up and branch != refs.default_branch
+                start = remote_sha if continued and remote_sha else base_sha
                 populate = await self._check_out(mirror, path, branch, start)
             await populate()
         except BaseException:
@@ -296,12 +301,6 @@ class WorkspaceManager:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(force_rmtree, path)
             await git("worktree", "prune", cwd=mirror, check=False)
-
-
-def _is_follow_up(branch: str, refs: RemoteRefs) -> bool:
-    # A branch that exists on the remote is continued; the default branch never is
-    # (a run must not commit on top of main and then push main).
-    return branch != refs.default_branch
 
 
 def _is_worktree(path: Path) -> bool:

@@ -9,6 +9,8 @@ GitHub.
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -188,6 +190,19 @@ class GitHttpServer:
         request.send_header("Content-Length", str(len(payload)))
         request.end_headers()
         request.wfile.write(payload)
+
+
+@pytest.fixture
+def argv_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put a ``git`` on PATH that appends its argv to the returned file, then runs git."""
+    real_git = shutil.which("git")
+    bin_dir, log = tmp_path / "bin", tmp_path / "argv.log"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {real_git} "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    log.write_text("")
+    return log
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,14 +72,27 @@ class RunningCoordinator:
 
 
 @pytest.fixture
-def coordinator(db_url: str) -> Iterator[RunningCoordinator]:
-    """The real coordinator app under uvicorn on a free port, on each backend."""
-    settings = coordinator_settings(db_url)
-    server = ServerThread(create_app(settings)).start()
+def start_coordinator(db_url: str) -> Iterator[Callable[..., RunningCoordinator]]:
+    """Start the real coordinator app under uvicorn on a free port, with settings overrides."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: object) -> RunningCoordinator:
+        settings = coordinator_settings(db_url, **overrides)
+        server = ServerThread(create_app(settings)).start()
+        started.append(server)
+        return RunningCoordinator(server.url, server, settings)
+
     try:
-        yield RunningCoordinator(server.url, server, settings)
+        yield start
     finally:
-        server.stop()
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def coordinator(start_coordinator: Callable[..., RunningCoordinator]) -> RunningCoordinator:
+    """The real coordinator on each backend, with the test defaults."""
+    return start_coordinator()
 
 
 @pytest.fixture

@@ -55,10 +55,19 @@ def score(agent: AgentView, requirements: Sequence[str], estimated_minutes: int)
 
 
 def pick(
-    agents: Sequence[AgentView], requirements: Sequence[str], estimated_minutes: int
+    agents: Sequence[AgentView],
+    requirements: Sequence[str],
+    estimated_minutes: int,
+    *,
+    require_match: bool = True,
 ) -> list[AgentView]:
-    """Matching agents with a free slot, best first."""
-    candidates = [a for a in agents if a.active < a.capacity and matches(a, requirements)]
+    """Agents with a free slot that match the requirements, best first. A manual
+    assignment (``require_match=False``) overrides the match."""
+    candidates = [
+        a
+        for a in agents
+        if a.active < a.capacity and (not require_match or matches(a, requirements))
+    ]
     return sorted(
         candidates,
         key=lambda a: (-score(a, requirements, estimated_minutes), a.load, a.id),

@@ -513,7 +513,10 @@ class Repository:
                 if len(chosen) >= room:
                     break
                 best = scoring.pick(
-                    list(views.values()), task.requirements, task.estimated_duration_minutes
+                    list(views.values()),
+                    task.requirements,
+                    task.estimated_duration_minutes,
+                    require_match=only_agent is None,
                 )
                 if not best:
                     continue

@@ -131,9 +131,12 @@ class GitHubClient:
         if len(labels) == 1:
             params["labels"] = labels[0]
         first = await self._rest.request(
-            "GET", f"/repos/{check_repo(repo)}/issues", endpoint="GET " + ISSUES,
-            params=params, etag=etag,
-        )  # fmt: skip
+            "GET",
+            f"/repos/{check_repo(repo)}/issues",
+            endpoint="GET " + ISSUES,
+            params=params,
+            etag=etag,
+        )
         if first.not_modified:
             return IssueListing((), etag, not_modified=True)
         items = await self._all_pages(first, "GET " + ISSUES)
@@ -160,18 +163,22 @@ class GitHubClient:
         comments: list[IssueComment] = []
         for page in (p for p in pages if p >= 1):
             answer = await self._rest.request(
-                "GET", path + "/comments", endpoint="GET " + ISSUE + "/comments",
+                "GET",
+                path + "/comments",
+                endpoint="GET " + ISSUE + "/comments",
                 params={"per_page": MAX_PER_PAGE, "page": page},
-            )  # fmt: skip
+            )
             comments.extend(IssueComment.model_validate(c) for c in answer.data)
         return IssueDetails(issue, tuple(comments[-wanted:]))
 
     async def add_labels(self, repo: str, number: int, labels: Iterable[str]) -> tuple[str, ...]:
         """Add labels (created on the repository if new); returns every label now on it."""
         response = await self._rest.request(
-            "POST", f"/repos/{check_repo(repo)}/issues/{int(number)}/labels",
-            endpoint="POST " + ISSUE + "/labels", json={"labels": list(labels)},
-        )  # fmt: skip
+            "POST",
+            f"/repos/{check_repo(repo)}/issues/{int(number)}/labels",
+            endpoint="POST " + ISSUE + "/labels",
+            json={"labels": list(labels)},
+        )
         return tuple(str(label["name"]) for label in response.data)
 
     async def remove_label(self, repo: str, number: int, label: str) -> None:
@@ -185,17 +192,21 @@ class GitHubClient:
     async def comment(self, repo: str, number: int, body: str) -> IssueComment:
         """Comment on an issue or pull request."""
         response = await self._rest.request(
-            "POST", f"/repos/{check_repo(repo)}/issues/{int(number)}/comments",
-            endpoint="POST " + ISSUE + "/comments", json={"body": body},
-        )  # fmt: skip
+            "POST",
+            f"/repos/{check_repo(repo)}/issues/{int(number)}/comments",
+            endpoint="POST " + ISSUE + "/comments",
+            json={"body": body},
+        )
         return IssueComment.model_validate(response.data)
 
     async def close_issue(self, repo: str, number: int, *, reason: str = "completed") -> Issue:
         """Close an issue with ``state_reason`` ``completed`` or ``not_planned``."""
         response = await self._rest.request(
-            "PATCH", f"/repos/{check_repo(repo)}/issues/{int(number)}",
-            endpoint="PATCH " + ISSUE, json={"state": "closed", "state_reason": reason},
-        )  # fmt: skip
+            "PATCH",
+            f"/repos/{check_repo(repo)}/issues/{int(number)}",
+            endpoint="PATCH " + ISSUE,
+            json={"state": "closed", "state_reason": reason},
+        )
         return Issue.model_validate(response.data)
 
     async def find_pull_request(
@@ -209,9 +220,11 @@ class GitHubClient:
         owner = check_repo(repo).split("/", 1)[0]
         head = head_branch if ":" in head_branch else f"{owner}:{head_branch}"
         response = await self._rest.request(
-            "GET", f"/repos/{repo}/pulls", endpoint="GET " + PULLS,
+            "GET",
+            f"/repos/{repo}/pulls",
+            endpoint="GET " + PULLS,
             params={"head": head, "state": state, "per_page": MAX_PER_PAGE},
-        )  # fmt: skip
+        )
         for item in response.data:
             pr = PullRequest.model_validate(item)
             if pr.head.label == head or (not pr.head.label and pr.head.ref == head_branch):
@@ -221,9 +234,11 @@ class GitHubClient:
     async def update_pull_request(self, repo: str, number: int, **fields: Any) -> PullRequest:
         """PATCH a pull request: ``title``, ``body``, ``state``, ``base``."""
         response = await self._rest.request(
-            "PATCH", f"/repos/{check_repo(repo)}/pulls/{int(number)}",
-            endpoint="PATCH " + PULLS + "/{number}", json=fields,
-        )  # fmt: skip
+            "PATCH",
+            f"/repos/{check_repo(repo)}/pulls/{int(number)}",
+            endpoint="PATCH " + PULLS + "/{number}",
+            json=fields,
+        )
         return PullRequest.model_validate(response.data)
 
     async def open_or_update_pull_request(

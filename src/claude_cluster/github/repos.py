@@ -32,15 +32,27 @@ DEFAULT_TRIGGER_LABELS: tuple[str, ...] = (
     *(
         f"claude-code-{kind}"
         for kind in (
-            "ready", "urgent", "backend", "frontend", "testing", "infrastructure", "database",
+            "ready",
+            "urgent",
+            "backend",
+            "frontend",
+            "testing",
+            "infrastructure",
+            "database",
             "security",
         )
     ),
-)  # fmt: skip
+)
 DEFAULT_EXCLUSION_LABELS: tuple[str, ...] = (
-    "discussion", "design", "on-hold", "manual-only", "blocked", "wontfix", "duplicate",
+    "discussion",
+    "design",
+    "on-hold",
+    "manual-only",
+    "blocked",
+    "wontfix",
+    "duplicate",
     "invalid",
-)  # fmt: skip
+)
 #: added to an issue once a task exists for it
 ASSIGNED_LABEL = "claude-code-assigned"
 

@@ -1,0 +1,43 @@
+"""``claude-cluster agents list|drain``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from claude_cluster.cli.client import call
+
+app = typer.Typer(help="Look at and drain agents.", no_args_is_help=True)
+out = Console()
+
+
+@app.command("list")
+def list_() -> None:
+    """Registered agents."""
+    table = Table("id", "status", "slots", "load", "specialties", "done", "failed", "url", "drain")
+    for a in call("GET", "/api/v1/agents"):
+        table.add_row(
+            a["id"],
+            a["status"],
+            f"{a['active_task_count']}/{a['max_concurrent_tasks']}",
+            f"{a['current_load']:.2f}",
+            ",".join(a["specialties"]),
+            str(a["total_tasks_completed"]),
+            str(a["total_tasks_failed"]),
+            a["url"],
+            "yes" if a["draining"] else "",
+        )
+    out.print(table)
+
+
+@app.command()
+def drain(
+    agent_id: str,
+    undo: Annotated[bool, typer.Option("--undo", help="take new work again")] = False,
+) -> None:
+    """Give the agent no new runs (its running runs finish)."""
+    agent = call("POST", f"/api/v1/agents/{agent_id}/drain", json={"drain": not undo})
+    out.print(f"agent {agent['id']} draining={agent['draining']}")

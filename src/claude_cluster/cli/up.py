@@ -1,0 +1,139 @@
+"""``claude-cluster up``: a whole cluster on this machine, on the embedded default.
+
+The coordinator on SQLite (a file in the data directory, in-process bus) and N local agents
+on 127.0.0.1:8081.., each a child process of this one. Secrets are made on the first run
+and kept in the data directory (mode 0600). Ctrl-C (or SIGTERM) stops everything: agents
+first, so that their runs end, then the coordinator.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+out = Console()
+STOP_GRACE_SECONDS = 30.0
+
+
+def _secret(path: Path) -> str:
+    if path.is_file():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out.print(f"[red]the coordinator exited with {proc.returncode}[/red]")
+            raise typer.Exit(1)
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    out.print(f"[red]the coordinator did not become healthy at {url} in {timeout:.0f} s[/red]")
+    raise typer.Exit(1)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def up(
+    agents: Annotated[int, typer.Option(min=0, max=32, help="local agents to start")] = 2,
+    port: Annotated[int, typer.Option(help="coordinator port")] = 8080,
+    agent_port: Annotated[int, typer.Option(help="first agent port")] = 8081,
+    data_dir: Annotated[
+        Path, typer.Option(help="where the database, secrets and workspaces live")
+    ] = Path(".data"),
+    runner: Annotated[
+        str, typer.Option(help="agent runner: claude, codex, aider or command [env: AGENT_RUNNER]")
+    ] = "",
+) -> None:
+    """Run the coordinator on SQLite and N local agents until interrupted."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    admin = _secret(data_dir / "admin-token")
+    base_env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{data_dir / 'coordinator.db'}",
+        "REDIS_URL": "",
+        "ADMIN_TOKEN": admin,
+        "SECRET_KEY": _secret(data_dir / "secret-key"),
+        "AGENT_REGISTRATION_TOKEN": _secret(data_dir / "registration-token"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": "1",
+    }
+    url = f"http://127.0.0.1:{port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "claude_cluster", "coordinator", "--migrate"], env=base_env
+    )
+    procs.append(coordinator)
+    try:
+        _wait_healthy(url, coordinator, timeout=60)
+        for i in range(agents):
+            agent_id = f"local-{i + 1}"
+            env = {
+                **base_env,
+                "AGENT_ID": agent_id,
+                "AGENT_NAME": agent_id,
+                "AGENT_HOST": "127.0.0.1",
+                "AGENT_PORT": str(agent_port + i),
+                "IP_ADDRESS": "127.0.0.1",
+                "COORDINATOR_URL": url,
+                "REGISTRATION_TOKEN": base_env["AGENT_REGISTRATION_TOKEN"],
+                "WORKSPACE_PATH": str(data_dir / "agents" / agent_id),
+            }
+            if runner:
+                env["AGENT_RUNNER"] = runner
+            procs.insert(
+                0, subprocess.Popen([sys.executable, "-m", "claude_cluster", "agent"], env=env)
+            )
+        out.print(
+            f"[bold green]claude-cluster is up[/bold green]: coordinator {url} "
+            f"(API docs {url}/docs), {agents} agent(s) from 127.0.0.1:{agent_port}"
+        )
+        out.print(f"admin token (also in {data_dir / 'admin-token'}): {admin}")
+        out.print(
+            "submit work:  claude-cluster task submit --repository /path/to/repo "
+            "--issue 1 --title 'Fix the failing test'"
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            for proc in procs:
+                if proc.poll() is not None:
+                    out.print(
+                        f"[red]a cluster process exited ({proc.args!r}) with {proc.returncode}[/red]"
+                    )
+                    raise typer.Exit(1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        out.print("stopping…")
+    finally:
+        _stop(procs)

@@ -234,6 +234,7 @@ class FakeGitHub:
             issue = payloads.issue_json(self.url, r, number, title, body, self._now(), user)
             issue["labels"] = [payloads.label_json(self.url, r, name) for name in labels]
             r.issues[number] = issue
+            self._touch(issue)  # orders it for sort=updated
         self._emit(deliver, "issues", self._issues_payload(r, issue, "opened", user))
         return issue
 

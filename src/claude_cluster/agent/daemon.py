@@ -1,0 +1,353 @@
+"""The agent daemon: HTTP server, registration, heartbeat, housekeeping and the runs.
+
+:class:`AgentDaemon` wires the parts together and owns their lifetime:
+
+1. serve the agent API on ``AGENT_HOST:AGENT_PORT`` (first, so that the coordinator can
+   dispatch as soon as it knows us);
+2. register, retrying with back-off while the coordinator is down;
+3. run the heartbeat and housekeeping loops while runs come and go.
+
+Stopping follows a signal ladder (SIGTERM or SIGINT):
+
+* first signal: :meth:`AgentDaemon.stop_gracefully`, drain: refuse new runs (503), let
+  held runs finish and report, then exit 0;
+* second signal: :meth:`AgentDaemon.stop_ungracefully`: stop every run (each runner's
+  process group gets SIGTERM, then SIGKILL), give their reports ``SHUTDOWN_GRACE`` seconds
+  to go out (the runs are handed back as ``lost`` so the coordinator retries them), exit 0;
+* third signal: exit 1 at once (runs are still cancelled, so no child outlives us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from claude_cluster import __version__
+from claude_cluster.agent.api import create_agent_app
+from claude_cluster.agent.config import AgentSettings, load_agent_settings
+from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
+from claude_cluster.agent.heartbeat import HeartbeatConfig, HeartbeatLoop
+from claude_cluster.agent.housekeeping import HousekeepingConfig, HousekeepingLoop
+from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpener
+from claude_cluster.agent.pool import JobPool, StopCause
+from claude_cluster.agent.registration import register
+from claude_cluster.agent.reporter import ReporterConfig, RunReporter
+from claude_cluster.agent.workspace import WorkspaceManager
+from claude_cluster.domain.wire import AgentRegistration
+from claude_cluster.errors import ConfigError
+from claude_cluster.logging import configure, get_logger
+from claude_cluster.runners import Runner, get_runner
+
+__all__ = ["SHUTDOWN_GRACE", "AgentDaemon", "build_runner", "main"]
+
+log = get_logger(__name__)
+
+#: seconds runs and their reports get after the second signal
+SHUTDOWN_GRACE = 10.0
+#: seconds a runner's process group gets between SIGTERM and SIGKILL
+KILL_GRACE = 5.0
+
+
+def build_runner(settings: AgentSettings) -> Runner:
+    """The runner ``AGENT_RUNNER`` names, configured from the settings.
+
+    Raises:
+        ConfigError: unknown runner or configuration it does not accept.
+    """
+    name = settings.agent_runner
+    if name == "claude":
+        return get_runner(name, cli_path=settings.claude_code_cli_path, kill_grace=KILL_GRACE)
+    if name == "command":
+        return get_runner(name, command=settings.agent_command or "", kill_grace=KILL_GRACE)
+    return get_runner(name, kill_grace=KILL_GRACE)
+
+
+def runner_env(settings: AgentSettings) -> dict[str, str]:
+    """The credentials and API settings the runner's CLI needs (nothing else of ours)."""
+    values = {
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+        "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
+        "ANTHROPIC_BASE_URL": settings.anthropic_base_url,
+    }
+    return {name: value for name, value in values.items() if value}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns the signal ladder."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class AgentDaemon:
+    """One agent process.
+
+    Args:
+        settings: the agent's settings.
+        runner: the runner to use instead of the one ``AGENT_RUNNER`` names (tests).
+        open_pull_request: a pull-request opener instead of the GitHub client (tests).
+        reporter_config: timing of the run reporters.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        runner: Runner | None = None,
+        open_pull_request: PullRequestOpener | None = None,
+        reporter_config: ReporterConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.secret = settings.agent_secret
+        self.started_at = time.monotonic()
+        self.client = CoordinatorClient(
+            settings.coordinator_url, registration_token=settings.registration_token
+        )
+        self.workspaces = WorkspaceManager(
+            settings.workspace_path, branch_prefix=settings.branch_prefix, keep=settings.debug
+        )
+        self.homes_dir = settings.workspace_path / "homes"
+        self.job_runner = JobRunner(
+            JobConfig(
+                agent_id=settings.agent_id,
+                homes_dir=self.homes_dir,
+                specialties=tuple(settings.specialties),
+                runner_env=runner_env(settings),
+                model=settings.claude_model,
+                max_turns=settings.claude_max_turns,
+                task_timeout=settings.task_timeout,
+                stall_timeout=settings.stall_timeout,
+                result_grace=settings.result_grace,
+                max_fix_rounds=settings.max_fix_rounds,
+                test_timeout=settings.test_timeout,
+                git_user_name=settings.git_user_name,
+                git_user_email=settings.git_user_email,
+            ),
+            workspaces=self.workspaces,
+            runner=runner or build_runner(settings),
+            open_pull_request=open_pull_request,
+            github_api_url=settings.github_api_url,
+        )
+        reporter_config = reporter_config or ReporterConfig()
+        self.pool = JobPool(
+            self.job_runner,
+            lambda run_id: RunReporter(self.client, run_id, reporter_config),
+            capacity=settings.max_concurrent_tasks,
+            agent_id=settings.agent_id,
+        )
+        self.app = create_agent_app(self.pool, self)
+        self.registered_as: Registered | None = None
+        self.heartbeat: HeartbeatLoop | None = None
+        self.signals = 0
+        self._draining = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._loops_stop = asyncio.Event()
+        self._server: _Server | None = None
+
+    # --- identity (for the API) ----------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return self.registered_as is not None
+
+    def registration(self) -> AgentRegistration:
+        """What we tell the coordinator about ourselves."""
+        s = self.settings
+        return AgentRegistration(
+            id=s.agent_id,
+            name=s.agent_name,
+            hostname=socket.gethostname(),
+            ip_address=s.ip_address,
+            port=s.port,
+            specialties=list(s.specialties),
+            capabilities=list(s.capabilities),
+            max_concurrent_tasks=s.max_concurrent_tasks,
+            cpu_cores=s.cpu_cores,
+            memory_gb=s.memory_gb,
+            disk_gb=s.disk_gb,
+            workspace_path=str(s.workspace_path),
+            version=__version__,
+            configuration=s.public_configuration(),
+            secret=s.agent_secret,
+            url=s.url,
+        )
+
+    # --- the signal ladder -----------------------------------------------------------
+
+    def stop_gracefully(self) -> None:
+        """Drain: refuse new runs, let held runs finish and report, then exit."""
+        if not self._draining.is_set():
+            log.info("agent_draining", agent_id=self.agent_id, runs=len(self.pool.jobs))
+        self.pool.drain()
+        self._draining.set()
+
+    def stop_ungracefully(self) -> None:
+        """Stop every run now (handed back to the coordinator), then exit."""
+        self.stop_gracefully()
+        self.pool.report_timeout = SHUTDOWN_GRACE
+        stopped = self.pool.stop_all(StopCause.SHUTDOWN)
+        log.warning("agent_stopping_runs", agent_id=self.agent_id, runs_stopped=stopped)
+        self._forced.set()
+
+    def _on_signal(self, signum: int) -> None:
+        self.signals += 1
+        log.info("signal_received", signal=signal.Signals(signum).name, count=self.signals)
+        if self.signals == 1:
+            self.stop_gracefully()
+        elif self.signals == 2:
+            self.stop_ungracefully()
+        else:
+            log.error("agent_exiting_now", agent_id=self.agent_id)
+            for job in self.pool.jobs.values():
+                if job.task is not None:
+                    job.task.cancel()
+            # the cancelled runners kill their process groups in their own finally blocks,
+            # which need the loop: leave through the normal path, but do not wait for reports
+            self.pool.report_timeout = 0.5
+            self._forced.set()
+
+    # --- running ---------------------------------------------------------------------
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Serve, register, beat and run until stopped; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            if not await self._start_server():
+                return 1
+            try:
+                code = await self._serve_until_stopped()
+            except CoordinatorError as exc:
+                log.error("agent_cannot_register", agent_id=self.agent_id, error=str(exc))
+                code = 1
+            await self._shutdown()
+            return code if self.signals < 3 else 1
+        finally:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await self.client.aclose()
+
+    async def _start_server(self) -> bool:
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = _Server(config)
+        self._serve_task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._serve_task.done():
+                log.error(
+                    "agent_http_failed",
+                    agent_id=self.agent_id,
+                    host=self.settings.host,
+                    port=self.settings.port,
+                )
+                with contextlib.suppress(BaseException):
+                    self._serve_task.result()
+                return False
+            await asyncio.sleep(0.02)
+        log.info(
+            "agent_started",
+            agent_id=self.agent_id,
+            url=self.settings.url,
+            runner=self.job_runner.runner.name,
+            capacity=self.pool.capacity,
+            version=__version__,
+        )
+        return True
+
+    async def _serve_until_stopped(self) -> int:
+        registered = await register(self.client, self.registration(), stop=self._draining)
+        if registered is None:
+            return 0  # asked to stop before the coordinator ever answered
+        self.registered_as = registered
+        interval = min(self.settings.heartbeat_interval, registered.heartbeat_interval)
+        self.heartbeat = HeartbeatLoop(
+            self.client,
+            self.pool,
+            HeartbeatConfig(interval=interval, lease_seconds=registered.lease_seconds),
+            agent_id=self.agent_id,
+            reregister=self._register_once,
+        )
+        housekeeping = HousekeepingLoop(
+            self.workspaces,
+            self.homes_dir,
+            lambda: {job.request.task_id for job in self.pool.jobs.values()},
+            HousekeepingConfig(
+                retention_days=self.settings.workspace_cleanup_days,
+                max_size_gb=self.settings.workspace_max_size_gb,
+            ),
+        )
+        loops = [
+            asyncio.create_task(self.heartbeat.run(self._loops_stop), name="heartbeat"),
+            asyncio.create_task(housekeeping.run(self._loops_stop), name="housekeeping"),
+        ]
+        try:
+            await self._draining.wait()
+            await self._wait_for_runs()
+            # one last beat: the coordinator sees us in maintenance with nothing held
+            with contextlib.suppress(CoordinatorError):
+                await self.heartbeat.beat()
+        finally:
+            self._loops_stop.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+        return 0
+
+    async def _wait_for_runs(self) -> None:
+        idle = asyncio.create_task(self.pool.wait_idle())
+        forced = asyncio.create_task(self._forced.wait())
+        await asyncio.wait({idle, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not idle.done():
+            grace = SHUTDOWN_GRACE + KILL_GRACE if self.signals < 3 else KILL_GRACE
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle, grace)
+        forced.cancel()
+        if not idle.done():
+            idle.cancel()
+        await self.pool.close()
+
+    async def _register_once(self) -> None:
+        self.registered_as = await self.client.register(self.registration())
+        log.info("agent_reregistered", agent_id=self.agent_id)
+
+    async def _shutdown(self) -> None:
+        self._loops_stop.set()
+        await self.pool.close()
+        if self._server is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._serve_task
+        log.info("agent_stopped", agent_id=self.agent_id)
+
+
+def main(env_file: Path | None = None) -> int:
+    """Load the settings, configure logging and run the daemon; returns the exit code."""
+    try:
+        settings = load_agent_settings(env_file)
+    except ConfigError as exc:
+        print(f"claude-cluster agent: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
+        return 2
+    configure(settings.log_level, service="claude-cluster-agent", log_file=settings.log_file)
+    try:
+        daemon = AgentDaemon(settings)
+    except (ConfigError, ValueError) as exc:
+        print(f"claude-cluster agent: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    return asyncio.run(daemon.run())

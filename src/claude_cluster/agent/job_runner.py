@@ -1,0 +1,597 @@
+"""One run, start to finish: workspace → prompt → runner → tests → fix rounds → delivery.
+
+:class:`JobRunner` turns an :class:`~claude_cluster.domain.wire.ExecuteTaskRequest` into a
+:class:`~claude_cluster.domain.wire.RunResult` with the real figures: the test counts as
+measured, the cost, tokens and turns the runner reported (summed over the fix rounds),
+the session id, the branch, the commit and the pull request. It never raises for a failed
+run; the failure is the result's ``error_category``:
+
+==================  ===========================================================
+category            when
+==================  ===========================================================
+workspace_error     fetching the repository or making the worktree failed
+(runner outcome)    the runner failed: max_turns, rate_limited, stall, crash, …
+no_changes          the runner finished without changing anything
+tests_failed        the tests still fail after ``max_fix_rounds`` fix rounds
+                    (the branch is pushed anyway, so the work can be inspected)
+delivery_error      commit, push or pull request failed
+cancelled           the run was stopped (the pool may re-label why)
+==================  ===========================================================
+
+A follow-up run (review feedback) continues ``request.branch`` and, when this agent still
+has the session's transcript, resumes ``request.resume_session_id``. The CLI keeps its
+state in a HOME per task under ``<WORKSPACE_PATH>/homes``, which is what makes resuming
+possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from claude_cluster.agent.deliver import commit_and_push
+from claude_cluster.agent.git import DeliveryError, GitError, WorkspaceError, git
+from claude_cluster.agent.prompt import feedback_prompt, fix_prompt, issue_prompt
+from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.verify import TestReport, run_tests
+from claude_cluster.agent.workspace import Workspace, WorkspaceManager
+from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
+from claude_cluster.logging import get_logger
+from claude_cluster.runners import Runner, RunnerEvent, RunnerOutcome, RunSpec
+
+__all__ = ["JobConfig", "JobRunner", "PullRequestOpener", "PullRequestRequest"]
+
+log = get_logger(__name__)
+
+_MESSAGE_LIMIT = 4_000
+_EXCERPT_LIMIT = 8_000
+
+
+@dataclass(frozen=True)
+class PullRequestRequest:
+    """What :data:`PullRequestOpener` needs to open or update a pull request."""
+
+    repository: str
+    head: str
+    base: str
+    title: str
+    body: str
+    token: str
+
+
+#: opens or updates a pull request; returns (number, html_url)
+PullRequestOpener = Callable[[PullRequestRequest], Awaitable[tuple[int, str]]]
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What every run of this agent shares.
+
+    Attributes:
+        agent_id: shown in pull requests and logs.
+        homes_dir: parent of the per-task HOME directories of the CLI.
+        specialties: the agent's specialties, for the prompt's context section.
+        runner_env: credentials and settings for the runner (``ANTHROPIC_API_KEY``, …).
+        model: ``CLAUDE_MODEL``.
+        max_turns: ``CLAUDE_MAX_TURNS``.
+        task_timeout: wall time of a run when the request names none (``TASK_TIMEOUT``).
+        stall_timeout: output-idle limit of the runner (``STALL_TIMEOUT``).
+        result_grace: how long the CLI may linger after its result line (``RESULT_GRACE``).
+        max_fix_rounds: ``MAX_FIX_ROUNDS``.
+        test_timeout: ``TEST_TIMEOUT``.
+        git_user_name: commit author (``GIT_USER_NAME``).
+        git_user_email: commit e-mail (``GIT_USER_EMAIL``).
+        git_timeout: seconds a single git command may take.
+    """
+
+    agent_id: str
+    homes_dir: Path
+    specialties: tuple[str, ...] = ()
+    runner_env: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    max_turns: int | None = None
+    task_timeout: float = 3600.0
+    stall_timeout: float = 300.0
+    result_grace: float = 10.0
+    max_fix_rounds: int = 2
+    test_timeout: float = 900.0
+    git_user_name: str = "Claude Code Cluster"
+    git_user_email: str = "claude-cluster@localhost"
+    git_timeout: float = 600.0
+
+
+@dataclass
+class _Progress:
+    """What the run has produced so far; becomes the result whichever way it ends."""
+
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    num_turns: int = 0
+    session_id: str | None = None
+    branch: str | None = None
+    commit_sha: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    tests: TestReport | None = None
+    fix_rounds: int = 0
+    changed_files: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    def add(self, outcome: RunnerOutcome) -> None:
+        self.cost_usd += outcome.cost_usd
+        self.input_tokens += outcome.input_tokens
+        self.output_tokens += outcome.output_tokens
+        self.cache_read_tokens += outcome.cache_read_tokens
+        self.cache_creation_tokens += outcome.cache_creation_tokens
+        self.num_turns += outcome.num_turns
+        self.session_id = outcome.session_id or self.session_id
+        if outcome.succeeded and outcome.message:
+            self.summary = outcome.message
+
+    def result(
+        self,
+        *,
+        succeeded: bool,
+        category: ErrorCategory | None = None,
+        message: str = "",
+        retry_after: float | None = None,
+    ) -> RunResult:
+        tests = self.tests
+        excerpt = tests.output_tail if tests is not None and tests.ok is False else ""
+        return RunResult(
+            succeeded=succeeded,
+            error_category=None if succeeded else (category or ErrorCategory.EXECUTION_ERROR),
+            message=message[:_MESSAGE_LIMIT],
+            retry_after_seconds=retry_after,
+            cost_usd=self.cost_usd,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_creation_tokens=self.cache_creation_tokens,
+            num_turns=self.num_turns,
+            session_id=self.session_id,
+            branch=self.branch,
+            commit_sha=self.commit_sha,
+            pr_number=self.pr_number,
+            pr_url=self.pr_url,
+            tests_command=tests.command_line or None if tests else None,
+            tests_passed=tests.passed if tests else None,
+            tests_failed=tests.failed if tests else None,
+            tests_ok=tests.ok if tests else None,
+            fix_rounds=self.fix_rounds,
+            changed_files=self.changed_files[:1000],
+            log_excerpt=excerpt[-_EXCERPT_LIMIT:],
+        )
+
+
+class _Failed(Exception):
+    """Ends the run early with a result (internal control flow)."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+class JobRunner:
+    """Runs one request at a time per call; share one instance between concurrent runs.
+
+    Args:
+        config: what every run shares.
+        workspaces: prepares and releases the worktrees.
+        runner: the agent CLI (``claude``, ``codex``, ``aider``, ``command``).
+        open_pull_request: opens the pull request for GitHub repositories; the default
+            uses :class:`claude_cluster.github.GitHubClient` against ``github_api_url``.
+        github_api_url: ``GITHUB_API_URL``, for the default opener.
+    """
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        workspaces: WorkspaceManager,
+        runner: Runner,
+        open_pull_request: PullRequestOpener | None = None,
+        github_api_url: str = "https://api.github.com",
+    ) -> None:
+        self.config = config
+        self.workspaces = workspaces
+        self.runner = runner
+        self.github_api_url = github_api_url
+        self._open_pull_request = open_pull_request or self._github_pull_request
+
+    async def run(self, request: ExecuteTaskRequest, reporter: RunReporter) -> RunResult:
+        """Do the run and return its result (cancellation included: the result then says
+        ``cancelled`` and carries whatever was used up to that point)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (request.timeout_seconds or self.config.task_timeout)
+        progress = _Progress()
+        ws: Workspace | None = None
+        try:
+            reporter.event("phase", "preparing the workspace", {"phase": "workspace"})
+            ws = await self._prepare(request)
+            progress.branch = ws.branch
+            reporter.event(
+                "workspace",
+                f"worktree ready on {ws.branch} (base {ws.base_branch} {ws.base_sha[:12]})",
+                {"branch": ws.branch, "base_branch": ws.base_branch, "base_sha": ws.base_sha},
+            )
+            return await self._work(request, reporter, ws, progress, deadline)
+        except _Failed as failed:
+            return failed.result
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return progress.result(
+                succeeded=False, category=ErrorCategory.CANCELLED, message="the run was stopped"
+            )
+        finally:
+            if ws is not None:
+                await self._release(ws)
+
+    # --- the steps -----------------------------------------------------------------------
+
+    async def _prepare(self, request: ExecuteTaskRequest) -> Workspace:
+        try:
+            return await self.workspaces.prepare(
+                task_id=request.task_id,
+                attempt=request.attempt,
+                repository_url=request.repository_url,
+                issue_number=request.github_issue_number,
+                title=request.title,
+                base_branch=request.base_branch,
+                branch=request.branch,
+                git_token=request.git_token,
+            )
+        except GitError as exc:
+            raise _Failed(
+                _Progress().result(
+                    succeeded=False, category=ErrorCategory.WORKSPACE_ERROR, message=str(exc)
+                )
+            ) from None
+
+    async def _work(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        progress: _Progress,
+        deadline: float,
+    ) -> RunResult:
+        home = self.config.homes_dir / f"task-{request.task_id}"
+        home.mkdir(parents=True, exist_ok=True)
+        resume = request.resume_session_id
+        if resume and not _has_transcript(home, resume):
+            reporter.event(
+                "phase",
+                "the earlier session is not on this agent; starting a new one",
+                level="warning",
+            )
+            resume = None
+        if resume:
+            prompt = feedback_prompt(request)
+        else:
+            prompt = issue_prompt(request, specialties=self.config.specialties, worktree=ws.path)
+        reporter.event("phase", "running the agent", {"phase": "agent", "runner": self.runner.name})
+        await self._run_agent(request, reporter, ws, home, progress, prompt, resume, deadline, 0)
+
+        if not await _has_changes(ws):
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.NO_CHANGES,
+                message="the agent finished without changing anything",
+            )
+        rounds = self.config.max_fix_rounds
+        while True:
+            reporter.phase("testing")
+            report = await self._test(request, reporter, ws, deadline)
+            progress.tests = report
+            if report.ok is not False or progress.fix_rounds >= rounds:
+                break
+            progress.fix_rounds += 1
+            reporter.phase("in_progress")
+            reporter.event(
+                "phase",
+                f"fix round {progress.fix_rounds} of {rounds}",
+                {"phase": "fix", "round": progress.fix_rounds},
+            )
+            prompt = fix_prompt(
+                report.command_line,
+                report.output_tail,
+                round_number=progress.fix_rounds,
+                rounds=rounds,
+            )
+            await self._run_agent(
+                request, reporter, ws, home, progress, prompt, progress.session_id, deadline,
+                progress.fix_rounds,
+            )  # fmt: skip
+        return await self._deliver(request, reporter, ws, progress)
+
+    async def _run_agent(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        home: Path,
+        progress: _Progress,
+        prompt: str,
+        resume: str | None,
+        deadline: float,
+        fix_round: int,
+    ) -> None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 1:
+            raise _Failed(
+                progress.result(
+                    succeeded=False,
+                    category=ErrorCategory.TIMEOUT,
+                    message="the run's wall time ran out before the agent could continue",
+                )
+            )
+        spec = RunSpec(
+            prompt=prompt,
+            cwd=ws.path,
+            home=home,
+            env=self._runner_env(request, ws, fix_round),
+            model=self.config.model,
+            max_turns=self.config.max_turns,
+            budget_usd=_remaining_budget(request.budget_usd, progress.cost_usd),
+            resume_session_id=resume,
+            wall_timeout=remaining,
+            idle_timeout=self.config.stall_timeout,
+            result_grace=self.config.result_grace,
+        )
+
+        async def forward(event: RunnerEvent) -> None:
+            reporter.event(event.kind, event.message, event.data, event.level)
+
+        outcome = await self.runner.run(spec, forward)
+        progress.add(outcome)
+        reporter.event(
+            "runner_finished",
+            outcome.message[:500],
+            {
+                "succeeded": outcome.succeeded,
+                "error_category": outcome.error_category,
+                "exit_code": outcome.exit_code,
+                "cost_usd": outcome.cost_usd,
+                "num_turns": outcome.num_turns,
+                "fix_round": fix_round,
+            },
+            level="info" if outcome.succeeded else "warning",
+        )
+        if not outcome.succeeded:
+            raise _Failed(
+                progress.result(
+                    succeeded=False,
+                    category=outcome.error_category,
+                    message=outcome.message,
+                    retry_after=outcome.retry_after_seconds,
+                )
+            )
+
+    async def _test(
+        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace, deadline: float
+    ) -> TestReport:
+        remaining = max(1.0, deadline - asyncio.get_running_loop().time())
+        reporter.event("phase", "running the tests", {"phase": "tests"})
+        report = await run_tests(
+            ws.path, command=request.test_command, timeout=min(self.config.test_timeout, remaining)
+        )
+        reporter.event(
+            "tests",
+            report.summary,
+            {
+                "command": report.command_line,
+                "passed": report.passed,
+                "failed": report.failed,
+                "errors": report.errors,
+                "skipped": report.skipped,
+                "ok": report.ok,
+                "exit_code": report.exit_code,
+                "duration": round(report.duration, 3),
+            },
+            level="info" if report.ok is not False else "warning",
+        )
+        return report
+
+    async def _deliver(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        progress: _Progress,
+    ) -> RunResult:
+        reporter.event("phase", "committing and pushing", {"phase": "deliver"})
+        title = " ".join(request.title.split())
+        try:
+            delivery = await commit_and_push(
+                ws,
+                task_id=request.task_id,
+                summary=f"Resolve issue #{request.github_issue_number}: {title}"[:120],
+                author_name=self.config.git_user_name,
+                author_email=self.config.git_user_email,
+                remote_url=request.repository_url,
+                git_token=request.git_token,
+                timeout=self.config.git_timeout,
+            )
+        except DeliveryError as exc:
+            return progress.result(
+                succeeded=False, category=ErrorCategory.DELIVERY_ERROR, message=str(exc)
+            )
+        if delivery.no_changes:
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.NO_CHANGES,
+                message="the agent finished without changing anything",
+            )
+        progress.commit_sha = delivery.commit_sha
+        progress.changed_files = list(delivery.changed_files)
+        reporter.event(
+            "delivered",
+            f"pushed {delivery.branch} at {(delivery.commit_sha or '')[:12]}",
+            {
+                "branch": delivery.branch,
+                "commit_sha": delivery.commit_sha,
+                "changed_files": list(delivery.changed_files)[:200],
+            },
+        )
+        tests = progress.tests
+        if tests is not None and tests.ok is False:
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.TESTS_FAILED,
+                message=f"tests still fail after {progress.fix_rounds} fix round(s): "
+                f"{tests.summary}; the branch {delivery.branch} was pushed for inspection",
+            )
+        if request.open_pull_request and request.git_token:
+            failure = await self._pull_request(request, reporter, ws, progress)
+            if failure is not None:
+                return failure
+        where = f"pull request {progress.pr_url}" if progress.pr_url else f"branch {ws.branch}"
+        tests_line = tests.summary if tests is not None else "no tests ran"
+        return progress.result(
+            succeeded=True, message=f"delivered {where} ({tests_line})\n\n{progress.summary}"
+        )
+
+    async def _pull_request(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        progress: _Progress,
+    ) -> RunResult | None:
+        # imported here: the GitHub package is only needed by runs that open a pull request
+        from claude_cluster.github import (
+            GitHubError,
+            PullRequestInfo,
+            TestResults,
+            Usage,
+            pr_title,
+            render_pr_body,
+        )
+
+        tests = progress.tests
+        measured = None
+        if tests is not None and tests.command:
+            measured = TestResults(
+                command=tests.command_line,
+                passed=tests.passed or 0,
+                failed=tests.failed or 0,
+                skipped=tests.skipped or 0,
+                errors=tests.errors or 0,
+                duration_seconds=tests.duration,
+                output_tail=tests.output_tail[-4000:] or None,
+            )
+        info = PullRequestInfo(
+            task_id=request.task_id,
+            issue_number=request.github_issue_number,
+            issue_title=request.title,
+            summary=progress.summary,
+            changes=progress.changed_files[:100],
+            tests=measured,
+            agent=self.config.agent_id,
+            model=self.config.model,
+            attempt=request.attempt,
+            branch=ws.branch,
+            usage=Usage(
+                cost_usd=progress.cost_usd,
+                input_tokens=progress.input_tokens,
+                output_tokens=progress.output_tokens,
+                cache_read_tokens=progress.cache_read_tokens,
+                cache_creation_tokens=progress.cache_creation_tokens,
+            ),
+        )
+        assert request.git_token is not None
+        try:
+            number, url = await self._open_pull_request(
+                PullRequestRequest(
+                    repository=request.github_repository,
+                    head=ws.branch,
+                    base=ws.base_branch,
+                    title=pr_title(request.github_issue_number, request.title),
+                    body=render_pr_body(info),
+                    token=request.git_token,
+                )
+            )
+        except GitHubError as exc:
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.DELIVERY_ERROR,
+                message=f"the branch {ws.branch} was pushed but the pull request failed: {exc}",
+            )
+        progress.pr_number, progress.pr_url = number, url
+        reporter.event(
+            "pull_request", f"pull request #{number}: {url}", {"number": number, "url": url}
+        )
+        return None
+
+    async def _github_pull_request(self, pr: PullRequestRequest) -> tuple[int, str]:
+        from claude_cluster.github import GitHubClient, PersonalToken
+
+        async with GitHubClient(PersonalToken(pr.token), base_url=self.github_api_url) as gh:
+            opened = await gh.open_or_update_pull_request(
+                pr.repository, head=pr.head, base=pr.base, title=pr.title, body=pr.body
+            )
+        return opened.pull_request.number, opened.pull_request.html_url
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _runner_env(
+        self, request: ExecuteTaskRequest, ws: Workspace, fix_round: int
+    ) -> dict[str, str]:
+        """Credentials plus the task, for runners that read it from the environment."""
+        env = dict(self.config.runner_env)
+        env.update(
+            {
+                "CLUSTER_TASK_ID": str(request.task_id),
+                "CLUSTER_RUN_ID": str(request.run_id),
+                "CLUSTER_ATTEMPT": str(request.attempt),
+                "CLUSTER_REPOSITORY": request.github_repository,
+                "CLUSTER_ISSUE_NUMBER": str(request.github_issue_number),
+                "CLUSTER_ISSUE_TITLE": request.title,
+                "CLUSTER_BRANCH": ws.branch,
+                "CLUSTER_FIX_ROUND": str(fix_round),
+            }
+        )
+        return env
+
+    async def _release(self, ws: Workspace) -> None:
+        # A second cancellation must not leave the worktree locked: finish the release.
+        release = asyncio.ensure_future(self.workspaces.release(ws))
+        try:
+            await asyncio.shield(release)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await release
+            raise
+        except Exception as exc:
+            log.warning("workspace_release_failed", path=str(ws.path), error=str(exc))
+
+
+async def _has_changes(ws: Workspace) -> bool:
+    """Whether the worktree differs from where the run started (files or commits)."""
+    try:
+        status = await git("status", "--porcelain", "--untracked-files=all", cwd=ws.path)
+        head = await git("rev-parse", "HEAD", cwd=ws.path)
+    except WorkspaceError:
+        return True  # let the delivery step find out and say what is wrong
+    return bool(status.stdout.strip()) or head.stdout.strip() != ws.start_sha
+
+
+def _has_transcript(home: Path, session_id: str) -> bool:
+    projects = home / ".claude" / "projects"
+    return projects.is_dir() and any(projects.glob(f"*/{session_id}.jsonl"))
+
+
+def _remaining_budget(budget: float | None, spent: float) -> float | None:
+    if budget is None:
+        return None
+    return max(0.01, budget - spent)

@@ -1,6 +1,8 @@
-"""Classify how a Claude Code run ended, from its ``result`` line, exit code and watchdogs.
+"""Classify how a run ended, from its ``result`` line, exit code and watchdogs.
 
-The rules follow what the real CLI does (see the reference notes on the CLI against a
+Mostly Claude Code; the helpers at the end serve the other runners too.
+
+The Claude rules follow what the real CLI does (see the reference notes on the CLI against a
 fake API):
 
 * No ``result`` line: the wall watchdog means ``timeout``, the idle watchdog ``stall``,
@@ -14,6 +16,7 @@ fake API):
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -22,7 +25,15 @@ from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners.base import RunnerOutcome, clip
 from claude_cluster.runners.stream import Result, StreamSummary
 
-__all__ = ["Verdict", "classify_claude", "claude_outcome"]
+__all__ = [
+    "Verdict",
+    "classify_claude",
+    "classify_error_text",
+    "claude_outcome",
+    "exit_verdict",
+    "outcome_from",
+    "watchdog_verdict",
+]
 
 _AUTH_ERRORS = frozenset({"authentication_failed", "billing_error"})
 _MESSAGE_LIMIT = 1000
@@ -66,8 +77,12 @@ def classify_claude(
 def claude_outcome(
     summary: StreamSummary, process: ProcessExit, *, now: float | None = None
 ) -> RunnerOutcome:
-    """The :class:`RunnerOutcome` of a run: the verdict plus cost and usage from ``result``."""
-    verdict = classify_claude(summary, process, now=now)
+    """The :class:`RunnerOutcome` of a Claude run: the verdict plus cost and usage."""
+    return outcome_from(classify_claude(summary, process, now=now), summary, process)
+
+
+def outcome_from(verdict: Verdict, summary: StreamSummary, process: ProcessExit) -> RunnerOutcome:
+    """A :class:`RunnerOutcome` from a verdict, with cost and usage from the ``result`` line."""
     outcome = RunnerOutcome(
         succeeded=verdict.category is None,
         error_category=verdict.category,
@@ -89,10 +104,9 @@ def claude_outcome(
 
 
 def _without_result(process: ProcessExit) -> Verdict:
-    if process.stop_reason is StopReason.WALL_TIMEOUT:
-        return Verdict(ErrorCategory.TIMEOUT, "the run exceeded its wall time without a result")
-    if process.stop_reason is StopReason.IDLE_TIMEOUT:
-        return Verdict(ErrorCategory.STALL, "the CLI stopped producing output before its result")
+    stopped = watchdog_verdict(process)
+    if stopped is not None:
+        return Verdict(stopped.category, f"{stopped.message} before its result line")
     message = f"the CLI exited with {process.exit_code} without a result line"
     last_words = _last_lines(process.stderr_tail)
     return Verdict(ErrorCategory.CRASH, f"{message}: {last_words}" if last_words else message)
@@ -133,3 +147,53 @@ def _retry_after(summary: StreamSummary, now: float | None) -> float | None:
 def _last_lines(text: str, count: int = 3) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return clip(" | ".join(lines[-count:]), 500)
+
+
+_TEXT_RULES: tuple[tuple[re.Pattern[str], ErrorCategory], ...] = (
+    # OpenAI answers 429 for an exhausted account too; that is no transient rate limit.
+    (re.compile(r"insufficient.quota|billing", re.I), ErrorCategory.AUTH_ERROR),
+    (re.compile(r"\b429\b|rate.?limit|too many requests", re.I), ErrorCategory.RATE_LIMITED),
+    (
+        re.compile(r"\b40[13]\b|unauthori[sz]ed|authenticat|invalid.{0,10}api.?key", re.I),
+        ErrorCategory.AUTH_ERROR,
+    ),
+    (
+        re.compile(
+            r"\b5\d\d\b|overloaded|service.unavailable|internal.server.error|timed.out"
+            r"|timeout|connection (error|refused|reset)|apiconnectionerror",
+            re.I,
+        ),
+        ErrorCategory.OVERLOADED,
+    ),
+)
+
+
+def classify_error_text(text: str) -> ErrorCategory:
+    """The category of a free-text API error (codex, aider print no structured status).
+
+    Best effort by keywords; anything unrecognised is an ``execution_error``.
+    """
+    for pattern, category in _TEXT_RULES:
+        if pattern.search(text):
+            return category
+    return ErrorCategory.EXECUTION_ERROR
+
+
+def watchdog_verdict(process: ProcessExit) -> Verdict | None:
+    """``timeout`` or ``stall`` when a watchdog stopped a runner that had not finished."""
+    if process.stop_reason is StopReason.WALL_TIMEOUT:
+        return Verdict(ErrorCategory.TIMEOUT, "the run exceeded its wall time")
+    if process.stop_reason is StopReason.IDLE_TIMEOUT:
+        return Verdict(ErrorCategory.STALL, "the CLI stopped producing output")
+    return None
+
+
+def exit_verdict(process: ProcessExit, what: str = "the CLI") -> Verdict:
+    """The verdict for a non-zero exit: a signal is a ``crash``, a status an error."""
+    last_words = _last_lines(process.stderr_tail)
+    suffix = f": {last_words}" if last_words else ""
+    if process.exit_code is not None and process.exit_code < 0:
+        return Verdict(
+            ErrorCategory.CRASH, f"{what} was killed by signal {-process.exit_code}{suffix}"
+        )
+    return Verdict(ErrorCategory.EXECUTION_ERROR, f"{what} exited with {process.exit_code}{suffix}")

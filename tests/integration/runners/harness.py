@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.fakes.anthropic_api import Scenario
+from tests.unit.runners.helpers import Recorder
 
-from claude_cluster.runners.base import RunnerEvent, RunnerOutcome, RunSpec
+from claude_cluster.runners.base import RunnerOutcome, RunSpec
 from claude_cluster.runners.claude_code import ClaudeCodeRunner
 
 CALC_BUGGY = "def add(a, b):\n    return a - b\n"
@@ -36,22 +37,6 @@ def repo_tests_pass(repo: Path) -> bool:
     """Whether the repository's tests pass (run with this interpreter's pytest)."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(repo)]
     return subprocess.run(command, cwd=repo, capture_output=True).returncode == 0
-
-
-@dataclass
-class Recorder:
-    """An event sink that keeps what it receives."""
-
-    events: list[RunnerEvent] = field(default_factory=list)
-
-    async def __call__(self, event: RunnerEvent) -> None:
-        self.events.append(event)
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-    def of(self, kind: str) -> list[RunnerEvent]:
-        return [e for e in self.events if e.kind == kind]
 
 
 @dataclass

@@ -10,7 +10,9 @@ Two ways to get a worktree, chosen by ``reuse_slots``:
 
 * fresh: ``git worktree add`` a new directory per run and delete it afterwards;
 * slots (the default): keep one worktree per concurrent run of a repository and reset it
-  for the next run (``checkout --force -B <branch> <start>``, then ``clean -ffdx``). Only
+  for the next run (``checkout --force -B <branch> <start>``, which also does what a
+  ``reset --hard`` would, then ``clean -ffdx``; leftovers of an interrupted merge or
+  rebase are removed first). Only
   files that differ between two runs are rewritten, which is what makes preparing a run
   of a big repository take tens of milliseconds (see ``bench/workspace.py``).
 
@@ -211,6 +213,8 @@ class WorkspaceManager:
             if ws.slot or self.keep:
                 await self._detach(ws.path)
             else:
+                # The effect of `git worktree remove --force` + prune, but the slow part
+                # (deleting the files) happens before taking the mirror lock.
                 await asyncio.to_thread(force_rmtree, ws.path)
             async with self.mirrors.locked(ws.mirror):
                 if not (ws.slot or self.keep):

@@ -39,6 +39,7 @@ class SimAgent:
     token: str = ""
     held: dict[int, dict[str, Any]] = field(default_factory=dict)
     received: list[tuple[int, float]] = field(default_factory=list)  # (run_id, monotonic time)
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every /execute_task body
     heartbeating: bool = True
 
 
@@ -74,6 +75,7 @@ class SimAgents:
             body = await request.json()
             run_id = int(body["run_id"])
             agent.received.append((run_id, time.monotonic()))
+            agent.bodies.append(body)
             if agent.behaviour == "refuse" or len(agent.held) >= agent.capacity:
                 return Response(status_code=503)
             if agent.behaviour == "slow":
@@ -146,16 +148,25 @@ class SimAgents:
         return agent
 
     async def finish(self, agent_id: str, run_id: int, **result: Any) -> httpx.Response:
+        """Report the run's result, retrying until the coordinator answers (as agents do)."""
         agent = self.agents[agent_id]
         agent.held.pop(run_id, None)
         body = {"succeeded": True, "message": "done", "cost_usd": 0.01, **result}
-        response = await self._http.post(
-            f"/api/v1/runs/{run_id}/result",
-            json=body,
-            headers={"Authorization": f"Bearer {agent.token}"},
-        )
-        self.results_sent[run_id] = time.monotonic()
-        return response
+        for _ in range(50):
+            try:
+                response = await self._http.post(
+                    f"/api/v1/runs/{run_id}/result",
+                    json=body,
+                    headers={"Authorization": f"Bearer {agent.token}"},
+                )
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+                continue
+            if response.status_code < 500:
+                self.results_sent[run_id] = time.monotonic()
+                return response
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the result of run {run_id} was never accepted")
 
     def vanish(self, agent_id: str) -> None:
         """The agent dies: no more heartbeats, its runs silently gone."""

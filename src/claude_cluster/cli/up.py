@@ -128,9 +128,8 @@ def up(
         while True:
             for proc in procs:
                 if proc.poll() is not None:
-                    out.print(
-                        f"[red]a cluster process exited ({proc.args!r}) with {proc.returncode}[/red]"
-                    )
+                    name = " ".join(str(a) for a in proc.args[-1:])  # type: ignore[index]
+                    out.print(f"[red]the {name} process exited with {proc.returncode}[/red]")
                     raise typer.Exit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -39,7 +39,9 @@ async def status_of(api: httpx.AsyncClient, task_id: int, wanted: str) -> dict[s
     return task if task["status"] == wanted else None
 
 
-async def wait_status(api: httpx.AsyncClient, task_id: int, wanted: str, timeout: float = 15) -> dict[str, Any]:
+async def wait_status(
+    api: httpx.AsyncClient, task_id: int, wanted: str, timeout: float = 15
+) -> dict[str, Any]:
     return await eventually(lambda: status_of(api, task_id, wanted), timeout=timeout)
 
 
@@ -48,7 +50,9 @@ async def runs(api: httpx.AsyncClient, task_id: int) -> list[dict[str, Any]]:
     return result
 
 
-async def test_a_new_task_is_dispatched_at_once_and_completes(coordinator: RunningCoordinator) -> None:
+async def test_a_new_task_is_dispatched_at_once_and_completes(
+    coordinator: RunningCoordinator,
+) -> None:
     async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
         await sims.add("a1")
         task = await create(api, 1)
@@ -100,7 +104,10 @@ async def test_a_vanished_agent_loses_its_run_which_retries_elsewhere(
     start_coordinator: Callable[..., RunningCoordinator],
 ) -> None:
     coordinator = start_coordinator(run_lease_seconds=1.0)
-    async with SimAgents(coordinator.url, heartbeat_interval=0.2) as sims, coordinator.async_client() as api:
+    async with (
+        SimAgents(coordinator.url, heartbeat_interval=0.2) as sims,
+        coordinator.async_client() as api,
+    ):
         await sims.add("a-dies", behaviour="hold")
         task = await create(api, 5)
         await wait_status(api, task["id"], "in_progress")
@@ -147,7 +154,9 @@ async def test_a_non_retryable_failure_ends_the_task(coordinator: RunningCoordin
         await sims.add("a1", behaviour="hold")
         task = await create(api, 7)
         run = await eventually(lambda: _held_run(sims, "a1"))
-        await sims.finish("a1", run, succeeded=False, error_category="tests_failed", message="2 failed")
+        await sims.finish(
+            "a1", run, succeeded=False, error_category="tests_failed", message="2 failed"
+        )
         failed = await wait_status(api, task["id"], "failed")
         assert failed["attempts"] == 1
         # a second report of the same run changes nothing
@@ -210,7 +219,9 @@ async def test_drain_stops_new_work(coordinator: RunningCoordinator) -> None:
         await wait_status(api, task["id"], "completed")
 
 
-async def test_cancelling_a_running_task_stops_it_on_the_agent(coordinator: RunningCoordinator) -> None:
+async def test_cancelling_a_running_task_stops_it_on_the_agent(
+    coordinator: RunningCoordinator,
+) -> None:
     async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
         await sims.add("a1", behaviour="hold")
         task = await create(api, 40)
@@ -223,7 +234,9 @@ async def test_cancelling_a_running_task_stops_it_on_the_agent(coordinator: Runn
         assert (await api.get("/api/v1/agents/a1")).json()["active_task_count"] == 0
 
 
-async def test_heartbeat_fences_runs_that_are_not_the_agents(coordinator: RunningCoordinator) -> None:
+async def test_heartbeat_fences_runs_that_are_not_the_agents(
+    coordinator: RunningCoordinator,
+) -> None:
     async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
         agent = await sims.add("a1", behaviour="hold")
         agent.held[999] = {"task_id": 1}

@@ -122,9 +122,7 @@ def test_local_repositories(api: httpx.Client, tmp_path: object) -> None:
         "/api/v1/tasks", json={**TASK, "github_repository": "/srv/repos/webapp"}
     ).json()
     assert local["github_repository"] == "/srv/repos/webapp"
-    url = api.post(
-        "/api/v1/tasks", json={**TASK, "github_repository": "file:///srv/repos/other"}
-    )
+    url = api.post("/api/v1/tasks", json={**TASK, "github_repository": "file:///srv/repos/other"})
     assert url.status_code == 201
 
 

@@ -9,13 +9,16 @@ both), an agent slot is taken by a conditional update, and a run is finished onc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import functools
+import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from claude_cluster.coordinator.store.tables import (
@@ -52,6 +55,36 @@ from claude_cluster.errors import Conflict, Forbidden, NotFound
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
 _ONLINE = [s.value for s in ONLINE_AGENT_STATUSES]
 _TERMINAL = [s.value for s in TERMINAL_TASK_STATUSES]
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: deadlock_detected, serialization_failure
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _is_conflict(exc: DBAPIError) -> bool:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state in _RETRYABLE_SQLSTATES or "database is locked" in str(exc.orig)
+
+
+def retry_conflicts(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run the transaction again when the database aborted it for a deadlock or a
+    serialization conflict (it changed nothing, so running it again is safe)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(5):
+            try:
+                return await fn(*args, **kwargs)
+            except DBAPIError as exc:
+                if attempt == 4 or not _is_conflict(exc):
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def utcnow() -> datetime:
@@ -211,6 +244,7 @@ class Repository:
         async with self._sessions() as s:
             return (await s.scalars(query)).all()
 
+    @retry_conflicts
     async def update_task(self, task_id: int, changes: dict[str, Any]) -> Task:
         """Change a non-terminal task's title, description, priority, requirements, budget."""
         async with self._sessions.begin() as s:
@@ -227,6 +261,7 @@ class Repository:
             self._event(s, task.id, "updated", "task updated", {"fields": sorted(changes)})
             return task
 
+    @retry_conflicts
     async def cancel_task(
         self, task_id: int, reason: str
     ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
@@ -254,6 +289,7 @@ class Repository:
             self._event(s, task.id, "cancelled", reason)
             return task, to_stop
 
+    @retry_conflicts
     async def requeue_for_feedback(self, task_id: int, feedback: str) -> Task:
         """Queue a follow-up run on the task's branch with review feedback."""
         async with self._sessions.begin() as s:
@@ -271,6 +307,7 @@ class Repository:
             self._event(s, task.id, "feedback", "follow-up queued with review feedback")
             return task
 
+    @retry_conflicts
     async def set_task_status(
         self, task_id: int, target: TaskStatus, message: str, **fields: Any
     ) -> Task:
@@ -324,6 +361,7 @@ class Repository:
 
     # --- agents ---------------------------------------------------------------------
 
+    @retry_conflicts
     async def register_agent(
         self, reg: AgentRegistration, *, token_hash: str, max_agents: int
     ) -> tuple[Agent, bool, list[TaskRun]]:
@@ -404,12 +442,35 @@ class Repository:
         async with self._sessions() as s:
             return (await s.scalars(select(Agent).order_by(Agent.id))).all()
 
+    @retry_conflicts
     async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
         async with self._sessions.begin() as s:
+            now = utcnow()
+            # Lock order everywhere is run → task → agent, so touch the runs first.
+            held = set(hb.run_ids)
+            ours = set(
+                (
+                    await s.scalars(
+                        select(TaskRun.id).where(
+                            TaskRun.agent_id == agent_id, TaskRun.status.in_(_ACTIVE)
+                        )
+                    )
+                ).all()
+            )
+            if held & ours:
+                await s.execute(
+                    update(TaskRun)
+                    .where(
+                        TaskRun.id.in_(sorted(held & ours)),
+                        TaskRun.agent_id == agent_id,
+                        TaskRun.status.in_(_ACTIVE),
+                    )
+                    .values(last_seen_at=now)
+                    .execution_options(synchronize_session=False)
+                )
             agent = await s.get(Agent, agent_id, with_for_update=self._postgres)
             if agent is None:
                 raise NotFound(kind="agent", id=agent_id)
-            now = utcnow()
             agent.last_heartbeat = now
             agent.current_load = hb.current_load
             if hb.last_task_completed_at is not None:
@@ -422,22 +483,10 @@ class Repository:
                 ).value
             if hb.status == AgentStatus.MAINTENANCE:
                 agent.status = AgentStatus.MAINTENANCE.value
-            held = set(hb.run_ids)
-            ours = {
-                r.id: r
-                for r in (
-                    await s.scalars(
-                        select(TaskRun).where(
-                            TaskRun.agent_id == agent_id, TaskRun.status.in_(_ACTIVE)
-                        )
-                    )
-                ).all()
-            }
-            for run_id in held & ours.keys():
-                ours[run_id].last_seen_at = now
             # Runs the agent holds that are not (or no longer) its own: it must stop them.
-            return HeartbeatReply(stop_run_ids=sorted(held - ours.keys()), draining=agent.draining)
+            return HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
 
+    @retry_conflicts
     async def set_draining(self, agent_id: str, draining: bool) -> Agent:
         async with self._sessions.begin() as s:
             agent = await s.get(Agent, agent_id, with_for_update=self._postgres)
@@ -462,6 +511,7 @@ class Repository:
 
     # --- claiming -------------------------------------------------------------------
 
+    @retry_conflicts
     async def claim(
         self,
         *,
@@ -531,7 +581,7 @@ class Repository:
             for _, agent in chosen:
                 taken[agent.id] = taken.get(agent.id, 0) + 1
             granted: set[str] = set()
-            for agent_id, n in taken.items():
+            for agent_id, n in sorted(taken.items()):  # one lock order across replicas
                 result = await s.execute(
                     update(Agent)
                     .where(
@@ -589,6 +639,7 @@ class Repository:
                 )
             return claims
 
+    @retry_conflicts
     async def mark_accepted(self, run_id: int) -> None:
         """The agent took the run: run ``running``, task ``in_progress``."""
         async with self._sessions.begin() as s:
@@ -607,6 +658,7 @@ class Repository:
             task.started_at = task.started_at or now
             task.updated_at = now
 
+    @retry_conflicts
     async def dispatch_failed(
         self, run_id: int, reason: str, *, cooldown_seconds: float
     ) -> Task | None:
@@ -688,6 +740,7 @@ class Repository:
                 continue
         raise Conflict(f"events of run {run_id} are being written concurrently; resend")
 
+    @retry_conflicts
     async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:
         async with self._sessions.begin() as s:
             run = await self._run_of_agent(s, run_id, agent_id)
@@ -707,6 +760,7 @@ class Repository:
                 self._event(s, task.id, "phase", phase, run_id=run.id)
             return task
 
+    @retry_conflicts
     async def finish_run(
         self, run_id: int, agent_id: str, result: RunResult, policy: RetryPolicy
     ) -> RunEnd:
@@ -787,6 +841,7 @@ class Repository:
 
     # --- leases and timeouts ------------------------------------------------------------
 
+    @retry_conflicts
     async def expire_runs(
         self, *, lease_seconds: float, dispatch_seconds: float, policy: RetryPolicy
     ) -> list[RunEnd]:
@@ -821,6 +876,7 @@ class Repository:
                 )
             return ends
 
+    @retry_conflicts
     async def expire_agents(
         self, *, heartbeat_timeout: float, policy: RetryPolicy
     ) -> list[tuple[Agent, list[RunEnd]]]:
@@ -853,6 +909,7 @@ class Repository:
                 out.append((agent, ends))
             return out
 
+    @retry_conflicts
     async def timed_out_runs(
         self, *, task_timeout: float, grace: float, policy: RetryPolicy
     ) -> list[tuple[RunEnd, Agent]]:

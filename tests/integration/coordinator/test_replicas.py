@@ -1,0 +1,78 @@
+"""Two coordinator processes on one PostgreSQL, fanned out through Redis, dispatch 1,000
+tasks to simulated agents: every task runs exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+from tests.support.processes import coordinator_process
+from tests.support.sim_agents import SimAgents
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(180)]
+
+TASKS = 1000
+
+
+@pytest.fixture
+def pg_url(db_url: str) -> str:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several coordinator processes need PostgreSQL (SQLite runs one)")
+    return db_url
+
+
+async def test_two_coordinators_never_dispatch_a_task_twice(pg_url: str, tmp_path: Path) -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    with (
+        coordinator_process(pg_url, log=tmp_path / "a.log", REDIS_URL=redis) as url_a,
+        coordinator_process(pg_url, log=tmp_path / "b.log", REDIS_URL=redis) as url_b,
+    ):
+        async with SimAgents(url_a, heartbeat_interval=1.0) as sims:
+            for i in range(10):
+                await sims.add(f"sim-{i:02d}", capacity=5)
+            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with (
+                httpx.AsyncClient(base_url=url_a, headers=headers, timeout=30) as a,
+                httpx.AsyncClient(base_url=url_b, headers=headers, timeout=30) as b,
+            ):
+
+                async def submit(i: int) -> None:
+                    client = a if i % 2 else b
+                    response = await client.post(
+                        "/api/v1/tasks",
+                        json={
+                            "title": f"task {i}",
+                            "github_repository": "acme/app",
+                            "github_issue_number": i + 1,
+                            "requirements": [],
+                        },
+                    )
+                    assert response.status_code == 201, response.text
+
+                for start in range(0, TASKS, 50):
+                    await asyncio.gather(*(submit(i) for i in range(start, start + 50)))
+
+                async def all_done() -> bool:
+                    status = (await a.get("/api/v1/queue/status")).json()
+                    return bool(status["completed_tasks"] == TASKS)
+
+                await eventually(all_done, timeout=120, interval=0.5)
+                tasks = []
+                for offset in range(0, TASKS, 1000):
+                    tasks += (
+                        await b.get("/api/v1/tasks", params={"limit": 1000, "offset": offset})
+                    ).json()
+        received = Counter(run_id for run_id in sims.all_received())
+        per_task = Counter(body["task_id"] for a in sims.agents.values() for body in a.bodies)
+    assert len(tasks) == TASKS
+    assert {t["status"] for t in tasks} == {"completed"}
+    assert all(t["attempts"] == 1 for t in tasks), "a task was claimed twice"
+    assert max(received.values()) == 1, "a run was pushed twice"
+    assert len(received) == TASKS
+    assert max(per_task.values()) == 1, "a task reached an agent twice"

@@ -1,0 +1,75 @@
+"""Real coordinator processes for tests (``python -m claude_cluster coordinator``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ADMIN_TOKEN, REGISTRATION_TOKEN
+from tests.support.servers import free_port
+
+
+def coordinator_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
+    env.update(
+        DATABASE_URL=database_url,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        AGENT_REGISTRATION_TOKEN=REGISTRATION_TOKEN,
+        SECRET_KEY="test-secret-key-0123456789",
+        HOST="127.0.0.1",
+        WORKERS="1",
+        LOG_LEVEL="WARNING",
+        SWEEP_INTERVAL="0.5",
+        REDIS_URL="",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy in {timeout} s")
+
+
+@contextmanager
+def coordinator_process(database_url: str, *, log: Path, **extra: str) -> Iterator[str]:
+    """Start a coordinator process; yields its URL; always stops it (the whole group)."""
+    port = free_port()
+    env = coordinator_env(database_url, PORT=str(port), **extra)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "claude_cluster", "coordinator", "--no-migrate"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from claude_cluster.domain.scoring import AgentView, matches, pick, score
+
+
+def agent(
+    id: str,
+    specialties: list[str],
+    *,
+    active: int = 0,
+    capacity: int = 3,
+    completed: int = 0,
+    failed: int = 0,
+    avg: float = 0.0,
+    caps: list[str] | None = None,
+) -> AgentView:
+    return AgentView(id, specialties, caps or [], active, capacity, completed, failed, avg)
+
+
+def test_score_is_the_seed_formula() -> None:
+    a = agent("a", ["backend"], active=1, capacity=2, completed=3, failed=1, avg=120 * 60)
+    # +10 (backend) −5·0.5 +2·0.75 −|120−60|/60
+    assert score(a, ["backend"], 60) == 10 - 2.5 + 1.5 - 1.0
+
+
+def test_candidates_must_match_and_have_room() -> None:
+    backend = agent("backend", ["backend"])
+    full = agent("full", ["backend"], active=3)
+    frontend = agent("frontend", ["frontend"])
+    assert [a.id for a in pick([backend, full, frontend], ["backend"], 60)] == ["backend"]
+    assert pick([frontend], ["backend"], 60) == []
+    assert [a.id for a in pick([frontend], ["backend"], 60, require_match=False)] == ["frontend"]
+
+
+def test_no_requirement_and_general_match_everyone() -> None:
+    a = agent("a", ["frontend"])
+    assert matches(a, [])
+    assert matches(a, ["general"])
+    assert matches(agent("g", ["general"]), ["backend"])
+    assert matches(agent("c", [], caps=["backend"]), ["backend"])
+
+
+def test_ties_go_to_the_less_loaded_agent() -> None:
+    busy = agent("a", ["backend"], active=2)
+    idle = agent("b", ["backend"])
+    assert [a.id for a in pick([busy, idle], ["backend"], 60)] == ["b", "a"]

@@ -10,8 +10,8 @@ A runner hands :func:`run_process` an argv and a line handler; this module owns 
 * watchdogs stop the child after ``wall_timeout`` in total or ``idle_timeout`` without any
   output on stdout or stderr;
 * stopping means SIGTERM to the whole group, up to ``kill_grace`` seconds for it to empty,
-  then SIGKILL to the group. The group is SIGKILLed after every run, so tool processes the
-  child left behind do not outlive it, and cancelling the calling task does the same before
+  then SIGKILL to the group. Tool processes the child leaves behind in its group when it
+  exits are stopped the same way, and cancelling the calling task stops the group before
   re-raising :class:`asyncio.CancelledError`.
 
 Only a descendant that leaves the group on purpose (``setsid``) can escape; containing that
@@ -30,7 +30,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LineHandler", "ProcessExit", "StopReason", "Watchdogs", "run_process"]
+__all__ = [
+    "LineHandler",
+    "ProcessExit",
+    "StderrHandler",
+    "StopReason",
+    "Watchdogs",
+    "run_process",
+    "terminate_group",
+]
 
 #: called with each stdout line (without the newline); returns True for a terminal line
 LineHandler = Callable[[str], Awaitable[bool]]
@@ -41,7 +49,7 @@ _CHUNK = 64 * 1024
 #: a "line" longer than this is handed over in pieces rather than buffered without bound
 _MAX_LINE = 32 * 1024 * 1024
 _STDERR_TAIL = 8 * 1024
-#: after the child exits, how long a descendant still holding stdout may keep it open
+#: after the child exits, how long a descendant still holding its pipes may keep them open
 _DRAIN_SECONDS = 2.0
 _POLL_SECONDS = 0.05
 
@@ -141,8 +149,14 @@ async def run_process(
     tasks = (stdout_task, stderr_task, exit_task)
     try:
         reason = await _supervise(exit_task, stdout_task, activity, watchdogs, started)
-        if reason is not StopReason.EXITED:
+        if reason is not StopReason.EXITED or _group_alive(proc.pid):
+            # A watchdog fired, or the child exited leaving tool processes in its group.
             await terminate_group(proc, watchdogs.kill_grace)
+        # Take the output still in the pipes (a descendant holding them gets a moment).
+        await asyncio.wait((stdout_task, stderr_task), timeout=_DRAIN_SECONDS)
+        for pump in (stdout_task, stderr_task):
+            if pump.done() and pump.exception() is not None:
+                pump.result()  # re-raise a line handler's error
         return ProcessExit(
             exit_code=await _exited(proc),
             stop_reason=reason,
@@ -215,9 +229,6 @@ async def _watch(
         if stdout_task.done() and stdout_task.exception() is not None:
             stdout_task.result()  # re-raise the line handler's error
         if exit_task.done():
-            if not stdout_task.done():
-                # A descendant still holds stdout: take what it has flushed, then move on.
-                await asyncio.wait({stdout_task}, timeout=_DRAIN_SECONDS)
             return StopReason.EXITED
 
 

@@ -88,8 +88,9 @@ def fixer_script(directory: Path, *, sleep: float = 0.0, pid_file: Path | None =
         f"""
         import json, os, pathlib, time
         pid_file = {str(pid_file) if pid_file else None!r}
-        if pid_file:
-            pathlib.Path(pid_file).write_text(str(os.getpid()))
+        if pid_file:  # written whole (rename), so a reader never sees it half-done
+            pathlib.Path(pid_file + ".tmp").write_text(str(os.getpid()))
+            os.replace(pid_file + ".tmp", pid_file)
         print("working on", os.environ.get("CLUSTER_ISSUE_TITLE"), flush=True)
         time.sleep({sleep})
         pathlib.Path("calc.py").write_text({CALC_FIXED!r})
@@ -150,9 +151,7 @@ def writes(content: str, path: str = "calc.py", **kw: Any) -> Callable[[RunSpec]
     return step
 
 
-def agent_settings(
-    coordinator_url: str, workspace: Path, **overrides: Any
-) -> AgentSettings:
+def agent_settings(coordinator_url: str, workspace: Path, **overrides: Any) -> AgentSettings:
     values: dict[str, Any] = {
         "agent_id": "agent-1",
         "coordinator_url": coordinator_url,

@@ -38,7 +38,7 @@ from claude_cluster.agent.heartbeat import HeartbeatConfig, HeartbeatLoop
 from claude_cluster.agent.housekeeping import HousekeepingConfig, HousekeepingLoop
 from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpener
 from claude_cluster.agent.pool import JobPool, StopCause
-from claude_cluster.agent.registration import register
+from claude_cluster.agent.registration import RegistrationConfig, register
 from claude_cluster.agent.reporter import ReporterConfig, RunReporter
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.wire import AgentRegistration
@@ -96,6 +96,8 @@ class AgentDaemon:
         runner: the runner to use instead of the one ``AGENT_RUNNER`` names (tests).
         open_pull_request: a pull-request opener instead of the GitHub client (tests).
         reporter_config: timing of the run reporters.
+        registration_config: back-off of the registration retries.
+        client: the coordinator client to use (tests).
     """
 
     def __init__(
@@ -105,12 +107,14 @@ class AgentDaemon:
         runner: Runner | None = None,
         open_pull_request: PullRequestOpener | None = None,
         reporter_config: ReporterConfig | None = None,
+        registration_config: RegistrationConfig | None = None,
+        client: CoordinatorClient | None = None,
     ) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.secret = settings.agent_secret
         self.started_at = time.monotonic()
-        self.client = CoordinatorClient(
+        self.client = client or CoordinatorClient(
             settings.coordinator_url, registration_token=settings.registration_token
         )
         self.workspaces = WorkspaceManager(
@@ -146,6 +150,7 @@ class AgentDaemon:
             agent_id=settings.agent_id,
         )
         self.app = create_agent_app(self.pool, self)
+        self.registration_config = registration_config or RegistrationConfig()
         self.registered_as: Registered | None = None
         self.heartbeat: HeartbeatLoop | None = None
         self.signals = 0
@@ -274,7 +279,9 @@ class AgentDaemon:
         return True
 
     async def _serve_until_stopped(self) -> int:
-        registered = await register(self.client, self.registration(), stop=self._draining)
+        registered = await register(
+            self.client, self.registration(), config=self.registration_config, stop=self._draining
+        )
         if registered is None:
             return 0  # asked to stop before the coordinator ever answered
         self.registered_as = registered

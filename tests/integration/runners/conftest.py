@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.fakes.anthropic_api import FakeAnthropic
-from tests.integration.runners.harness import ClaudeRun, make_repo
 
 from claude_cluster.runners.claude_code import ClaudeCodeRunner, find_claude_cli
+from tests.fakes.anthropic_api import FakeAnthropic
+from tests.integration.runners.harness import ClaudeRun, make_repo
 
 
 @pytest.fixture(scope="session")

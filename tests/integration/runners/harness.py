@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.fakes.anthropic_api import Scenario
-from tests.unit.runners.helpers import Recorder
-
 from claude_cluster.runners.base import RunnerOutcome, RunSpec
 from claude_cluster.runners.claude_code import ClaudeCodeRunner
+from tests.fakes.anthropic_api import Scenario
+from tests.unit.runners.helpers import Recorder
 
 CALC_BUGGY = "def add(a, b):\n    return a - b\n"
 CALC_TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"

@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from claude_cluster.domain.states import ErrorCategory, is_retryable
+from claude_cluster.runners.base import EventKind
+from claude_cluster.runners.claude_code import ClaudeCodeRunner
 from tests.fakes.anthropic_api import (
     FakeAnthropic,
     bash,
@@ -23,10 +27,6 @@ from tests.fakes.anthropic_api import (
     write,
 )
 from tests.integration.runners.harness import CALC_BUGGY, ClaudeRun, repo_tests_pass
-
-from claude_cluster.domain.states import ErrorCategory, is_retryable
-from claude_cluster.runners.base import EventKind
-from claude_cluster.runners.claude_code import ClaudeCodeRunner
 
 pytestmark = pytest.mark.claude
 

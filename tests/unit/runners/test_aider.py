@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners.aider import AiderRunner, AiderState, aider_events, parse_token_count
 from claude_cluster.runners.base import EventKind
+from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 
 def fake_aider(

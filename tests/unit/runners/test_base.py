@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.unit.runners.helpers import make_spec
 
 import claude_cluster.runners as runners
 from claude_cluster.errors import ConfigError
@@ -14,6 +13,7 @@ from claude_cluster.runners.base import clip, get_runner, runner_names, scrubbed
 from claude_cluster.runners.claude_code import ClaudeCodeRunner, find_claude_cli
 from claude_cluster.runners.codex import CodexRunner
 from claude_cluster.runners.command import CommandRunner
+from tests.unit.runners.helpers import make_spec
 
 AGENT_ENV = {
     "PATH": "/usr/bin:/bin",

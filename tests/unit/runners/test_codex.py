@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners.base import EventKind
 from claude_cluster.runners.codex import CodexRunner
+from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 THREAD = "0199a213-81c0-7800-8aa1-bbab2a035a53"
 STARTED = [{"type": "thread.started", "thread_id": THREAD}, {"type": "turn.started"}]

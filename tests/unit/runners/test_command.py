@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.errors import ConfigError
 from claude_cluster.runners.base import EventKind, get_runner
 from claude_cluster.runners.command import CommandRunner
+from tests.unit.runners.helpers import Recorder, make_script, make_spec
 
 RESULT = {
     "type": "result",

@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse
 
 from claude_cluster import __version__, metrics
 from claude_cluster.coordinator.agent_client import AgentClient
-from claude_cluster.coordinator.api.routes import agents, health, queue, runs, tasks
+from claude_cluster.coordinator.api.routes import agents, health, queue, runs, tasks, webhooks
 from claude_cluster.coordinator.bus import make_bus
 from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.coordinator.github_loop import GitHubLoop
 from claude_cluster.coordinator.scheduler import TokenProvider, no_token
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
@@ -47,8 +48,15 @@ def create_app(
     token_provider: TokenProvider = no_token,
     setup: Callable[[FastAPI, Coordinator], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """Build the app. ``setup`` runs inside the lifespan once the coordinator exists (the
-    GitHub loop uses it to attach its observers and routes)."""
+    """Build the app. ``setup`` runs inside the lifespan once the coordinator exists.
+
+    With ``GITHUB_REPOSITORIES`` set, the GitHub loop is built here (a configuration error
+    surfaces now, not at the first webhook), hands out the run tokens unless
+    ``token_provider`` is given, and starts and stops with the coordinator.
+    """
+    github = GitHubLoop(settings) if settings.github_enabled else None
+    if github is not None and token_provider is no_token:
+        token_provider = github.dispatch_token
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +71,9 @@ def create_app(
         client = AgentClient(timeout=settings.agent_call_timeout)
         coordinator = Coordinator(settings, repo, bus, client, token_provider=token_provider)
         app.state.coordinator = coordinator
+        app.state.github = github
+        if github is not None:
+            await github.start(coordinator)
         if setup is not None:
             await setup(app, coordinator)
         stop = asyncio.Event()
@@ -71,6 +82,8 @@ def create_app(
         try:
             yield
         finally:
+            if github is not None:  # its work still needs the coordinator: stop it first
+                await github.stop()
             stop.set()
             await runner
             await client.close()
@@ -79,7 +92,14 @@ def create_app(
             log.info("coordinator_stopped")
 
     app = FastAPI(title=settings.app_name, version=__version__, lifespan=lifespan)
-    for router in (health.router, tasks.router, agents.router, runs.router, queue.router):
+    for router in (
+        health.router,
+        tasks.router,
+        agents.router,
+        runs.router,
+        queue.router,
+        webhooks.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(ClusterError)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
 from claude_cluster.config import is_placeholder, settings_config
@@ -49,6 +49,24 @@ class CoordinatorSettings(BaseSettings):
     agent_cooldown_seconds: float = Field(default=15.0, ge=0)
 
     github_web_url: str = "https://github.com"
+    #: REST API root; ``https://HOST/api/v3`` for GitHub Enterprise Server
+    github_api_url: str = "https://api.github.com"
+    #: personal access token (used when the GITHUB_APP_* variables are not all set)
+    github_token: SecretStr | None = None
+    github_app_id: str | None = None
+    #: the App's private key: PEM text (``\\n`` accepted) or a path to a PEM file
+    github_app_private_key: SecretStr | None = None
+    github_app_installation_id: int | None = None
+    #: HMAC secret of ``POST /webhook/github``; empty refuses every delivery
+    github_webhook_secret: SecretStr | None = None
+    #: watched repositories, ``owner/a,owner/b``; empty turns the GitHub loop off
+    github_repositories: str = ""
+    #: JSON or YAML per-repository overrides (labels, test command, daily budget)
+    github_repositories_file: Path | None = None
+    #: seconds between polls of the watched repositories; 0 = webhooks only
+    github_poll_interval: float = Field(default=0.0, ge=0)
+    #: an issue opened without a trigger label starts a task too (default for every repo)
+    github_trigger_on_opened: bool = False
 
     log_level: str = "INFO"
     log_file: Path | None = None
@@ -68,6 +86,11 @@ class CoordinatorSettings(BaseSettings):
         if not self.database_url.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
         return self
+
+    @property
+    def github_enabled(self) -> bool:
+        """The GitHub loop runs when at least one repository is watched."""
+        return bool(self.github_repositories.strip())
 
     @property
     def is_sqlite(self) -> bool:

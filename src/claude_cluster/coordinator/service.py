@@ -315,6 +315,37 @@ class Coordinator:
     async def events(self, task_id: int, after_id: int = 0) -> Sequence[TaskEvent]:
         return await self.repo.list_events(task_id, after_id=after_id)
 
+    # --- GitHub ---------------------------------------------------------------------
+
+    async def set_task_status(
+        self, task_id: int, target: TaskStatus, message: str, **fields: Any
+    ) -> Task:
+        """A status change from outside a run (a merged or closed pull request)."""
+        task = await self.repo.set_task_status(task_id, target, message, **fields)
+        metrics.TASKS_TOTAL.labels(task.status, task.priority).inc()
+        log.info("task_status_set", task_id=task.id, status=task.status, reason=message)
+        await self._notify(TaskChange(target.value, task))
+        return task
+
+    async def queue_feedback(self, task_id: int, feedback: str) -> tuple[Task, str]:
+        """Review feedback for a task: a follow-up run now, or after the active one
+        (see :meth:`Repository.add_feedback` for the outcomes)."""
+        task, outcome = await self.repo.add_feedback(task_id, feedback)
+        log.info("feedback_received", task_id=task.id, outcome=outcome)
+        if outcome != "deferred":
+            await self._wake_all()
+            await self._notify(TaskChange("feedback_queued", task))
+        return task, outcome
+
+    async def queue_deferred_feedback(self, task_id: int) -> Task | None:
+        """Start the follow-up for feedback that arrived while a run was active."""
+        task = await self.repo.take_deferred_feedback(task_id)
+        if task is not None:
+            log.info("deferred_feedback_queued", task_id=task.id)
+            await self._wake_all()
+            await self._notify(TaskChange("feedback_queued", task))
+        return task
+
 
 def _event_message(event: TaskEvent) -> dict[str, Any]:
     return {

@@ -231,6 +231,15 @@ class GitHubClient:
                 return pr
         return None
 
+    async def get_pull_request(self, repo: str, number: int) -> PullRequest:
+        """One pull request by number (an ``issue_comment`` names only the number)."""
+        response = await self._rest.request(
+            "GET",
+            f"/repos/{check_repo(repo)}/pulls/{int(number)}",
+            endpoint="GET " + PULLS + "/{number}",
+        )
+        return PullRequest.model_validate(response.data)
+
     async def update_pull_request(self, repo: str, number: int, **fields: Any) -> PullRequest:
         """PATCH a pull request: ``title``, ``body``, ``state``, ``base``."""
         response = await self._rest.request(

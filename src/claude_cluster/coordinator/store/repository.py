@@ -1164,6 +1164,184 @@ class Repository:
             )
         )
 
+    # --- GitHub loop ------------------------------------------------------------------
+
+    async def task_for_branch(self, repository: str, branch: str) -> Task | None:
+        """The newest task of ``repository`` whose runs pushed ``branch``."""
+        async with self._sessions() as s:
+            by_task = select(Task).where(
+                Task.github_repository == repository, Task.github_branch == branch
+            )
+            task = (await s.scalars(by_task.order_by(Task.id.desc()))).first()
+            if task is not None:
+                return task
+            by_run = (
+                select(Task)
+                .join(TaskRun, TaskRun.task_id == Task.id)
+                .where(Task.github_repository == repository, TaskRun.branch == branch)
+                .order_by(Task.id.desc())
+            )
+            return (await s.scalars(by_run)).first()
+
+    async def task_for_pull_request(self, repository: str, number: int) -> Task | None:
+        """The newest task of ``repository`` that recorded pull request ``number``."""
+        async with self._sessions() as s:
+            query = select(Task).where(
+                Task.github_repository == repository, Task.github_pr_number == number
+            )
+            return (await s.scalars(query.order_by(Task.id.desc()))).first()
+
+    @retry_conflicts
+    async def attach_pull_request(self, task_id: int, number: int, url: str) -> tuple[Task, bool]:
+        """Record a task's pull request; ``True`` when the task had none (or another).
+
+        A task whose run is still active keeps its status: the run's result moves it to
+        ``review``. A running task without an active run (its result was lost) moves now.
+        """
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
+                raise Conflict(f"task {task_id} is {task.status}")
+            new = task.github_pr_number != number
+            task.github_pr_number, task.github_pr_url = number, url
+            task.updated_at = utcnow()
+            if (
+                TaskStatus(task.status) in RUNNING_TASK_STATUSES
+                and await self._active_run(s, task.id) is None
+            ):
+                task.status = TaskStatus.REVIEW.value
+            if new:
+                self._event(s, task.id, "pull_request", f"pull request #{number} opened: {url}")
+            return task, new
+
+    @retry_conflicts
+    async def add_feedback(self, task_id: int, feedback: str) -> tuple[Task, str]:
+        """Take review feedback, one run at a time per task (so per pull request).
+
+        Returns the task and what happened: ``queued`` (the task was in review: a follow-up
+        run is queued), ``merged`` (a follow-up is queued but not started: the feedback
+        joins it) or ``deferred`` (a run is active: the feedback waits for its end, see
+        :meth:`take_deferred_feedback`).
+        """
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            status = TaskStatus(task.status)
+            if status in TERMINAL_TASK_STATUSES:
+                raise Conflict(f"task {task_id} is {task.status}; feedback is not taken")
+            now = utcnow()
+            if status == TaskStatus.REVIEW:
+                self._queue_feedback(s, task, feedback, now)
+                return task, "queued"
+            if status == TaskStatus.QUEUED and task.feedback:
+                task.feedback = f"{task.feedback}\n\n{feedback}"
+                task.updated_at = now
+                # not "feedback": that kind marks deferred feedback as taken
+                self._event(s, task.id, "feedback_merged", "more feedback for the queued follow-up")
+                return task, "merged"
+            self._event(
+                s,
+                task.id,
+                "feedback_deferred",
+                "feedback kept until the active run ends",
+                {"feedback": feedback},
+            )
+            return task, "deferred"
+
+    @retry_conflicts
+    async def take_deferred_feedback(self, task_id: int) -> Task | None:
+        """Queue the feedback deferred since the last follow-up, if the task is in review.
+
+        Deferred feedback is every ``feedback_deferred`` event newer than the task's last
+        ``feedback`` event (the one that queued a follow-up), so nothing is taken twice.
+        """
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            if task.status != TaskStatus.REVIEW.value:
+                return None
+            last_taken = await s.scalar(
+                select(func.max(TaskEvent.id)).where(
+                    TaskEvent.task_id == task_id, TaskEvent.kind == "feedback"
+                )
+            )
+            waiting = (
+                await s.scalars(
+                    select(TaskEvent)
+                    .where(
+                        TaskEvent.task_id == task_id,
+                        TaskEvent.kind == "feedback_deferred",
+                        TaskEvent.id > (last_taken or 0),
+                    )
+                    .order_by(TaskEvent.id)
+                )
+            ).all()
+            texts = [str(e.details.get("feedback") or "") for e in waiting]
+            texts = [t for t in texts if t]
+            if not texts:
+                return None
+            self._queue_feedback(s, task, "\n\n".join(texts), utcnow())
+            return task
+
+    def _queue_feedback(self, s: AsyncSession, task: Task, feedback: str, now: datetime) -> None:
+        check_transition(TaskStatus(task.status), TaskStatus.QUEUED)
+        task.status = TaskStatus.QUEUED.value
+        task.feedback = feedback
+        task.queued_at = now
+        task.not_before = None
+        task.updated_at = now
+        self._event(s, task.id, "feedback", "follow-up queued with review feedback")
+
+    @retry_conflicts
+    async def mark_once(self, task_id: int, kind: str, message: str) -> bool:
+        """Record a ``kind`` event for the task unless one exists: ``True`` the first time.
+
+        The GitHub loop claims a comment with it before posting, so replicas and restarts
+        post it at most once.
+        """
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            seen = await s.scalar(
+                select(TaskEvent.id)
+                .where(TaskEvent.task_id == task.id, TaskEvent.kind == kind)
+                .limit(1)
+            )
+            if seen is not None:
+                return False
+            self._event(s, task.id, kind, message)
+            return True
+
+    async def tasks_without_event(
+        self,
+        statuses: Sequence[TaskStatus],
+        kind: str,
+        *,
+        repositories: Sequence[str],
+        limit: int = 100,
+    ) -> Sequence[Task]:
+        """Tasks of ``repositories`` in ``statuses`` with no ``kind`` event yet, oldest first."""
+        marked = select(TaskEvent.id).where(TaskEvent.task_id == Task.id, TaskEvent.kind == kind)
+        query = (
+            select(Task)
+            .where(
+                Task.status.in_([st.value for st in statuses]),
+                Task.github_repository.in_(list(repositories)),
+                ~marked.exists(),
+            )
+            .order_by(Task.id)
+            .limit(limit)
+        )
+        async with self._sessions() as s:
+            return (await s.scalars(query)).all()
+
+    async def repository_cost_since(self, repository: str, since: datetime) -> float:
+        """Dollars reported by the runs of ``repository`` that ended since ``since``."""
+        async with self._sessions() as s:
+            total = await s.scalar(
+                select(func.coalesce(func.sum(TaskRun.cost_usd), 0.0))
+                .join(Task, Task.id == TaskRun.task_id)
+                .where(Task.github_repository == repository, TaskRun.ended_at >= since)
+            )
+            return float(total or 0.0)
+
 
 def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
     return scoring.AgentView(

@@ -81,9 +81,11 @@ class Loop:
             return list((await s.scalars(query.order_by(WebhookDelivery.received_at))).all())
 
     async def comments(self, number: int, containing: str, timeout: float = 10) -> list[str]:
+        """The comments on issue or PR ``number`` that contain ``containing`` (waits for one)."""
+
         async def probe() -> list[str]:
             bodies = [c["body"] for c in self.fake.comments(REPO, number)]
-            return bodies if any(containing in b for b in bodies) else []
+            return [b for b in bodies if containing in b]
 
         return await eventually(probe, timeout=timeout)
 
@@ -100,6 +102,15 @@ class Loop:
 
     def last_delivery(self) -> Delivery:
         return self.fake.deliveries[-1]
+
+    async def delivery_after(self, count: int) -> Delivery:
+        """The delivery number ``count`` (0-based): the fake sends ``pull_request.opened``
+        from a thread after answering the API call, so it may not exist yet."""
+
+        async def probe() -> Delivery | None:
+            return self.fake.deliveries[count] if len(self.fake.deliveries) > count else None
+
+        return await eventually(probe, timeout=10)
 
 
 @pytest.fixture

@@ -28,13 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from claude_cluster.agent.deliver import commit_and_push
 from claude_cluster.agent.git import DeliveryError, GitError, WorkspaceError, git
 from claude_cluster.agent.prompt import feedback_prompt, fix_prompt, issue_prompt
+from claude_cluster.agent.pull_request import (
+    PullRequestOpener,
+    PullRequestRequest,
+    RunFigures,
+    describe,
+    github_opener,
+)
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.agent.verify import TestReport, run_tests
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
@@ -49,22 +56,6 @@ log = get_logger(__name__)
 
 _MESSAGE_LIMIT = 4_000
 _EXCERPT_LIMIT = 8_000
-
-
-@dataclass(frozen=True)
-class PullRequestRequest:
-    """What :data:`PullRequestOpener` needs to open or update a pull request."""
-
-    repository: str
-    head: str
-    base: str
-    title: str
-    body: str
-    token: str
-
-
-#: opens or updates a pull request; returns (number, html_url)
-PullRequestOpener = Callable[[PullRequestRequest], Awaitable[tuple[int, str]]]
 
 
 @dataclass(frozen=True)
@@ -204,7 +195,7 @@ class JobRunner:
         self.workspaces = workspaces
         self.runner = runner
         self.github_api_url = github_api_url
-        self._open_pull_request = open_pull_request or self._github_pull_request
+        self._open_pull_request = open_pull_request or github_opener(github_api_url)
 
     async def run(self, request: ExecuteTaskRequest, reporter: RunReporter) -> RunResult:
         """Do the run and return its result (cancellation included: the result then says
@@ -468,59 +459,28 @@ class JobRunner:
         ws: Workspace,
         progress: _Progress,
     ) -> RunResult | None:
-        # imported here: the GitHub package is only needed by runs that open a pull request
-        from claude_cluster.github import (
-            GitHubError,
-            PullRequestInfo,
-            TestResults,
-            Usage,
-            pr_title,
-            render_pr_body,
-        )
+        from claude_cluster.github import GitHubError  # only runs opening a PR load GitHub
 
-        tests = progress.tests
-        measured = None
-        if tests is not None and tests.command:
-            measured = TestResults(
-                command=tests.command_line,
-                passed=tests.passed or 0,
-                failed=tests.failed or 0,
-                skipped=tests.skipped or 0,
-                errors=tests.errors or 0,
-                duration_seconds=tests.duration,
-                output_tail=tests.output_tail[-4000:] or None,
-            )
-        info = PullRequestInfo(
-            task_id=request.task_id,
-            issue_number=request.github_issue_number,
-            issue_title=request.title,
+        figures = RunFigures(
             summary=progress.summary,
-            changes=progress.changed_files[:100],
-            tests=measured,
-            agent=self.config.agent_id,
-            model=self.config.model,
-            attempt=request.attempt,
-            branch=ws.branch,
-            usage=Usage(
-                cost_usd=progress.cost_usd,
-                input_tokens=progress.input_tokens,
-                output_tokens=progress.output_tokens,
-                cache_read_tokens=progress.cache_read_tokens,
-                cache_creation_tokens=progress.cache_creation_tokens,
-            ),
+            changed_files=progress.changed_files,
+            tests=progress.tests,
+            cost_usd=progress.cost_usd,
+            input_tokens=progress.input_tokens,
+            output_tokens=progress.output_tokens,
+            cache_read_tokens=progress.cache_read_tokens,
+            cache_creation_tokens=progress.cache_creation_tokens,
         )
-        assert request.git_token is not None
+        pr = describe(
+            request,
+            head=ws.branch,
+            base=ws.base_branch,
+            figures=figures,
+            agent_id=self.config.agent_id,
+            model=self.config.model,
+        )
         try:
-            number, url = await self._open_pull_request(
-                PullRequestRequest(
-                    repository=request.github_repository,
-                    head=ws.branch,
-                    base=ws.base_branch,
-                    title=pr_title(request.github_issue_number, request.title),
-                    body=render_pr_body(info),
-                    token=request.git_token,
-                )
-            )
+            number, url = await self._open_pull_request(pr)
         except GitHubError as exc:
             return progress.result(
                 succeeded=False,
@@ -532,15 +492,6 @@ class JobRunner:
             "pull_request", f"pull request #{number}: {url}", {"number": number, "url": url}
         )
         return None
-
-    async def _github_pull_request(self, pr: PullRequestRequest) -> tuple[int, str]:
-        from claude_cluster.github import GitHubClient, PersonalToken
-
-        async with GitHubClient(PersonalToken(pr.token), base_url=self.github_api_url) as gh:
-            opened = await gh.open_or_update_pull_request(
-                pr.repository, head=pr.head, base=pr.base, title=pr.title, body=pr.body
-            )
-        return opened.pull_request.number, opened.pull_request.html_url
 
     # --- helpers -------------------------------------------------------------------------
 

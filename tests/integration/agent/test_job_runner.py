@@ -234,3 +234,29 @@ async def test_cancelling_reports_cancelled_and_releases_the_worktree(
     assert not list((tmp_path / "ws" / "tasks").glob("task-*/"))
     assert CALC_BUGGY  # the origin is untouched
     assert branch_file(origin, "claude/issue-3-add-subtracts", "calc.py") is None
+
+
+async def test_the_default_opener_opens_the_pull_request_on_github(
+    tmp_path: Path, origin: Path
+) -> None:
+    from tests.fakes.github_api import FakeGitHub
+
+    with FakeGitHub() as gh:
+        token = gh.add_token("ghs_run_token")
+        gh.add_repo("octo/app")
+        job = make_job_runner(tmp_path, ScriptedRunner([writes(CALC_FIXED)]), github_api_url=gh.url)
+        req = request(origin, github_repository="octo/app", open_pull_request=True, git_token=token)
+        result = await job.run(req, reporter())
+        assert result.succeeded, result.message
+        [pr] = gh.pull_requests("octo/app")
+        assert (result.pr_number, result.pr_url) == (pr["number"], pr["html_url"])
+        assert pr["head"]["ref"] == result.branch and pr["base"]["ref"] == "main"
+        assert "2 passed, 0 failed" in pr["body"]
+
+        again = await job.run(request(origin, run_id=2, attempt=2, **_pr(token)), reporter())
+        assert again.succeeded and again.pr_number == pr["number"]  # updated, not a second PR
+        assert len(gh.pull_requests("octo/app")) == 1
+
+
+def _pr(token: str) -> dict[str, Any]:
+    return {"github_repository": "octo/app", "open_pull_request": True, "git_token": token}

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -48,8 +49,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
     raise RuntimeError(f"{url} did not become healthy in {timeout} s")
 
 
+@dataclass(frozen=True)
+class CoordinatorProcess:
+    url: str
+    pid: int
+
+
 @contextmanager
-def coordinator_process(database_url: str, *, log: Path, **extra: str) -> Iterator[str]:
+def coordinator_process(
+    database_url: str, *, log: Path, **extra: str
+) -> Iterator[CoordinatorProcess]:
     """Start a coordinator process; yields its URL; always stops it (the whole group)."""
     port = free_port()
     env = coordinator_env(database_url, PORT=str(port), **extra)
@@ -64,7 +73,7 @@ def coordinator_process(database_url: str, *, log: Path, **extra: str) -> Iterat
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-        yield url
+        yield CoordinatorProcess(url, proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

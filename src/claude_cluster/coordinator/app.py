@@ -7,8 +7,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from claude_cluster import __version__, metrics
 from claude_cluster.coordinator.agent_client import AgentClient
@@ -40,6 +41,34 @@ _STATUS: list[tuple[type[ClusterError], int]] = [
     (Forbidden, 403),
     (ConfigError, 422),
 ]
+
+
+class RequestMetrics:
+    """Count and time requests by route template. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware costs a task and a stream per request on the hottest paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(scope["method"], endpoint, str(status)).inc()
+            metrics.HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def create_app(
@@ -111,16 +140,5 @@ def create_app(
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse(body, status_code=code, headers=headers)
 
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
-        metrics.HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics)
     return app

@@ -30,9 +30,10 @@ def pg_url(db_url: str) -> str:
 async def test_two_coordinators_never_dispatch_a_task_twice(pg_url: str, tmp_path: Path) -> None:
     redis = "redis://127.0.0.1:6379/0"
     with (
-        coordinator_process(pg_url, log=tmp_path / "a.log", REDIS_URL=redis) as url_a,
-        coordinator_process(pg_url, log=tmp_path / "b.log", REDIS_URL=redis) as url_b,
+        coordinator_process(pg_url, log=tmp_path / "a.log", REDIS_URL=redis) as proc_a,
+        coordinator_process(pg_url, log=tmp_path / "b.log", REDIS_URL=redis) as proc_b,
     ):
+        url_a, url_b = proc_a.url, proc_b.url
         async with SimAgents(url_a, heartbeat_interval=1.0) as sims:
             for i in range(10):
                 await sims.add(f"sim-{i:02d}", capacity=5)

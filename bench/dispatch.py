@@ -1,0 +1,205 @@
+"""Dispatch benchmark: how fast a queued task reaches an agent, and how many complete.
+
+A real coordinator process on a fresh PostgreSQL database (default durability), 50
+simulated agents (real HTTP on loopback, no-op work that reports its result at once), and
+this process submitting tasks. Prints:
+
+- task created → ``/execute_task`` received, p50/p90/p99, paced (one task every 20 ms);
+- the same under a flood of 5,000 tasks, and the sustained completed tasks per second;
+- the coordinator's RSS (current and peak);
+- with default settings, the time from an agent's death to its run being requeued.
+
+Run: ``uv run python bench/dispatch.py [--tasks 5000] [--agents 50] [--skip-death]``.
+Numbers, not assertions: see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import ADMIN_TOKEN
+from tests.support import databases
+from tests.support.processes import coordinator_process
+from tests.support.sim_agents import SimAgents
+
+HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+class Load:
+    def __init__(self, api: httpx.AsyncClient, sims: SimAgents) -> None:
+        self.api = api
+        self.sims = sims
+        self.sent: dict[int, float] = {}
+        self.issue = 0
+
+    async def submit(self) -> None:
+        self.issue += 1
+        issue = self.issue
+        self.sent[issue] = time.monotonic()
+        response = await self.api.post(
+            "/api/v1/tasks",
+            json={
+                "title": f"bench {issue}",
+                "github_repository": "bench/app",
+                "github_issue_number": issue,
+                "requirements": [],
+            },
+        )
+        response.raise_for_status()
+
+    def latencies_ms(self, issues: range) -> list[float]:
+        received: dict[int, float] = {}
+        for agent in self.sims.agents.values():
+            for (_, at), body in zip(agent.received, agent.bodies, strict=True):
+                received.setdefault(body["github_issue_number"], at)
+        return [(received[i] - self.sent[i]) * 1000 for i in issues if i in received]
+
+    async def completed(self) -> int:
+        status = (await self.api.get("/api/v1/queue/status")).json()
+        return int(status["completed_tasks"])
+
+
+async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
+    async with (
+        SimAgents(url, heartbeat_interval=5.0) as sims,
+        httpx.AsyncClient(
+            base_url=url,
+            headers=HEADERS,
+            timeout=60,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        ) as api,
+    ):
+        for i in range(agents):
+            await sims.add(f"bench-{i:02d}", capacity=4)
+        load = Load(api, sims)
+        paced = 500
+        for _ in range(paced):
+            await load.submit()
+            await asyncio.sleep(0.02)
+        while await load.completed() < paced:
+            await asyncio.sleep(0.1)
+        lat = load.latencies_ms(range(1, paced + 1))
+        print(
+            f"paced ({paced} tasks, one every 20 ms): created → /execute_task "
+            f"p50 {pct(lat, 0.5):.1f} ms  p90 {pct(lat, 0.9):.1f} ms  p99 {pct(lat, 0.99):.1f} ms"
+        )
+
+        first = load.issue + 1
+        started = time.monotonic()
+        semaphore = asyncio.Semaphore(32)
+
+        async def one() -> None:
+            async with semaphore:
+                await load.submit()
+
+        await asyncio.gather(*(one() for _ in range(tasks)))
+        submitted = time.monotonic() - started
+        while await load.completed() < paced + tasks:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        lat = load.latencies_ms(range(first, first + tasks))
+        print(
+            f"flood ({tasks} tasks, 32 submitters): submitted in {submitted:.1f} s, all "
+            f"completed in {elapsed:.1f} s → {tasks / elapsed:.0f} completed tasks/s "
+            f"({tasks / submitted:.0f} submitted/s)"
+        )
+        print(
+            f"flood: created → /execute_task p50 {pct(lat, 0.5):.1f} ms  "
+            f"p90 {pct(lat, 0.9):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  "
+            f"(mean {statistics.fmean(lat):.1f} ms)"
+        )
+        now, peak = rss_mb(pid)
+        print(f"coordinator RSS: {now:.0f} MB now, {peak:.0f} MB peak")
+
+
+async def death_to_requeue(url: str) -> None:
+    """Default settings: heartbeats every 10 s, RUN_LEASE_SECONDS 30, sweep every 2 s."""
+    async with (
+        SimAgents(url, heartbeat_interval=10.0) as sims,
+        httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as api,
+    ):
+        await sims.add("dies", behaviour="hold", capacity=1)
+        response = await api.post(
+            "/api/v1/tasks",
+            json={
+                "title": "death",
+                "github_repository": "bench/death",
+                "github_issue_number": 1,
+                "requirements": [],
+            },
+        )
+        task_id = response.json()["id"]
+        while not sims.agents["dies"].held:
+            await asyncio.sleep(0.05)
+        # die right after a heartbeat: the worst case for the lease
+        await sims.heartbeat(sims.agents["dies"])
+        died = time.monotonic()
+        sims.vanish("dies")
+        while True:
+            runs = (await api.get(f"/api/v1/tasks/{task_id}/runs")).json()
+            if runs and runs[0]["status"] == "lost":
+                break
+            await asyncio.sleep(0.1)
+        print(
+            f"agent death → run lost and task requeued: {time.monotonic() - died:.1f} s "
+            "(worst case: died just after a heartbeat; RUN_LEASE_SECONDS=30, sweep 2 s)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--agents", type=int, default=50)
+    parser.add_argument("--skip-death", action="store_true", help="skip the 30 s lease measurement")
+    args = parser.parse_args()
+    databases.make_pg_template()
+    name, url = databases.new_pg_database()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(tmp) / "coordinator.log"
+            with coordinator_process(
+                url,
+                log=log,
+                SWEEP_INTERVAL="2",
+                LOG_LEVEL="WARNING",
+                MAX_CONCURRENT_TASKS="1000",
+                MAX_AGENTS="100",
+            ) as proc:
+                asyncio.run(paced_and_flood(proc.url, proc.pid, args.tasks, args.agents))
+            if not args.skip_death:
+                name2, url2 = databases.new_pg_database()
+                try:
+                    with coordinator_process(url2, log=log, LOG_LEVEL="WARNING") as proc:
+                        asyncio.run(death_to_requeue(proc.url))
+                finally:
+                    databases.drop_pg_database(name2)
+    finally:
+        databases.drop_pg_database(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -65,7 +65,11 @@ class RedisBus:
         self._redis = aioredis.from_url(url, decode_responses=True)
 
     async def start(self) -> None:
-        await self.ping()
+        try:
+            await self.ping()
+        except aioredis.RedisError as exc:
+            # Start anyway: /health reports Redis down, and the sweep covers lost wake-ups.
+            log.warning("redis_unavailable", error=str(exc))
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,20 +1,33 @@
-"""The HTTP layer under :class:`~claude_cluster.github.client.GitHubClient`.
+"""The HTTP layer under :class:`~claude_cluster.github.client.GitHubClient`, on githubkit.
 
-One method, :meth:`RestTransport.request`, sends every call: it adds GitHub's headers and
-the token, records the rate-limit headers, reports the call to the metrics hook, and turns
-every non-2xx/304 answer into a typed error. It never retries: a caller that gets a
-retryable error decides when to come back (the poller sleeps until the reset, a run is
-requeued).
+One method, :meth:`RestTransport.request`, sends every call through githubkit's async
+``GitHub.arequest``: githubkit sets the base URL (GitHub Enterprise included), GitHub's
+``Accept`` header, redirects and timeouts; this layer adds the API version header and the
+token (from our :class:`~claude_cluster.github.auth.TokenProvider`, so a GitHub App's
+installation token is refreshed by our own code, which also hands tokens to agents),
+records the rate-limit headers, reports the call to the metrics hook, and turns every
+non-2xx/304 answer into a typed error.
+
+githubkit is configured so that it does not get in the way of what callers decide:
+
+- ``auto_retry=False``: this layer never retries; a caller that gets a retryable error
+  decides when to come back (the poller sleeps until the reset, a run is requeued).
+- ``http_cache=False``: conditional requests are ours. With githubkit's (hishel) cache a
+  ``304`` would come back as the cached ``200``, and the poller could no longer tell
+  "nothing changed" (which costs no rate limit) from a fresh listing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from githubkit import GitHub
+from githubkit.auth.base import BaseAuthStrategy
+from githubkit.exception import RequestError, RequestFailed
 
 from claude_cluster.github.auth import API_HEADERS, TokenProvider
 from claude_cluster.github.errors import GitHubUnavailable, error_for_response
@@ -85,13 +98,51 @@ class RestResponse:
         return parse_link_header(self.headers.get("link"))
 
 
+class _ProviderAuth(httpx.Auth):
+    """Bearer token from our provider, fetched per request (an App token may rotate)."""
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self._provider = provider
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, Any, None]:
+        raise RuntimeError("the GitHub client is async only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncIterator[httpx.Request]:  # type: ignore[override]
+        request.headers["Authorization"] = f"Bearer {await self._provider.api_token()}"
+        yield request
+
+
+class _ProviderStrategy(BaseAuthStrategy):
+    def __init__(self, provider: TokenProvider) -> None:
+        self._flow = _ProviderAuth(provider)
+
+    def get_auth_flow(self, github: Any) -> httpx.Auth:
+        return self._flow
+
+
+class _SharedTransport(httpx.AsyncBaseTransport):
+    """One connection pool for every request: githubkit builds (and closes) an httpx
+    client per request outside ``async with``, and closing a client closes its transport;
+    this wrapper keeps the pool open until :meth:`RestTransport.aclose`."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
 class RestTransport:
     """Sends requests to the GitHub REST API with one token provider.
 
     Args:
         auth: where the bearer token comes from.
         base_url: API root, ``https://api.github.com`` or ``https://HOST/api/v3``.
-        http: an httpx client to reuse (closed by the caller); one is created otherwise.
+        http: an httpx client whose transport to reuse (closed by the caller; tests pass
+            one with a ``MockTransport``); a connection pool is created otherwise.
         on_api_call: metrics hook called after every request; its errors are logged and
             swallowed so metrics can never break a call.
     """
@@ -106,15 +157,26 @@ class RestTransport:
         timeout: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._auth = auth
-        self._http = http or httpx.AsyncClient(timeout=timeout)
-        self._owns_http = http is None
+        # githubkit takes a transport, not a client: borrow the given client's
+        inner = http._transport if http is not None else httpx.AsyncHTTPTransport()
+        self._transport = inner
+        self._owns_transport = http is None
+        self._github = GitHub(
+            _ProviderStrategy(auth),
+            base_url=self.base_url + "/",
+            user_agent=API_HEADERS["User-Agent"],
+            timeout=timeout,
+            follow_redirects=True,  # a renamed repository answers 301 (GET) or 307 (writes)
+            async_transport=_SharedTransport(inner),
+            http_cache=False,
+            auto_retry=False,
+        )
         self._on_api_call = on_api_call
         self.rate_limit: RateLimit | None = None
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        if self._owns_transport:
+            await self._transport.aclose()
 
     async def request(
         self,
@@ -135,17 +197,22 @@ class RestTransport:
         if not url.startswith(self.base_url + "/"):
             # a Link header pointing elsewhere must not receive our token
             raise GitHubUnavailable(status=0, detail=f"refusing to follow {url!r} off the API")
-        headers = {**API_HEADERS, "Authorization": f"Bearer {await self._auth.api_token()}"}
+        headers = dict(API_HEADERS)
         if etag:
             headers["If-None-Match"] = etag
         try:
-            # a renamed repository answers 301 (GET) or 307 (writes): follow it
-            response = await self._http.request(
-                method, url, params=params, json=json, headers=headers, follow_redirects=True
+            answer = await self._github.arequest(
+                method, url, params=dict(params) if params else None, json=json, headers=headers
             )
-        except httpx.HTTPError as exc:
+            response = answer.raw_response
+        except RequestFailed as exc:
+            response = exc.response.raw_response
+        except RequestError as exc:
             self._report(endpoint, 0, None)
-            raise GitHubUnavailable(status=0, detail=f"{type(exc).__name__} on {endpoint}") from exc
+            cause = exc.__cause__ or exc
+            raise GitHubUnavailable(
+                status=0, detail=f"{type(cause).__name__} on {endpoint}"
+            ) from exc
         limit = RateLimit.from_headers(response.headers)
         if limit is not None:
             self.rate_limit = limit

@@ -8,6 +8,7 @@ first, so that their runs end, then the coordinator.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -22,7 +23,8 @@ import typer
 from rich.console import Console
 
 out = Console()
-STOP_GRACE_SECONDS = 30.0
+#: how long each stop step waits for the children
+STOP_GRACE_SECONDS = 10.0
 
 
 def _secret(path: Path) -> str:
@@ -50,17 +52,40 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
     raise typer.Exit(1)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM (agents drain), again after ``grace`` (agents hand their runs back), then
+    SIGKILL to the process group."""
+    for signal_number, wait in (
+        (signal.SIGTERM, grace),
+        (signal.SIGTERM, grace),
+        (signal.SIGKILL, 5.0),
+    ):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                if signal_number == signal.SIGKILL:
+                    os.killpg(proc.pid, signal_number)
+                else:
+                    proc.send_signal(signal_number)
+        deadline = time.monotonic() + wait
+        for proc in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops `up` the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C in the terminal reaches only `up`, which then stops each child
+    # with one SIGTERM (two signals would make an agent hand its runs back at once).
+    return subprocess.Popen(
+        [sys.executable, "-m", "claude_cluster", *args], env=env, start_new_session=True
+    )
 
 
 def up(
@@ -90,11 +115,8 @@ def up(
         "WORKERS": "1",
     }
     url = f"http://127.0.0.1:{port}"
-    procs: list[subprocess.Popen[bytes]] = []
-    coordinator = subprocess.Popen(
-        [sys.executable, "-m", "claude_cluster", "coordinator", "--migrate"], env=base_env
-    )
-    procs.append(coordinator)
+    coordinator = _spawn(["coordinator", "--migrate"], base_env)
+    agents_procs: list[subprocess.Popen[bytes]] = []
     try:
         _wait_healthy(url, coordinator, timeout=60)
         for i in range(agents):
@@ -112,9 +134,7 @@ def up(
             }
             if runner:
                 env["AGENT_RUNNER"] = runner
-            procs.insert(
-                0, subprocess.Popen([sys.executable, "-m", "claude_cluster", "agent"], env=env)
-            )
+            agents_procs.append(_spawn(["agent"], env))
         out.print(
             f"[bold green]claude-cluster is up[/bold green]: coordinator {url} "
             f"(API docs {url}/docs), {agents} agent(s) from 127.0.0.1:{agent_port}"
@@ -124,15 +144,18 @@ def up(
             "submit work:  claude-cluster task submit --repository /path/to/repo "
             "--issue 1 --title 'Fix the failing test'"
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
+        names = {coordinator.pid: "coordinator"} | {
+            p.pid: f"agent local-{i + 1}" for i, p in enumerate(agents_procs)
+        }
         while True:
-            for proc in procs:
+            for proc in [*agents_procs, coordinator]:
                 if proc.poll() is not None:
-                    name = " ".join(str(a) for a in proc.args[-1:])  # type: ignore[index]
-                    out.print(f"[red]the {name} process exited with {proc.returncode}[/red]")
+                    out.print(f"[red]the {names[proc.pid]} exited with {proc.returncode}[/red]")
                     raise typer.Exit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
         out.print("stopping…")
     finally:
-        _stop(procs)
+        _stop(agents_procs, STOP_GRACE_SECONDS)  # agents first: they report to the coordinator
+        _stop([coordinator], STOP_GRACE_SECONDS)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.integration.agent.conftest import GitHttpServer, Origin, sh
 
 from claude_cluster.agent.deliver import commit_and_push, commit_message
 from claude_cluster.agent.git import DeliveryError
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
+from tests.integration.agent.conftest import GitHttpServer, Origin, sh
 
 pytestmark = pytest.mark.timeout(30)
 MakeManager = Callable[..., WorkspaceManager]

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.unit.agent.test_workspace_git import gone
 
 from claude_cluster.agent.verify import run_tests
+from tests.unit.agent.test_workspace_git import gone
 
 pytestmark = pytest.mark.timeout(30)
 

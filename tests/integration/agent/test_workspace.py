@@ -13,11 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.integration.agent.conftest import GitHttpServer, Origin, make_origin, sh
 
 from claude_cluster.agent.git import WorkspaceError
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
+from tests.integration.agent.conftest import GitHttpServer, Origin, make_origin, sh
 
 pytestmark = pytest.mark.timeout(30)
 MakeManager = Callable[..., WorkspaceManager]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from tests.fakes.github_api import FakeGitHub
 
 from claude_cluster.github import GitHubClient, PersonalToken
+from tests.fakes.github_api import FakeGitHub
 
 TOKEN = "ghp_integration_test_token"
 REPO = "octo/app"

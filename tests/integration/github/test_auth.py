@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tests.fakes.github_api import FakeGitHub
-from tests.integration.github.conftest import REPO
 
 from claude_cluster.errors import ConfigError
 from claude_cluster.github import (
@@ -20,6 +18,8 @@ from claude_cluster.github import (
     PersonalToken,
     token_provider,
 )
+from tests.fakes.github_api import FakeGitHub
+from tests.integration.github.conftest import REPO
 
 APP_ID = 123456
 INSTALLATION = 7890

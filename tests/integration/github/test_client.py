@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tests.fakes.github_api import FakeGitHub
-from tests.integration.github.conftest import REPO, TOKEN
 
 from claude_cluster.github import (
     GitHubAuthError,
@@ -14,6 +12,8 @@ from claude_cluster.github import (
     NoCommitsBetween,
     PersonalToken,
 )
+from tests.fakes.github_api import FakeGitHub
+from tests.integration.github.conftest import REPO, TOKEN
 
 
 async def test_get_repo_on_github_and_on_enterprise_paths(fake_github: FakeGitHub) -> None:

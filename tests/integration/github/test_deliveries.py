@@ -9,9 +9,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
-from tests.fakes.github_api import FakeGitHub
-from tests.integration.github.conftest import REPO
-from tests.support.servers import ServerThread
 
 from claude_cluster.github import (
     GitHubEvent,
@@ -24,6 +21,9 @@ from claude_cluster.github import (
     parse_event,
     verify_signature,
 )
+from tests.fakes.github_api import FakeGitHub
+from tests.integration.github.conftest import REPO
+from tests.support.servers import ServerThread
 
 SECRET = b"webhook-secret"
 

@@ -6,8 +6,6 @@ import asyncio
 import random
 
 import pytest
-from tests.fakes.github_api import FakeGitHub
-from tests.integration.github.conftest import REPO
 
 from claude_cluster.github import (
     ASSIGNED_LABEL,
@@ -16,6 +14,8 @@ from claude_cluster.github import (
     IssuePoller,
     RepositoryConfig,
 )
+from tests.fakes.github_api import FakeGitHub
+from tests.integration.github.conftest import REPO
 
 
 class Clock:

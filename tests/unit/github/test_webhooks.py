@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.fakes.github_payloads import issue_labeled_payload
 
 from claude_cluster.errors import ConfigError
 from claude_cluster.github import (
@@ -23,6 +22,7 @@ from claude_cluster.github import (
     sign,
     verify_signature,
 )
+from tests.fakes.github_payloads import issue_labeled_payload
 
 GUID = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 

@@ -136,8 +136,8 @@ def up(
                 env["AGENT_RUNNER"] = runner
             agents_procs.append(_spawn(["agent"], env))
         out.print(
-            f"[bold green]claude-cluster is up[/bold green]: coordinator {url} "
-            f"(API docs {url}/docs), {agents} agent(s) from 127.0.0.1:{agent_port}"
+            f"[bold green]claude-cluster is up[/bold green]: dashboard {url}/ , API docs "
+            f"{url}/docs, {agents} agent(s) from 127.0.0.1:{agent_port}"
         )
         out.print(f"admin token (also in {data_dir / 'admin-token'}): {admin}")
         out.print(

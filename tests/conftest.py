@@ -19,8 +19,10 @@ REGISTRATION_TOKEN = "test-registration-token-0123456789"
 
 
 @pytest.fixture(scope="session")
-def _pg_template() -> None:
+def _pg_template() -> Iterator[None]:
     databases.make_pg_template()
+    yield
+    databases.drop_pg_template()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

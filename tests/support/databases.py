@@ -16,7 +16,9 @@ from claude_cluster.coordinator.store import migrate
 
 #: the server the tests use; CI starts it when it is not running
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEMPLATE = "claude_cluster_test_template"
+#: one template per test session, so that concurrent sessions on one server never drop
+#: each other's template halfway through a clone
+TEMPLATE = f"cc_template_{os.getpid()}"
 
 
 def _run(coro: Any) -> Any:
@@ -43,6 +45,10 @@ def make_pg_template() -> None:
     """(Re)build the template from the migrations, once per test session."""
     _run(_admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)", f"CREATE DATABASE {TEMPLATE}"))
     migrate.upgrade(_url_for(TEMPLATE))
+
+
+def drop_pg_template() -> None:
+    _run(_admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)"))
 
 
 def new_pg_database() -> tuple[str, str]:

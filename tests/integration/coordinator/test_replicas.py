@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
+from tests.support import databases
 from tests.support.processes import coordinator_process
 from tests.support.sim_agents import SimAgents
 from tests.support.waiting import eventually
@@ -21,10 +23,13 @@ TASKS = 1000
 
 
 @pytest.fixture
-def pg_url(db_url: str) -> str:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several coordinator processes need PostgreSQL (SQLite runs one)")
-    return db_url
+def pg_url(_pg_template: None) -> Iterator[str]:
+    """Several coordinator processes need PostgreSQL (SQLite serves one process)."""
+    name, url = databases.new_pg_database()
+    try:
+        yield url
+    finally:
+        databases.drop_pg_database(name)
 
 
 async def test_two_coordinators_never_dispatch_a_task_twice(pg_url: str, tmp_path: Path) -> None:
@@ -69,11 +74,20 @@ async def test_two_coordinators_never_dispatch_a_task_twice(pg_url: str, tmp_pat
                     tasks += (
                         await b.get("/api/v1/tasks", params={"limit": 1000, "offset": offset})
                     ).json()
-        received = Counter(run_id for run_id in sims.all_received())
+                retried = [t["id"] for t in tasks if t["attempts"] > 1]
+                earlier = [
+                    run
+                    for task_id in retried
+                    for run in (await a.get(f"/api/v1/tasks/{task_id}/runs")).json()
+                    if run["status"] != "succeeded"
+                ]
+        per_run = Counter(sims.all_received())
         per_task = Counter(body["task_id"] for a in sims.agents.values() for body in a.bodies)
     assert len(tasks) == TASKS
     assert {t["status"] for t in tasks} == {"completed"}
-    assert all(t["attempts"] == 1 for t in tasks), "a task was claimed twice"
-    assert max(received.values()) == 1, "a run was pushed twice"
-    assert len(received) == TASKS
+    assert len(per_task) == TASKS
     assert max(per_task.values()) == 1, "a task reached an agent twice"
+    assert max(per_run.values()) == 1, "a run was pushed twice"
+    # Under this load the simulated agents' server sometimes refuses a connection; such a
+    # push never reached an agent, and only then may a task have had a second attempt.
+    assert {(r["status"], r["error_category"]) for r in earlier} <= {("lost", "dispatch_failed")}

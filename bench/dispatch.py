@@ -40,13 +40,32 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (uvicorn workers are children of the supervisor)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_status(int(entry.name))["PPid"]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, KeyError):
+                continue
+    return pids
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
-    fields = dict(
-        line.split(":", 1)
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if ":" in line
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    """Current and peak resident memory of the coordinator's processes, summed."""
+    now = peak = 0.0
+    for p in _tree(pid):
+        fields = _status(p)
+        now += int(fields["VmRSS"].split()[0]) / 1024
+        peak += int(fields["VmHWM"].split()[0]) / 1024
+    return now, peak
 
 
 class Load:
@@ -133,7 +152,7 @@ async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
             f"(mean {statistics.fmean(lat):.1f} ms)"
         )
         now, peak = rss_mb(pid)
-        print(f"coordinator RSS: {now:.0f} MB now, {peak:.0f} MB peak")
+        print(f"coordinator RSS: {now:.0f} MB now, {peak:.0f} MB peak (all its processes)")
 
 
 async def death_to_requeue(url: str) -> None:
@@ -175,6 +194,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--skip-death", action="store_true", help="skip the 30 s lease measurement")
+    parser.add_argument("--workers", type=int, default=1, help="coordinator worker processes")
     args = parser.parse_args()
     databases.make_pg_template()
     name, url = databases.new_pg_database()
@@ -188,6 +208,7 @@ def main() -> None:
                 LOG_LEVEL="WARNING",
                 MAX_CONCURRENT_TASKS="1000",
                 MAX_AGENTS="100",
+                WORKERS=str(args.workers),
             ) as proc:
                 asyncio.run(paced_and_flood(proc.url, proc.pid, args.tasks, args.agents))
             if not args.skip_death:

@@ -11,11 +11,18 @@ import pytest
 
 from claude_cluster.coordinator.app import create_app
 from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.logging import configure
 from tests.support import databases
 from tests.support.servers import ServerThread
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 REGISTRATION_TOKEN = "test-registration-token-0123456789"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Servers started in-process log warnings only, as JSON on stderr."""
+    configure("WARNING", service="tests")
 
 
 @pytest.fixture(scope="session")

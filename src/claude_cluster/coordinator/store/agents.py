@@ -1,0 +1,168 @@
+"""Agents: registration (which loses the runs a restarted agent held), heartbeats,
+draining, lookups and an agent's runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+
+from claude_cluster.coordinator.store.common import (
+    ACTIVE_RUNS,
+    get_or_raise,
+    retry_conflicts,
+    utcnow,
+)
+from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEndSteps
+from claude_cluster.coordinator.store.tables import Agent, TaskRun
+from claude_cluster.domain.states import (
+    ONLINE_AGENT_STATUSES,
+    AgentStatus,
+    ErrorCategory,
+    status_for_load,
+)
+from claude_cluster.domain.wire import AgentRegistration, Heartbeat, HeartbeatReply
+from claude_cluster.errors import Conflict
+
+
+class AgentQueries(RunEndSteps):
+    @retry_conflicts
+    async def register_agent(
+        self, reg: AgentRegistration, *, token_hash: str, max_agents: int
+    ) -> tuple[Agent, bool, list[TaskRun]]:
+        """Upsert an agent. A (re)registering agent has just started, so runs the
+        coordinator still thinks it holds are lost: they are returned, already requeued."""
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            agent = await s.get(Agent, reg.id, with_for_update=self._postgres)
+            created = agent is None
+            if agent is None:
+                count = await s.scalar(select(func.count()).select_from(Agent))
+                if (count or 0) >= max_agents:
+                    raise Conflict(f"MAX_AGENTS ({max_agents}) agents are registered already")
+                agent = Agent(
+                    id=reg.id,
+                    registered_at=now,
+                    active_task_count=0,
+                    total_tasks_completed=0,
+                    total_tasks_failed=0,
+                    average_task_duration=0.0,
+                    uptime_percentage=100.0,
+                    dispatch_failures=0,
+                    draining=False,
+                )
+                s.add(agent)
+            agent.name = reg.name
+            agent.hostname = reg.hostname
+            agent.ip_address = reg.ip_address
+            agent.port = reg.port
+            agent.url = (reg.url or f"http://{reg.ip_address}:{reg.port}").rstrip("/")
+            agent.specialties = reg.specialties
+            agent.capabilities = reg.capabilities
+            agent.max_concurrent_tasks = reg.max_concurrent_tasks
+            agent.cpu_cores = reg.cpu_cores
+            agent.memory_gb = reg.memory_gb
+            agent.disk_gb = reg.disk_gb
+            agent.workspace_path = reg.workspace_path
+            agent.configuration = reg.configuration
+            agent.version = reg.version
+            agent.meta = reg.metadata
+            agent.token_hash = token_hash
+            agent.call_secret = reg.secret
+            agent.status = AgentStatus.IDLE.value
+            agent.current_load = 0.0
+            agent.last_heartbeat = now
+            agent.cooldown_until = None
+            agent.dispatch_failures = 0
+            await s.flush()
+            lost = []
+            if not created:
+                runs = (
+                    await s.scalars(
+                        select(TaskRun).where(
+                            TaskRun.agent_id == agent.id, TaskRun.status.in_(ACTIVE_RUNS)
+                        )
+                    )
+                ).all()
+                for run in runs:
+                    await self._lose_run(
+                        s, run, now, "agent restarted", RetryPolicy(), ErrorCategory.LOST
+                    )
+                    lost.append(run)
+                agent.active_task_count = 0
+            return agent, created, lost
+
+    async def agent_by_token_hash(self, token_hash: str) -> Agent | None:
+        async with self._sessions() as s:
+            return (await s.scalars(select(Agent).where(Agent.token_hash == token_hash))).first()
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        async with self._sessions() as s:
+            return await get_or_raise(s, Agent, agent_id, "agent")
+
+    async def list_agents(self) -> Sequence[Agent]:
+        async with self._sessions() as s:
+            return (await s.scalars(select(Agent).order_by(Agent.id))).all()
+
+    @retry_conflicts
+    async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            # Lock order everywhere is run → task → agent, so touch the runs first.
+            held = set(hb.run_ids)
+            ours = set(
+                (
+                    await s.scalars(
+                        select(TaskRun.id).where(
+                            TaskRun.agent_id == agent_id, TaskRun.status.in_(ACTIVE_RUNS)
+                        )
+                    )
+                ).all()
+            )
+            if held & ours:
+                await s.execute(
+                    update(TaskRun)
+                    .where(
+                        TaskRun.id.in_(sorted(held & ours)),
+                        TaskRun.agent_id == agent_id,
+                        TaskRun.status.in_(ACTIVE_RUNS),
+                    )
+                    .values(last_seen_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
+            agent.last_heartbeat = now
+            agent.current_load = hb.current_load
+            if hb.last_task_completed_at is not None:
+                agent.last_task_completed_at = hb.last_task_completed_at
+            if agent.status in (AgentStatus.OFFLINE.value, AgentStatus.ERROR.value) or (
+                hb.status is not None and hb.status in ONLINE_AGENT_STATUSES
+            ):
+                agent.status = status_for_load(
+                    agent.active_task_count, agent.max_concurrent_tasks
+                ).value
+            if hb.status == AgentStatus.MAINTENANCE:
+                agent.status = AgentStatus.MAINTENANCE.value
+            # Runs the agent holds that are not (or no longer) its own: it must stop them.
+            return HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
+
+    @retry_conflicts
+    async def set_draining(self, agent_id: str, draining: bool) -> Agent:
+        async with self._sessions.begin() as s:
+            agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
+            agent.draining = draining
+            return agent
+
+    async def agent_runs(self, agent_id: str, *, active_only: bool = False) -> Sequence[TaskRun]:
+        async with self._sessions() as s:
+            await get_or_raise(s, Agent, agent_id, "agent")
+            query = (
+                select(TaskRun)
+                .where(TaskRun.agent_id == agent_id)
+                .order_by(TaskRun.id.desc())
+                .limit(200)
+            )
+            if active_only:
+                query = query.where(TaskRun.status.in_(ACTIVE_RUNS))
+            return (await s.scalars(query)).all()

@@ -1,0 +1,114 @@
+"""Leases and timeouts: runs no heartbeat mentioned, agents gone silent, and runs past the
+wall time. Each sweep locks its rows with ``SKIP LOCKED`` so replicas share the work.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select
+
+from claude_cluster.coordinator.store.common import ACTIVE_RUNS, retry_conflicts, utcnow
+from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.tables import Agent, TaskRun
+from claude_cluster.domain.states import AgentStatus, ErrorCategory, RunStatus
+
+
+class LeaseQueries(RunEndSteps):
+    @retry_conflicts
+    async def expire_runs(
+        self, *, lease_seconds: float, dispatch_seconds: float, policy: RetryPolicy
+    ) -> list[RunEnd]:
+        """Runs no heartbeat or report mentioned for a lease are lost; their tasks retry."""
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            query = select(TaskRun).where(
+                or_(
+                    and_(
+                        TaskRun.status == RunStatus.RUNNING.value,
+                        TaskRun.last_seen_at < now - timedelta(seconds=lease_seconds),
+                    ),
+                    and_(
+                        TaskRun.status == RunStatus.DISPATCHING.value,
+                        TaskRun.last_seen_at < now - timedelta(seconds=dispatch_seconds),
+                    ),
+                )
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            ends = []
+            for run in (await s.scalars(query)).all():
+                ends.append(
+                    await self._lose_run(
+                        s,
+                        run,
+                        now,
+                        "no heartbeat mentioned the run for a lease",
+                        policy,
+                        ErrorCategory.LOST,
+                    )
+                )
+            return ends
+
+    @retry_conflicts
+    async def expire_agents(
+        self, *, heartbeat_timeout: float, policy: RetryPolicy
+    ) -> list[tuple[Agent, list[RunEnd]]]:
+        """Agents silent for ``heartbeat_timeout`` go offline and lose their runs."""
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            query = select(Agent).where(
+                Agent.status != AgentStatus.OFFLINE.value,
+                Agent.last_heartbeat < now - timedelta(seconds=heartbeat_timeout),
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            out = []
+            for agent in (await s.scalars(query)).all():
+                agent.status = AgentStatus.OFFLINE.value
+                runs = (
+                    await s.scalars(
+                        select(TaskRun).where(
+                            TaskRun.agent_id == agent.id, TaskRun.status.in_(ACTIVE_RUNS)
+                        )
+                    )
+                ).all()
+                ends = [
+                    await self._lose_run(
+                        s, r, now, f"agent {agent.id} went offline", policy, ErrorCategory.LOST
+                    )
+                    for r in runs
+                ]
+                agent.active_task_count = 0
+                out.append((agent, ends))
+            return out
+
+    @retry_conflicts
+    async def timed_out_runs(
+        self, *, task_timeout: float, grace: float, policy: RetryPolicy
+    ) -> list[tuple[RunEnd, Agent]]:
+        """Runs past the wall time (plus a grace for the agent's own watchdog) are ended
+        as timeouts; the caller tells the agent to stop them."""
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            query = select(TaskRun).where(
+                TaskRun.status == RunStatus.RUNNING.value,
+                TaskRun.started_at < now - timedelta(seconds=task_timeout + grace),
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            out = []
+            for run in (await s.scalars(query)).all():
+                end = await self._lose_run(
+                    s,
+                    run,
+                    now,
+                    f"run exceeded TASK_TIMEOUT ({task_timeout:.0f} s)",
+                    policy,
+                    ErrorCategory.TIMEOUT,
+                    status=RunStatus.FAILED,
+                )
+                agent = await s.get(Agent, run.agent_id)
+                assert agent is not None
+                out.append((end, agent))
+            return out

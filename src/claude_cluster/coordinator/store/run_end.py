@@ -1,0 +1,170 @@
+"""How a run ends: the steps every ending shares (the run's status, the agent's slot and
+statistics, the task's retry or failure) and :class:`RunEnd`, what the ending left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from claude_cluster.coordinator.store.common import ONLINE_AGENTS, StoreBase
+from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
+from claude_cluster.domain import retry
+from claude_cluster.domain.states import (
+    RUNNING_TASK_STATUSES,
+    AgentStatus,
+    ErrorCategory,
+    RunStatus,
+    TaskStatus,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    base_seconds: float = 10.0
+    cap_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How finishing a run left its task (for metrics, comments and wake-ups)."""
+
+    task: Task
+    run: TaskRun
+    already_finished: bool = False
+    retried: bool = False
+    delay_seconds: float = 0.0
+
+
+class RunEndSteps(StoreBase):
+    """The run-ending steps shared by cancels, reports, leases and re-registrations."""
+
+    async def _end_run(
+        self,
+        s: AsyncSession,
+        run: TaskRun,
+        status: RunStatus,
+        now: datetime,
+        *,
+        category: ErrorCategory | None = None,
+        message: str | None = None,
+    ) -> Agent:
+        """End a run and give its agent slot back (with the agent's statistics).
+
+        One ``UPDATE … RETURNING`` on the agent row: the hottest rows of the schema are
+        locked for as short a time as a statement allows."""
+        run.status = status.value
+        run.ended_at = now
+        run.error_category = category.value if category else None
+        run.message = message
+        active = case((Agent.active_task_count > 0, Agent.active_task_count - 1), else_=0)
+        values: dict[str, Any] = {
+            "active_task_count": active,
+            # idle/busy/overloaded follow the load; offline, maintenance and error stay
+            "status": case(
+                (
+                    Agent.status.in_(ONLINE_AGENTS),
+                    case(
+                        (active <= 0, AgentStatus.IDLE.value),
+                        (active >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                        else_=AgentStatus.BUSY.value,
+                    ),
+                ),
+                else_=Agent.status,
+            ),
+        }
+        if status == RunStatus.SUCCEEDED:
+            duration = (now - run.started_at).total_seconds()
+            values["total_tasks_completed"] = Agent.total_tasks_completed + 1
+            values["last_task_completed_at"] = now
+            values["average_task_duration"] = Agent.average_task_duration + (
+                duration - Agent.average_task_duration
+            ) / (Agent.total_tasks_completed + 1)
+        elif status in (RunStatus.FAILED, RunStatus.LOST):
+            values["total_tasks_failed"] = Agent.total_tasks_failed + 1
+        agent = (
+            await s.execute(
+                update(Agent)
+                .where(Agent.id == run.agent_id)
+                .values(**values)
+                .returning(Agent)
+                .execution_options(populate_existing=True)
+            )
+        ).scalar_one()
+        return agent
+
+    async def _lose_run(
+        self,
+        s: AsyncSession,
+        run: TaskRun,
+        now: datetime,
+        message: str,
+        policy: RetryPolicy,
+        category: ErrorCategory,
+        status: RunStatus = RunStatus.LOST,
+    ) -> RunEnd:
+        await self._end_run(s, run, status, now, category=category, message=message)
+        task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+        assert task is not None
+        decision = await self._after_failure(s, task, run, category, message, None, policy, now)
+        return RunEnd(
+            task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds
+        )
+
+    async def _after_failure(
+        self,
+        s: AsyncSession,
+        task: Task,
+        run: TaskRun,
+        category: ErrorCategory,
+        message: str,
+        retry_after: float | None,
+        policy: RetryPolicy,
+        now: datetime,
+    ) -> retry.RetryDecision:
+        """Requeue with back-off or fail the task; the retry counter always increments."""
+        if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+            return retry.RetryDecision(False, reason=f"task is {task.status}")
+        decision = retry.decide(
+            category,
+            retries_so_far=task.retry_count,
+            max_retries=policy.max_retries,
+            retry_after=retry_after,
+            base=policy.base_seconds,
+            cap=policy.cap_seconds,
+        )
+        task.updated_at = now
+        task.assigned_agent_id = None
+        if decision.retry:
+            task.retry_count += 1
+            task.status = TaskStatus.QUEUED.value
+            task.queued_at = now + timedelta(seconds=decision.delay_seconds)
+            task.not_before = now + timedelta(seconds=decision.delay_seconds)
+            self._event(
+                s,
+                task.id,
+                "retry_scheduled",
+                f"run {run.id} {category.value}: {message}; retry {task.retry_count} in "
+                f"{decision.delay_seconds:.0f} s",
+                {"category": category.value},
+                run_id=run.id,
+            )
+        else:
+            task.status = TaskStatus.FAILED.value
+            task.failed_at = now
+            task.error_message = f"{category.value}: {message}" if message else category.value
+            self._event(
+                s,
+                task.id,
+                "failed",
+                task.error_message,
+                {"category": category.value, "reason": decision.reason},
+                run_id=run.id,
+                level="error",
+            )
+        return decision

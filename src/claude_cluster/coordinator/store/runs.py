@@ -1,0 +1,411 @@
+"""Runs: claiming ready tasks for the best agents, the agent's acceptance or a failed
+push, and what the agent reports (events, phases, the result), plus what runs cost.
+
+A task is claimed once: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+SQLite, and a partial unique index on active runs behind both. An agent slot is taken by a
+conditional update, and a run is finished once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from claude_cluster.coordinator.store.common import (
+    ACTIVE_RUNS,
+    ONLINE_AGENTS,
+    get_or_raise,
+    retry_conflicts,
+    utcnow,
+)
+from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
+from claude_cluster.domain import scoring
+from claude_cluster.domain.states import (
+    RUNNING_TASK_STATUSES,
+    ErrorCategory,
+    RunStatus,
+    TaskStatus,
+    check_transition,
+    status_for_load,
+)
+from claude_cluster.domain.wire import RunEvent, RunResult
+from claude_cluster.errors import Conflict, Forbidden
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task claimed for an agent: push ``run`` to ``agent`` next."""
+
+    task: Task
+    run: TaskRun
+    agent: Agent
+
+
+class RunQueries(RunEndSteps):
+    # --- claiming -------------------------------------------------------------------
+
+    @retry_conflicts
+    async def claim(
+        self,
+        *,
+        max_active: int,
+        batch: int = 16,
+        only_task: int | None = None,
+        only_agent: str | None = None,
+    ) -> list[Claim]:
+        """Claim up to ``batch`` ready tasks for the best agents, in one transaction."""
+        async with self._sessions.begin() as s:
+            now = utcnow()
+            active = (
+                await s.scalar(
+                    select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(ACTIVE_RUNS))
+                )
+                or 0
+            )
+            room = min(batch, max_active - active)
+            if room <= 0:
+                return []
+            agent_query = select(Agent).where(
+                Agent.status.in_(ONLINE_AGENTS),
+                Agent.draining.is_(False),
+                Agent.active_task_count < Agent.max_concurrent_tasks,
+                or_(Agent.cooldown_until.is_(None), Agent.cooldown_until <= now),
+            )
+            if only_agent is not None:
+                agent_query = agent_query.where(Agent.id == only_agent)
+            agents = {a.id: a for a in (await s.scalars(agent_query)).all()}
+            if not agents:
+                return []
+            task_query = (
+                select(Task)
+                .where(
+                    Task.status == TaskStatus.QUEUED.value,
+                    or_(Task.not_before.is_(None), Task.not_before <= now),
+                )
+                .order_by(Task.priority_rank.desc(), Task.created_at, Task.id)
+                .limit(room * 4 if only_task is None else 1)
+            )
+            if only_task is not None:
+                task_query = task_query.where(Task.id == only_task)
+            if self._postgres:
+                task_query = task_query.with_for_update(skip_locked=True)
+            tasks = (await s.scalars(task_query)).all()
+            views = {a.id: _view(a) for a in agents.values()}
+            chosen: list[tuple[Task, Agent]] = []
+            for task in tasks:
+                if len(chosen) >= room:
+                    break
+                best = scoring.pick(
+                    list(views.values()),
+                    task.requirements,
+                    task.estimated_duration_minutes,
+                    require_match=only_agent is None,
+                )
+                if not best:
+                    continue
+                pick = best[0]
+                chosen.append((task, agents[pick.id]))
+                views[pick.id] = _view(agents[pick.id], extra=_taken(chosen, pick.id))
+            if not chosen:
+                return []
+            # Take the slots with conditional updates: another coordinator may have taken
+            # some since we read them; tasks whose agent has no room left stay queued.
+            taken: dict[str, int] = {}
+            for _, agent in chosen:
+                taken[agent.id] = taken.get(agent.id, 0) + 1
+            granted: set[str] = set()
+            for agent_id, n in sorted(taken.items()):  # one lock order across replicas
+                result = await s.execute(
+                    update(Agent)
+                    .where(
+                        Agent.id == agent_id,
+                        Agent.active_task_count + n <= Agent.max_concurrent_tasks,
+                    )
+                    .values(active_task_count=Agent.active_task_count + n)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    granted.add(agent_id)
+            claims: list[Claim] = []
+            for task, agent in chosen:
+                if agent.id not in granted:
+                    continue
+                task.attempts += 1
+                kind = "followup" if task.feedback else "initial"
+                run = TaskRun(
+                    task_id=task.id,
+                    attempt=task.attempts,
+                    agent_id=agent.id,
+                    status=RunStatus.DISPATCHING.value,
+                    kind=kind,
+                    started_at=now,
+                    last_seen_at=now,
+                    branch=task.github_branch,
+                    cost_usd=0.0,
+                    input_tokens=0,
+                    output_tokens=0,
+                    cache_read_tokens=0,
+                    cache_creation_tokens=0,
+                    num_turns=0,
+                    fix_rounds=0,
+                    changed_files=[],
+                )
+                s.add(run)
+                task.status = TaskStatus.ASSIGNED.value
+                task.assigned_agent_id = agent.id
+                task.assigned_at = now
+                task.updated_at = now
+                claims.append(Claim(task=task, run=run, agent=agent))
+            await s.flush()
+            for granted_id in granted:
+                await s.refresh(agents[granted_id])
+                a = agents[granted_id]
+                a.status = status_for_load(a.active_task_count, a.max_concurrent_tasks).value
+            for c in claims:
+                self._event(
+                    s,
+                    c.task.id,
+                    "assigned",
+                    f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
+                    {"run_id": c.run.id, "agent_id": c.agent.id},
+                    run_id=c.run.id,
+                )
+            return claims
+
+    @retry_conflicts
+    async def mark_accepted(self, run_id: int) -> None:
+        """The agent took the run: run ``running``, task ``in_progress``."""
+        async with self._sessions.begin() as s:
+            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            if run is None or run.status != RunStatus.DISPATCHING.value:
+                return
+            await self._start_running(s, run, utcnow())
+
+    async def _start_running(self, s: AsyncSession, run: TaskRun, now: datetime) -> None:
+        run.status = RunStatus.RUNNING.value
+        run.accepted_at = now
+        run.last_seen_at = now
+        task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+        if task is not None and task.status == TaskStatus.ASSIGNED.value:
+            task.status = TaskStatus.IN_PROGRESS.value
+            task.started_at = task.started_at or now
+            task.updated_at = now
+
+    @retry_conflicts
+    async def dispatch_failed(
+        self, run_id: int, reason: str, *, cooldown_seconds: float
+    ) -> Task | None:
+        """The push failed: the run is lost, the task goes back to ``queued`` at once
+        (the agent's fault, not the task's: no retry is counted) and the agent cools down."""
+        async with self._sessions.begin() as s:
+            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            if run is None or run.status not in ACTIVE_RUNS:
+                return None
+            now = utcnow()
+            agent = await self._end_run(
+                s, run, RunStatus.LOST, now, category=ErrorCategory.DISPATCH_FAILED, message=reason
+            )
+            agent.dispatch_failures += 1
+            agent.cooldown_until = now + timedelta(seconds=cooldown_seconds)
+            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+            if task is None or task.status not in {s_.value for s_ in RUNNING_TASK_STATUSES}:
+                return task
+            task.status = TaskStatus.QUEUED.value
+            task.queued_at = now
+            task.assigned_agent_id = None
+            task.updated_at = now
+            self._event(
+                s, task.id, "dispatch_failed", reason, {"agent_id": agent.id}, run_id=run.id
+            )
+            return task
+
+    # --- run reports ------------------------------------------------------------------
+
+    async def _run_of_agent(self, s: AsyncSession, run_id: int, agent_id: str) -> TaskRun:
+        run = await get_or_raise(s, TaskRun, run_id, "run", with_for_update=self._postgres)
+        if run.agent_id != agent_id:
+            raise Forbidden(f"run {run_id} belongs to another agent")
+        return run
+
+    async def record_events(
+        self, run_id: int, agent_id: str, events: Sequence[RunEvent]
+    ) -> tuple[int, list[TaskEvent]]:
+        """Store a batch; events already stored (same run and seq) are skipped, so an
+        agent may resend a batch whose answer it never saw."""
+        for _ in range(3):
+            try:
+                async with self._sessions.begin() as s:
+                    run = await self._run_of_agent(s, run_id, agent_id)
+                    seqs = [e.seq for e in events]
+                    seen = set(
+                        (
+                            await s.scalars(
+                                select(TaskEvent.seq).where(
+                                    TaskEvent.run_id == run_id, TaskEvent.seq.in_(seqs)
+                                )
+                            )
+                        ).all()
+                    )
+                    stored = []
+                    for e in events:
+                        if e.seq in seen:
+                            continue
+                        seen.add(e.seq)
+                        row = TaskEvent(
+                            task_id=run.task_id,
+                            run_id=run_id,
+                            seq=e.seq,
+                            timestamp=e.ts,
+                            kind=e.kind,
+                            level=e.level,
+                            message=e.message[:20_000],
+                            details=e.data,
+                        )
+                        s.add(row)
+                        stored.append(row)
+                    if run.status in ACTIVE_RUNS:
+                        run.last_seen_at = utcnow()
+                    await s.flush()
+                    return len(stored), stored
+            except IntegrityError:
+                continue
+        raise Conflict(f"events of run {run_id} are being written concurrently; resend")
+
+    @retry_conflicts
+    async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:
+        async with self._sessions.begin() as s:
+            run = await self._run_of_agent(s, run_id, agent_id)
+            if run.status not in ACTIVE_RUNS:
+                raise Conflict(f"run {run_id} is {run.status}")
+            now = utcnow()
+            if run.status == RunStatus.DISPATCHING.value:
+                await self._start_running(s, run, now)
+            run.last_seen_at = now
+            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+            assert task is not None
+            target = TaskStatus(phase)
+            if task.status != target.value and TaskStatus(task.status) in RUNNING_TASK_STATUSES:
+                check_transition(TaskStatus(task.status), target)
+                task.status = target.value
+                task.updated_at = now
+                self._event(s, task.id, "phase", phase, run_id=run.id)
+            return task
+
+    @retry_conflicts
+    async def finish_run(
+        self, run_id: int, agent_id: str, result: RunResult, policy: RetryPolicy
+    ) -> RunEnd:
+        """Record a run's result and move its task. Finishing twice is a no-op."""
+        async with self._sessions.begin() as s:
+            run = await self._run_of_agent(s, run_id, agent_id)
+            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+            assert task is not None
+            if run.status not in ACTIVE_RUNS:
+                return RunEnd(task=task, run=run, already_finished=True)
+            now = utcnow()
+            for name in (
+                "cost_usd",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_creation_tokens",
+                "num_turns",
+                "session_id",
+                "branch",
+                "commit_sha",
+                "pr_number",
+                "pr_url",
+                "tests_command",
+                "tests_passed",
+                "tests_failed",
+                "tests_ok",
+                "fix_rounds",
+                "changed_files",
+                "log_excerpt",
+            ):
+                setattr(run, name, getattr(result, name))
+            task.cost_usd = (task.cost_usd or 0.0) + result.cost_usd
+            if result.session_id:
+                task.session_id = result.session_id
+            if result.branch:
+                task.github_branch = result.branch
+            if result.succeeded:
+                await self._end_run(s, run, RunStatus.SUCCEEDED, now, message=result.message)
+                task.feedback = None
+                task.result_data = _result_data(result)
+                task.error_message = None
+                if result.pr_url:
+                    task.github_pr_number = result.pr_number
+                    task.github_pr_url = result.pr_url
+                    target = TaskStatus.REVIEW
+                else:
+                    target = TaskStatus.COMPLETED
+                if TaskStatus(task.status) in RUNNING_TASK_STATUSES:
+                    task.status = target.value
+                    task.updated_at = now
+                    if target == TaskStatus.COMPLETED:
+                        task.completed_at = now
+                self._event(
+                    s,
+                    task.id,
+                    "run_succeeded",
+                    result.message or "run succeeded",
+                    _result_data(result),
+                    run_id=run.id,
+                )
+                return RunEnd(task=task, run=run)
+            category = result.error_category or ErrorCategory.EXECUTION_ERROR
+            if category == ErrorCategory.CANCELLED:
+                await self._end_run(
+                    s, run, RunStatus.CANCELLED, now, category=category, message=result.message
+                )
+                return RunEnd(task=task, run=run)
+            await self._end_run(
+                s, run, RunStatus.FAILED, now, category=category, message=result.message
+            )
+            decision = await self._after_failure(
+                s, task, run, category, result.message, result.retry_after_seconds, policy, now
+            )
+            return RunEnd(
+                task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds
+            )
+
+    # --- cost -------------------------------------------------------------------------
+
+    async def repository_cost_since(self, repository: str, since: datetime) -> float:
+        """Dollars reported by the runs of ``repository`` that ended since ``since``."""
+        async with self._sessions() as s:
+            total = await s.scalar(
+                select(func.coalesce(func.sum(TaskRun.cost_usd), 0.0))
+                .join(Task, Task.id == TaskRun.task_id)
+                .where(Task.github_repository == repository, TaskRun.ended_at >= since)
+            )
+            return float(total or 0.0)
+
+
+def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
+    return scoring.AgentView(
+        id=agent.id,
+        specialties=agent.specialties,
+        capabilities=agent.capabilities,
+        active=agent.active_task_count + extra,
+        capacity=agent.max_concurrent_tasks,
+        completed=agent.total_tasks_completed,
+        failed=agent.total_tasks_failed,
+        average_duration_seconds=agent.average_task_duration,
+    )
+
+
+def _taken(chosen: list[tuple[Task, Agent]], agent_id: str) -> int:
+    return sum(1 for _, a in chosen if a.id == agent_id)
+
+
+def _result_data(result: RunResult) -> dict[str, Any]:
+    return result.model_dump(mode="json", exclude={"log_excerpt", "message"})

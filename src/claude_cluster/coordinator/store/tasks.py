@@ -1,0 +1,275 @@
+"""Tasks: creation (one open task per issue), lookup (by id, issue, branch or pull
+request), listing, changes, cancelling, status changes from outside a run, and a task's runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from claude_cluster.coordinator.store.common import (
+    ACTIVE_RUNS,
+    TERMINAL_TASKS,
+    get_or_raise,
+    retry_conflicts,
+    utcnow,
+)
+from claude_cluster.coordinator.store.run_end import RunEndSteps
+from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
+from claude_cluster.domain.states import (
+    RUNNING_TASK_STATUSES,
+    TERMINAL_TASK_STATUSES,
+    ErrorCategory,
+    Priority,
+    RunStatus,
+    TaskStatus,
+    check_transition,
+)
+from claude_cluster.errors import Conflict
+
+
+@dataclass(frozen=True)
+class NewTask:
+    title: str
+    description: str
+    github_repository: str
+    github_issue_number: int
+    repository_url: str
+    priority: Priority
+    requirements: list[str]
+    labels: list[str]
+    complexity: str
+    estimated_duration_minutes: int
+    budget_usd: float | None = None
+    test_command: str | None = None
+    created_by: str = ""
+
+
+class TaskQueries(RunEndSteps):
+    async def create_task(self, new: NewTask) -> tuple[Task, bool]:
+        """Insert a queued task, or return the open task of the same issue (``created`` False).
+
+        Two racing creators both pass the lookup; the partial unique index stops the second,
+        which then returns the winner's row."""
+        for _ in range(3):
+            existing = await self._open_task_for_issue(
+                new.github_repository, new.github_issue_number
+            )
+            if existing is not None:
+                return existing, False
+            try:
+                async with self._sessions.begin() as s:
+                    now = utcnow()
+                    task = Task(
+                        title=new.title,
+                        description=new.description,
+                        status=TaskStatus.QUEUED.value,
+                        priority=new.priority.value,
+                        priority_rank=new.priority.rank,
+                        github_repository=new.github_repository,
+                        github_issue_number=new.github_issue_number,
+                        repository_url=new.repository_url,
+                        labels=new.labels,
+                        requirements=new.requirements,
+                        estimated_complexity=new.complexity,
+                        estimated_duration_minutes=new.estimated_duration_minutes,
+                        budget_usd=new.budget_usd,
+                        test_command=new.test_command,
+                        created_by=new.created_by,
+                        result_data={},
+                        created_at=now,
+                        updated_at=now,
+                        queued_at=now,
+                    )
+                    s.add(task)
+                    await s.flush()
+                    self._event(
+                        s,
+                        task.id,
+                        "created",
+                        f"queued with priority {new.priority.value}",
+                        {"requirements": new.requirements, "created_by": new.created_by},
+                    )
+                return task, True
+            except IntegrityError:
+                continue
+        raise Conflict("could not create the task: the issue keeps changing; try again")
+
+    async def _open_task_for_issue(self, repository: str, issue: int) -> Task | None:
+        async with self._sessions() as s:
+            return (
+                await s.scalars(
+                    select(Task).where(
+                        Task.github_repository == repository,
+                        Task.github_issue_number == issue,
+                        Task.status.not_in(TERMINAL_TASKS),
+                    )
+                )
+            ).first()
+
+    async def open_task_for_issue(self, repository: str, issue: int) -> Task | None:
+        return await self._open_task_for_issue(repository, issue)
+
+    async def get_task(self, task_id: int) -> Task:
+        async with self._sessions() as s:
+            return await get_or_raise(s, Task, task_id, "task")
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        repository: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Sequence[Task]:
+        query = select(Task).order_by(Task.id.desc()).limit(limit).offset(offset)
+        if status:
+            query = query.where(Task.status == status)
+        if repository:
+            query = query.where(Task.github_repository == repository)
+        if agent_id:
+            query = query.where(Task.assigned_agent_id == agent_id)
+        async with self._sessions() as s:
+            return (await s.scalars(query)).all()
+
+    @retry_conflicts
+    async def update_task(self, task_id: int, changes: dict[str, Any]) -> Task:
+        """Change a non-terminal task's title, description, priority, requirements, budget."""
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
+                raise Conflict(f"task {task_id} is {task.status}; it can no longer be changed")
+            for key, value in changes.items():
+                if key == "priority":
+                    task.priority = Priority(value).value
+                    task.priority_rank = Priority(value).rank
+                else:
+                    setattr(task, key, value)
+            task.updated_at = utcnow()
+            self._event(s, task.id, "updated", "task updated", {"fields": sorted(changes)})
+            return task
+
+    @retry_conflicts
+    async def cancel_task(
+        self, task_id: int, reason: str
+    ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
+        """Cancel a task; returns the run to stop on its agent, if one was active."""
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            check_transition(TaskStatus(task.status), TaskStatus.CANCELLED)
+            now = utcnow()
+            to_stop = None
+            run = await self._active_run(s, task.id)
+            if run is not None:
+                agent = await self._end_run(
+                    s,
+                    run,
+                    RunStatus.CANCELLED,
+                    now,
+                    category=ErrorCategory.CANCELLED,
+                    message=reason,
+                )
+                to_stop = (run, agent)
+            task.status = TaskStatus.CANCELLED.value
+            task.cancelled_at = now
+            task.updated_at = now
+            task.error_message = reason
+            self._event(s, task.id, "cancelled", reason)
+            return task, to_stop
+
+    @retry_conflicts
+    async def set_task_status(
+        self, task_id: int, target: TaskStatus, message: str, **fields: Any
+    ) -> Task:
+        """A status change that comes from outside a run (a merged or closed PR)."""
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            check_transition(TaskStatus(task.status), target)
+            now = utcnow()
+            task.status = target.value
+            task.updated_at = now
+            if target == TaskStatus.COMPLETED:
+                task.completed_at = now
+            elif target == TaskStatus.FAILED:
+                task.failed_at = now
+                task.error_message = message
+            for key, value in fields.items():
+                setattr(task, key, value)
+            self._event(s, task.id, target.value, message)
+            return task
+
+    async def list_runs(self, task_id: int) -> Sequence[TaskRun]:
+        async with self._sessions() as s:
+            await get_or_raise(s, Task, task_id, "task")
+            return (
+                await s.scalars(
+                    select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.attempt)
+                )
+            ).all()
+
+    async def get_run(self, run_id: int) -> TaskRun:
+        async with self._sessions() as s:
+            return await get_or_raise(s, TaskRun, run_id, "run")
+
+    async def _active_run(self, s: AsyncSession, task_id: int) -> TaskRun | None:
+        return (
+            await s.scalars(
+                select(TaskRun).where(TaskRun.task_id == task_id, TaskRun.status.in_(ACTIVE_RUNS))
+            )
+        ).first()
+
+    # --- branches and pull requests (the GitHub loop) ----------------------------------
+
+    async def task_for_branch(self, repository: str, branch: str) -> Task | None:
+        """The newest task of ``repository`` whose runs pushed ``branch``."""
+        async with self._sessions() as s:
+            by_task = select(Task).where(
+                Task.github_repository == repository, Task.github_branch == branch
+            )
+            task = (await s.scalars(by_task.order_by(Task.id.desc()))).first()
+            if task is not None:
+                return task
+            by_run = (
+                select(Task)
+                .join(TaskRun, TaskRun.task_id == Task.id)
+                .where(Task.github_repository == repository, TaskRun.branch == branch)
+                .order_by(Task.id.desc())
+            )
+            return (await s.scalars(by_run)).first()
+
+    async def task_for_pull_request(self, repository: str, number: int) -> Task | None:
+        """The newest task of ``repository`` that recorded pull request ``number``."""
+        async with self._sessions() as s:
+            query = select(Task).where(
+                Task.github_repository == repository, Task.github_pr_number == number
+            )
+            return (await s.scalars(query.order_by(Task.id.desc()))).first()
+
+    @retry_conflicts
+    async def attach_pull_request(self, task_id: int, number: int, url: str) -> tuple[Task, bool]:
+        """Record a task's pull request; ``True`` when the task had none (or another).
+
+        A task whose run is still active keeps its status: the run's result moves it to
+        ``review``. A running task without an active run (its result was lost) moves now.
+        """
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
+                raise Conflict(f"task {task_id} is {task.status}")
+            new = task.github_pr_number != number
+            task.github_pr_number, task.github_pr_url = number, url
+            task.updated_at = utcnow()
+            if (
+                TaskStatus(task.status) in RUNNING_TASK_STATUSES
+                and await self._active_run(s, task.id) is None
+            ):
+                task.status = TaskStatus.REVIEW.value
+            if new:
+                self._event(s, task.id, "pull_request", f"pull request #{number} opened: {url}")
+            return task, new

@@ -108,9 +108,10 @@ class RunEndSteps(StoreBase):
         category: ErrorCategory,
         status: RunStatus = RunStatus.LOST,
     ) -> RunEnd:
-        await self._end_run(s, run, status, now, category=category, message=message)
+        # the task before the agent row that _end_run updates: lock order run → task → agent
         task = await s.get(Task, run.task_id, with_for_update=self._postgres)
         assert task is not None
+        await self._end_run(s, run, status, now, category=category, message=message)
         decision = await self._after_failure(s, task, run, category, message, None, policy, now)
         return RunEnd(
             task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds

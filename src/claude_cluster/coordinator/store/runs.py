@@ -209,12 +209,12 @@ class RunQueries(RunEndSteps):
             if run is None or run.status not in ACTIVE_RUNS:
                 return None
             now = utcnow()
+            task = await s.get(Task, run.task_id, with_for_update=self._postgres)  # before agent
             agent = await self._end_run(
                 s, run, RunStatus.LOST, now, category=ErrorCategory.DISPATCH_FAILED, message=reason
             )
             agent.dispatch_failures += 1
             agent.cooldown_until = now + timedelta(seconds=cooldown_seconds)
-            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
             if task is None or task.status not in {s_.value for s_ in RUNNING_TASK_STATUSES}:
                 return task
             task.status = TaskStatus.QUEUED.value

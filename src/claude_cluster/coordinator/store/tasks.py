@@ -161,11 +161,12 @@ class TaskQueries(RunEndSteps):
     ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
         """Cancel a task; returns the run to stop on its agent, if one was active."""
         async with self._sessions.begin() as s:
+            # lock order run → task → agent: the active run (if any) before the task
+            run = await self._active_run(s, task_id, lock=True)
             task = await self._task_for_update(s, task_id)
             check_transition(TaskStatus(task.status), TaskStatus.CANCELLED)
             now = utcnow()
             to_stop = None
-            run = await self._active_run(s, task.id)
             if run is not None:
                 agent = await self._end_run(
                     s,
@@ -217,12 +218,13 @@ class TaskQueries(RunEndSteps):
         async with self._sessions() as s:
             return await get_or_raise(s, TaskRun, run_id, "run")
 
-    async def _active_run(self, s: AsyncSession, task_id: int) -> TaskRun | None:
-        return (
-            await s.scalars(
-                select(TaskRun).where(TaskRun.task_id == task_id, TaskRun.status.in_(ACTIVE_RUNS))
-            )
-        ).first()
+    async def _active_run(
+        self, s: AsyncSession, task_id: int, *, lock: bool = False
+    ) -> TaskRun | None:
+        query = select(TaskRun).where(TaskRun.task_id == task_id, TaskRun.status.in_(ACTIVE_RUNS))
+        if lock and self._postgres:
+            query = query.with_for_update()
+        return (await s.scalars(query)).first()
 
     # --- branches and pull requests (the GitHub loop) ----------------------------------
 

@@ -1,0 +1,390 @@
+"""End to end: deploy claude-cluster with deploy-cluster.sh onto booted hosts, then prove it.
+
+Boots systemd-nspawn hosts on the bridge ccbr0 (deploy/testhosts/testhosts.sh): h1 is the
+coordinator (native mode: Debian's PostgreSQL and Redis), h2/h3 are agents, h4 is added
+later with add-agent.sh. The hosts reach apt through an apt-cacher-ng proxy on the control
+node and PyPI not at all, so the wheelhouse is built here (build-wheelhouse.sh). Every check
+runs from the control node, as an operator would. The hosts boot once for the module and are
+always torn down (fixture finalizer and atexit), even when a test fails.
+
+Needs root, systemd-nspawn, debootstrap, apt-cacher-ng and openssh-client; the Debian
+packages prometheus/prometheus-alertmanager are only needed by test_static.py.
+Run: uv run pytest tests/deploy -m deploy
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import ANSIBLE_DIR, REPO, SCRIPTS, TESTHOSTS, run
+
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
+
+NET = "10.77.0"
+COORDINATOR_IP = f"{NET}.11"
+AGENTS = {"agent-001": (f"{NET}.12", "h2", "backend"), "agent-002": (f"{NET}.13", "h3", "frontend")}
+NEW_AGENT = ("agent-003", f"{NET}.14", "h4", "testing")
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+CACHE = Path(os.environ.get("TESTHOSTS_CACHE", "/var/cache/claude-cluster-testhosts"))
+REPO_ON_AGENTS = "/srv/e2e-repo"
+CLI_COMMANDS = ("coordinator", "agent", "db")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the deployment test boots nspawn hosts and needs root"
+    missing = [
+        pkg
+        for tool, pkg in [
+            ("systemd-nspawn", "systemd-container"),
+            ("debootstrap", "debootstrap"),
+            ("ssh", "openssh-client"),
+            ("rsync", "rsync"),
+        ]
+        if shutil.which(tool) is None
+    ]
+    if not Path("/usr/sbin/apt-cacher-ng").exists():
+        missing.append("apt-cacher-ng")
+    if missing:
+        return f"missing host tools: apt-get install {' '.join(missing)}"
+    main = REPO / "src/claude_cluster/cli/main.py"
+    if not main.exists():
+        return f"the application's CLI is not there yet ({main.relative_to(REPO)})"
+    help_text = subprocess.run(
+        [str(Path(sys.executable).parent / "claude-cluster"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    absent = [c for c in CLI_COMMANDS if not re.search(rf"\b{c}\b", help_text)]
+    if absent:
+        return f"claude-cluster lacks the commands {', '.join(absent)} the deployment runs"
+    return None
+
+
+if (_reason := _skip_reason()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+
+@dataclass
+class Cluster:
+    inventory: Path
+    logs: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def testhosts(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return run([str(TESTHOSTS), *args], cwd=REPO, timeout=timeout)
+
+    def ssh(self, host: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.testhosts("ssh", host, command, timeout=timeout)
+
+    def script(
+        self, name: str, *args: str, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a deploy script; keep its output in the log directory."""
+        started = time.monotonic()
+        proc = run([str(SCRIPTS / name), *args], cwd=REPO, timeout=timeout)
+        label = f"{name} {' '.join(args)}".replace("/", "_")[:80]
+        (self.logs / f"{len(self.timings):02d}-{label}.log").write_text(proc.stdout)
+        self.timings[f"{name} {' '.join(a for a in args if not a.startswith('/'))}"] = (
+            time.monotonic() - started
+        )
+        return proc
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://{COORDINATOR_IP}:8080{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+def _write_inventory(directory: Path, wheelhouse: Path) -> Path:
+    key = CACHE / "id_ed25519"
+    agents = "\n".join(
+        f"{name} ansible_host={ip} agent_specialty={specialty}"
+        for name, (ip, _, specialty) in AGENTS.items()
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    hosts = directory / "hosts.ini"
+    hosts.write_text(
+        f"""[coordinators]
+coordinator ansible_host={COORDINATOR_IP}
+
+[agents]
+{agents}
+
+[cluster:children]
+coordinators
+agents
+
+[cluster:vars]
+ansible_user=claude
+ansible_ssh_private_key_file={key}
+ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+ansible_python_interpreter=/usr/bin/python3
+"""
+    )
+    group_vars = directory / "group_vars/all"
+    group_vars.mkdir(parents=True)
+    # The project's cluster-wide settings, then the test's secrets and overrides after them.
+    (group_vars / "main.yml").symlink_to(ANSIBLE_DIR / "inventory/group_vars/all/main.yml")
+    (group_vars / "vault.yml").write_text(
+        f"""---
+vault_postgres_password: e2e-pg-0123456789
+vault_coordinator_secret_key: e2e-secret-key-0123456789abcdef
+vault_coordinator_admin_token: {ADMIN_TOKEN}
+vault_agent_registration_token: e2e-registration-0123456789abcdef
+vault_github_token: ghp_e2e0123456789abcdef
+vault_github_webhook_secret: e2e-webhook-0123456789
+"""
+    )
+    (group_vars / "zz-e2e.yml").write_text(
+        f"""---
+# Test-only settings: the hosts have no internet, 2 cores and a few GB.
+claude_cluster_wheelhouse_src: {wheelhouse}
+common_connectivity_urls: ["http://{NET}.1:3142/"]
+common_requirements:
+  coordinators: {{vcpus: 1, memory_mb: 1000, disk_free_gb: 5}}
+  agents: {{vcpus: 1, memory_mb: 1000, disk_free_gb: 5}}
+devtools_nodejs_source: distro
+devtools_nodejs_packages_distro: [nodejs]
+monitoring_grafana_enabled: false
+coordinator_workers: 2
+agent_runner: command
+agent_command: "/bin/sh -c 'echo deployed-by-e2e > E2E_RESULT.txt'"
+"""
+    )
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    work = tmp_path_factory.mktemp("e2e")
+    logs = work / "logs"
+    logs.mkdir()
+    started = time.monotonic()
+    wheelhouse = CACHE / "wheelhouse"
+    built = run(
+        [str(SCRIPTS / "build-wheelhouse.sh"), "-o", str(wheelhouse)], cwd=REPO, timeout=600
+    )
+    assert built.returncode == 0, built.stdout[-4000:]
+    inventory = _write_inventory(work / "inventory", wheelhouse)
+    cluster = Cluster(inventory=inventory, logs=logs)
+    cluster.timings["build wheelhouse"] = time.monotonic() - started
+
+    def teardown() -> None:
+        run([str(TESTHOSTS), "down"], cwd=REPO, timeout=120)
+
+    cluster.testhosts("down")  # leftovers of an interrupted run
+    atexit.register(teardown)
+    try:
+        started = time.monotonic()
+        prepared = cluster.testhosts("prepare", timeout=600)
+        assert prepared.returncode == 0, prepared.stdout[-4000:]
+        cluster.timings["prepare rootfs"] = time.monotonic() - started
+        started = time.monotonic()
+        booted = cluster.testhosts("up", "h1", "h2", "h3")
+        assert booted.returncode == 0, booted.stdout[-4000:]
+        cluster.timings["boot 3 hosts"] = time.monotonic() - started
+        yield cluster
+    finally:
+        started = time.monotonic()
+        teardown()
+        atexit.unregister(teardown)
+        cluster.timings["teardown"] = time.monotonic() - started
+        summary = ", ".join(f"{k}: {v:.0f}s" for k, v in cluster.timings.items())
+        print(f"\ndeploy e2e timings: {summary}\nlogs: {logs}")
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    """The PLAY RECAP counters per host (the last recap in the output wins)."""
+    recap: dict[str, dict[str, int]] = {}
+    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.MULTILINE):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
+    return recap
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_for(predicate: Any, timeout: float, interval: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def test_first_deploy_succeeds(cluster: Cluster) -> None:
+    proc = cluster.script("deploy-cluster.sh", "-i", str(cluster.inventory))
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    recap = _recap(proc.stdout)
+    assert set(recap) == {"coordinator", *AGENTS}
+    assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in recap.values()), recap
+    # The access points come from the inventory, not the document's hard-coded addresses.
+    assert f"http://{COORDINATOR_IP}:8080" in proc.stdout
+    assert "192.168.1.100" not in proc.stdout
+
+
+def test_coordinator_health_from_the_control_node(cluster: Cluster) -> None:
+    with urllib.request.urlopen(f"http://{COORDINATOR_IP}:8080/health", timeout=10) as response:
+        assert response.status == 200
+        assert json.loads(response.read())["status"] == "healthy"
+
+
+def test_both_agents_registered_and_healthy(cluster: Cluster) -> None:
+    agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
+    assert set(AGENTS) <= set(agents)
+    for name in AGENTS:
+        assert agents[name]["status"] not in ("offline", "error"), agents[name]
+        assert agents[name]["last_heartbeat"]
+    for name, (ip, _, _) in AGENTS.items():
+        proc = cluster.ssh("h1", f"curl -fsS -m 5 http://{ip}:8081/health")
+        assert proc.returncode == 0, f"{name}: {proc.stdout}"
+
+
+def test_postgres_and_redis_are_closed_from_outside(cluster: Cluster) -> None:
+    for port in (5432, 6379):
+        assert not _reachable(COORDINATOR_IP, port), f"{port} is reachable from the control node"
+    # ... while they serve the coordinator on its loopback.
+    assert cluster.ssh("h1", "pg_isready -q -h 127.0.0.1 -p 5432").returncode == 0
+    assert "PONG" in cluster.ssh("h1", "redis-cli -h 127.0.0.1 ping").stdout
+    status = cluster.ssh("h1", "ufw status").stdout
+    assert "Status: active" in status
+    for port in ("8080", "3000", "22"):
+        assert re.search(rf"^{port}(/tcp)?\s+ALLOW", status, re.MULTILINE), status
+
+
+def test_agent_port_only_from_the_coordinator(cluster: Cluster) -> None:
+    ip_001 = AGENTS["agent-001"][0]
+    assert not _reachable(ip_001, 8081), "8081 is reachable from the control node"
+    from_other_agent = cluster.ssh("h3", f"curl -fsS -m 4 http://{ip_001}:8081/health")
+    assert from_other_agent.returncode != 0, "8081 is reachable from another agent"
+    from_coordinator = cluster.ssh("h1", f"curl -fsS -m 4 http://{ip_001}:8081/health")
+    assert from_coordinator.returncode == 0, from_coordinator.stdout
+
+
+def test_a_task_runs_to_completion_on_a_deployed_agent(cluster: Cluster) -> None:
+    for _, host, _ in AGENTS.values():
+        created = cluster.ssh(
+            host,
+            f"set -e; install -d -o agent -g agent {REPO_ON_AGENTS}; cd {REPO_ON_AGENTS};"
+            " sudo -u agent git init -q -b main .;"
+            " sudo -u agent git -c user.name=e2e -c user.email=e2e@localhost"
+            " commit -q --allow-empty -m 'Initial commit'",
+        )
+        assert created.returncode == 0, created.stdout
+    started = time.monotonic()
+    task = cluster.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "title": "Write the e2e marker file",
+            "description": "The command runner writes E2E_RESULT.txt.",
+            "github_repository": REPO_ON_AGENTS,
+            "github_issue_number": 1,
+        },
+    )
+    terminal = {"completed", "failed", "cancelled"}
+
+    def finished() -> dict[str, Any] | None:
+        current: dict[str, Any] = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+        return current if current["status"] in terminal else None
+
+    result = _wait_for(finished, timeout=180)
+    cluster.timings["task to completion"] = time.monotonic() - started
+    last = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    assert result, f"task {task['id']} did not finish: {last}"
+    assert result["status"] == "completed", result
+    branch = result["github_branch"]
+    assert branch
+    # The run's branch was pushed to the repository on the agent that ran it, with the file.
+    shown = [
+        cluster.ssh(host, f"cd {REPO_ON_AGENTS} && sudo -u agent git show {branch}:E2E_RESULT.txt")
+        for _, host, _ in AGENTS.values()
+    ]
+    assert any("deployed-by-e2e" in p.stdout for p in shown if p.returncode == 0), [
+        p.stdout for p in shown
+    ]
+
+
+def test_prometheus_scrapes_the_coordinator_and_the_agents(cluster: Cluster) -> None:
+    def targets() -> dict[str, str] | None:
+        proc = cluster.ssh("h1", "curl -fsS -m 5 http://127.0.0.1:9090/api/v1/targets")
+        if proc.returncode != 0:
+            return None
+        active = json.loads(proc.stdout)["data"]["activeTargets"]
+        health = {f"{t['labels']['job']}/{t['labels']['instance']}": t["health"] for t in active}
+        wanted = ["claude-coordinator/coordinator", *(f"claude-agents/{a}" for a in AGENTS)]
+        return health if all(health.get(w) == "up" for w in wanted) else None
+
+    assert _wait_for(targets, timeout=60, interval=3), cluster.ssh(
+        "h1", "curl -s http://127.0.0.1:9090/api/v1/targets"
+    ).stdout[-3000:]
+    assert not _reachable(COORDINATOR_IP, 9090), "Prometheus is reachable from the control node"
+
+
+def test_second_deploy_changes_nothing(cluster: Cluster) -> None:
+    proc = cluster.script("deploy-cluster.sh", "-i", str(cluster.inventory))
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    recap = _recap(proc.stdout)
+    changed = {host: c["changed"] for host, c in recap.items() if c["changed"]}
+    assert not changed, (
+        f"not idempotent: {changed}\n"
+        + "\n".join(
+            line for line in proc.stdout.splitlines() if line.startswith(("changed:", "TASK"))
+        )[-6000:]
+    )
+
+
+def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:
+    name, ip, host, specialty = NEW_AGENT
+    booted = cluster.testhosts("up", host)
+    assert booted.returncode == 0, booted.stdout
+    proc = cluster.script("add-agent.sh", "-i", str(cluster.inventory), ip, specialty, name)
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    inventory = cluster.inventory.read_text()
+    agents_section = inventory.split("[agents]")[1].split("[")[0]
+    assert f"{name} ansible_host={ip} agent_specialty={specialty}" in agents_section
+    assert set(_recap(proc.stdout)) == {name}, "add-agent.sh touched other hosts"
+    agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
+    assert name in agents and agents[name]["status"] not in ("offline", "error"), agents
+
+
+def test_health_check_fails_when_an_agent_host_is_down(cluster: Cluster) -> None:
+    healthy = cluster.script("health-check.sh", "-i", str(cluster.inventory))
+    assert healthy.returncode == 0, healthy.stdout
+    for name in [*AGENTS, NEW_AGENT[0]]:
+        assert f"OK    agent {name}" in healthy.stdout
+    stopped = cluster.testhosts("stop", AGENTS["agent-002"][1])
+    assert stopped.returncode == 0, stopped.stdout
+    degraded = cluster.script("health-check.sh", "-i", str(cluster.inventory))
+    assert degraded.returncode == 1, degraded.stdout
+    assert "DOWN  agent agent-002" in degraded.stdout
+    assert "OK    agent agent-001" in degraded.stdout

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import ANSIBLE_DIR, REPO, SCRIPTS, TESTHOSTS, run
+from tests.deploy.conftest import ANSIBLE_DIR, REPO, SCRIPTS, TESTHOSTS, run, tool_env
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -44,6 +44,8 @@ ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 CACHE = Path(os.environ.get("TESTHOSTS_CACHE", "/var/cache/claude-cluster-testhosts"))
 REPO_ON_AGENTS = "/srv/e2e-repo"
 CLI_COMMANDS = ("coordinator", "agent", "db")
+# Each run's script outputs (with per-task timings), kept after the run for a look.
+LOGS = Path(os.environ.get("DEPLOY_E2E_LOGS", "/var/tmp/claude-cluster-e2e-logs"))
 
 
 def _skip_reason() -> str | None:
@@ -99,12 +101,14 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run a deploy script; keep its output in the log directory."""
         started = time.monotonic()
-        proc = run([str(SCRIPTS / name), *args], cwd=REPO, timeout=timeout)
-        label = f"{name} {' '.join(args)}".replace("/", "_")[:80]
-        (self.logs / f"{len(self.timings):02d}-{label}.log").write_text(proc.stdout)
-        self.timings[f"{name} {' '.join(a for a in args if not a.startswith('/'))}"] = (
-            time.monotonic() - started
+        # profile_tasks puts each task's duration into the logs.
+        env = tool_env(ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
+        proc = run([str(SCRIPTS / name), *args], cwd=REPO, timeout=timeout, env=env)
+        step = (
+            f"{len(self.timings):02d} {name} {' '.join(a for a in args if not a.startswith('/'))}"
         )
+        (self.logs / f"{step.replace(' ', '_')}.log").write_text(proc.stdout)
+        self.timings[step] = time.monotonic() - started
         return proc
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -180,8 +184,9 @@ agent_command: "/bin/sh -c 'echo deployed-by-e2e > E2E_RESULT.txt'"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("e2e")
-    logs = work / "logs"
-    logs.mkdir()
+    logs = LOGS
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
     started = time.monotonic()
     wheelhouse = CACHE / "wheelhouse"
     built = run(

@@ -49,6 +49,9 @@ command -v curl >/dev/null || { echo "curl is not installed" >&2; exit 2; }
 
 cd "$PROJECT_ROOT"   # for ansible.cfg
 export ANSIBLE_TIMEOUT="$TIMEOUT"
+# No shared SSH master connections: a master to a host that just died hangs until its
+# keepalives give up, instead of failing after the connect timeout.
+export ANSIBLE_SSH_ARGS="-o ControlMaster=no -o ControlPath=none"
 FAILURES=0
 ok() { echo "   OK    $1"; }
 bad() { echo "   DOWN  $1"; FAILURES=$((FAILURES + 1)); }

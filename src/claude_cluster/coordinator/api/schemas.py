@@ -177,14 +177,3 @@ class AssignIn(BaseModel):
 class DrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     drain: bool = True
-
-
-class QueueStatusOut(BaseModel):
-    pending_tasks: int
-    active_tasks: int
-    completed_tasks: int
-    failed_tasks: int
-    available_nodes: int
-    total_capacity: int
-    current_load: float
-    by_status: dict[str, int]

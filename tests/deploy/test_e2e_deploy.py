@@ -355,7 +355,33 @@ def test_prometheus_scrapes_the_coordinator_and_the_agents(cluster: Cluster) -> 
     assert not _reachable(COORDINATOR_IP, 9090), "Prometheus is reachable from the control node"
 
 
+def test_deployed_settings_are_private_and_agents_unprivileged(cluster: Cluster) -> None:
+    coordinator_env = cluster.ssh("h1", "stat -c '%a %U' /opt/coordinator/.env").stdout.split()
+    assert coordinator_env == ["600", "coordinator"]
+    for _, host, _ in AGENTS.values():
+        assert cluster.ssh(host, "stat -c '%a %U' /opt/agent/.env").stdout.split() == [
+            "600",
+            "agent",
+        ]
+        groups = cluster.ssh(host, "id -nG agent").stdout.split()
+        assert "docker" not in groups, groups
+        unit = cluster.ssh(
+            host, "systemctl show claude-agent -p KillMode -p TimeoutStopUSec"
+        ).stdout
+        assert "KillMode=mixed" in unit
+        assert "TimeoutStopUSec=infinity" not in unit
+        assert cluster.ssh(host, "systemctl is-active claude-agent").stdout.strip() == "active"
+
+
 def test_second_deploy_changes_nothing(cluster: Cluster) -> None:
+    # State a redeploy must never wipe (the document's rsync --delete did).
+    markers = {
+        "h1": ["/opt/coordinator/data", "/opt/coordinator/backup", "/opt/coordinator/logs"],
+        "h2": ["/opt/agent/workspace", "/opt/agent/cache"],
+    }
+    for host, dirs in markers.items():
+        touch = " && ".join(f"touch {d}/keep-me" for d in dirs)
+        assert cluster.ssh(host, touch).returncode == 0
     proc = cluster.script("deploy-cluster.sh", "-i", str(cluster.inventory))
     assert proc.returncode == 0, proc.stdout[-8000:]
     recap = _recap(proc.stdout)
@@ -366,6 +392,17 @@ def test_second_deploy_changes_nothing(cluster: Cluster) -> None:
             line for line in proc.stdout.splitlines() if line.startswith(("changed:", "TASK"))
         )[-6000:]
     )
+    for host, dirs in markers.items():
+        for d in dirs:
+            assert cluster.ssh(host, f"test -f {d}/keep-me").returncode == 0, f"{host}:{d} wiped"
+
+
+def test_check_mode_runs_and_changes_nothing(cluster: Cluster) -> None:
+    proc = cluster.script("deploy-cluster.sh", "-i", str(cluster.inventory), "-c")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    assert "Check mode finished" in proc.stdout
+    changed = {host: c["changed"] for host, c in _recap(proc.stdout).items() if c["changed"]}
+    assert not changed, changed
 
 
 def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:

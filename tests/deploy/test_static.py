@@ -225,7 +225,7 @@ def _env_keys(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
-            pairs[key] = value.strip("'")
+            pairs[key] = value.strip("'\"")
     return pairs
 
 
@@ -365,3 +365,50 @@ def test_grafana_dashboards_are_provisioned_from_files(rendered: dict[str, Path]
         (rendered["native"] / "grafana/provisioning/datasources/claude-cluster.yml").read_text()
     )
     assert datasource["datasources"][0]["uid"] == "claude-cluster-prometheus"
+
+
+VAULT = {
+    "vault_postgres_password": "pg-0123456789",
+    "vault_coordinator_secret_key": "sk-0123456789",
+    "vault_coordinator_admin_token": "admin-0123456789",
+    "vault_agent_registration_token": "reg-0123456789",
+    "vault_github_token": "ghp_0123456789",
+    "vault_github_webhook_secret": "whs-0123456789",
+}
+
+
+@pytest.mark.parametrize(
+    ("vault", "missing"),
+    [
+        (None, "vault_postgres_password"),
+        ({**VAULT, "vault_github_webhook_secret": "changeme"}, "vault_github_webhook_secret"),
+        (
+            {k: v for k, v in VAULT.items() if k != "vault_agent_registration_token"},
+            "vault_agent_registration_token",
+        ),
+        (VAULT, None),
+    ],
+    ids=["no-vault", "placeholder", "one-missing", "complete"],
+)
+def test_missing_secret_fails_with_its_name(
+    tmp_path: Path, vault: dict[str, str] | None, missing: str | None
+) -> None:
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars/all").mkdir(parents=True)
+    shutil.copy(HERE / "render-inventory.ini", inventory / "hosts.ini")
+    (inventory / "group_vars/all/main.yml").symlink_to(
+        ANSIBLE_DIR / "inventory/group_vars/all/main.yml"
+    )
+    if vault is not None:
+        (inventory / "group_vars/all/vault.yml").write_text(yaml.safe_dump(vault))
+    proc = run(
+        [venv_tool("ansible-playbook"), "-i", str(inventory / "hosts.ini"), "secret-check.yml"],
+        cwd=HERE,
+    )
+    if missing is None:
+        assert proc.returncode == 0, proc.stdout
+        return
+    assert proc.returncode != 0
+    assert f"Set {missing} in" in " ".join(proc.stdout.split()), proc.stdout
+    for value in VAULT.values():
+        assert value not in proc.stdout  # names, never values

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_cluster.agent.process import ProcessExit, run_process
+from claude_cluster.agent.process import ProcessExit
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners.base import (
     EventKind,
@@ -23,10 +23,14 @@ from claude_cluster.runners.base import (
     RunnerOutcome,
     RunSpec,
     clip,
-    scrubbed_env,
-    watchdog_event,
+    run_cli,
 )
-from claude_cluster.runners.outcome import Verdict, exit_verdict, watchdog_verdict
+from claude_cluster.runners.outcome import (
+    Verdict,
+    exit_verdict,
+    verdict_outcome,
+    watchdog_verdict,
+)
 
 __all__ = ["AiderRunner", "AiderState", "aider_events", "parse_token_count"]
 
@@ -78,18 +82,15 @@ class AiderState:
     last_line: str = ""
 
     def outcome(self, process: ProcessExit) -> RunnerOutcome:
-        verdict = self._verdict(process)
-        return RunnerOutcome(
-            succeeded=verdict.category is None,
-            error_category=verdict.category,
-            message=clip(verdict.message, 1000),
+        return verdict_outcome(
+            self._verdict(process),
+            process,
             cost_usd=self.session_cost,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cache_read_tokens=self.cache_read_tokens,
             cache_creation_tokens=self.cache_creation_tokens,
             num_turns=self.calls,
-            exit_code=process.exit_code,
         )
 
     def _verdict(self, process: ProcessExit) -> Verdict:
@@ -205,19 +206,12 @@ class AiderRunner:
             for event in aider_events(line, state):
                 await on_event(event)
 
-        spec.home.mkdir(parents=True, exist_ok=True)
-        try:
-            process = await run_process(
-                self.argv(spec),
-                cwd=spec.cwd,
-                env=scrubbed_env(spec),
-                on_line=on_line,
-                on_stderr_line=on_stderr_line,
-                watchdogs=spec.watchdogs(self.kill_grace),
-            )
-        except OSError as exc:
-            return RunnerOutcome.runner_error(f"cannot start {self.cli_path}: {exc}")
-        notice = watchdog_event(process, spec)
-        if notice is not None:
-            await on_event(notice)
-        return state.outcome(process)
+        return await run_cli(
+            spec,
+            self.argv(spec),
+            on_event,
+            on_line=on_line,
+            on_stderr_line=on_stderr_line,
+            outcome=state.outcome,
+            kill_grace=self.kill_grace,
+        )

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from claude_cluster.agent.process import ProcessExit, StopReason, Watchdogs
+from claude_cluster.agent.process import (
+    LineHandler,
+    ProcessExit,
+    StderrHandler,
+    StopReason,
+    Watchdogs,
+    run_process,
+)
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.errors import ConfigError
 
@@ -30,6 +37,7 @@ __all__ = [
     "RunnerOutcome",
     "clip",
     "get_runner",
+    "run_cli",
     "runner_names",
     "scrubbed_env",
     "watchdog_event",
@@ -208,6 +216,51 @@ def watchdog_event(process: ProcessExit, spec: RunSpec) -> RunnerEvent | None:
         data={"reason": process.stop_reason.value, "exit_code": process.exit_code},
         level="warning",
     )
+
+
+async def run_cli(
+    spec: RunSpec,
+    argv: Sequence[str],
+    on_event: EventSink,
+    *,
+    on_line: LineHandler,
+    outcome: Callable[[ProcessExit], RunnerOutcome],
+    kill_grace: float,
+    env: Mapping[str, str] | None = None,
+    on_stderr_line: StderrHandler | None = None,
+) -> RunnerOutcome:
+    """The skeleton of every runner's :meth:`~Runner.run`: start ``argv``, wait for it, judge.
+
+    Creates ``spec.home``, runs ``argv`` in ``spec.cwd`` under the spec's watchdogs, sends
+    the :func:`watchdog_event` when a watchdog stopped it, and returns ``outcome(process)``.
+    A CLI that cannot be started is a :meth:`RunnerOutcome.runner_error`.
+
+    Args:
+        spec: the run.
+        argv: the command line; ``argv[0]`` names the CLI in the start error.
+        on_event: the run's event sink (for the watchdog notice).
+        on_line: receives stdout lines; returning True marks the line as terminal.
+        outcome: classifies the finished process (the handlers' state included).
+        kill_grace: seconds between SIGTERM and SIGKILL when stopping it.
+        env: the child's whole environment; :func:`scrubbed_env` of ``spec`` by default.
+        on_stderr_line: receives stderr lines, if given.
+    """
+    spec.home.mkdir(parents=True, exist_ok=True)
+    try:
+        process = await run_process(
+            argv,
+            cwd=spec.cwd,
+            env=scrubbed_env(spec) if env is None else env,
+            on_line=on_line,
+            on_stderr_line=on_stderr_line,
+            watchdogs=spec.watchdogs(kill_grace),
+        )
+    except OSError as exc:
+        return RunnerOutcome.runner_error(f"cannot start {argv[0]}: {exc}")
+    notice = watchdog_event(process, spec)
+    if notice is not None:
+        await on_event(notice)
+    return outcome(process)
 
 
 # --- registry ------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from claude_cluster.agent.process import run_process
 from claude_cluster.runners.base import (
     EventSink,
     RunnerOutcome,
     RunSpec,
+    run_cli,
     scrubbed_env,
-    watchdog_event,
 )
 from claude_cluster.runners.outcome import claude_outcome
 from claude_cluster.runners.stream import StreamSummary, parse_line, runner_event
@@ -111,7 +110,6 @@ class ClaudeCodeRunner:
         if executable is None:
             where = self.cli_path or "claude-agent-sdk's bundled CLI or `claude` on PATH"
             return RunnerOutcome.runner_error(f"Claude Code CLI not found: {where}")
-        spec.home.mkdir(parents=True, exist_ok=True)
         summary = StreamSummary()
 
         async def on_line(line: str) -> bool:
@@ -120,17 +118,12 @@ class ClaudeCodeRunner:
                 await on_event(runner_event(event))
             return summary.result is not None
 
-        try:
-            process = await run_process(
-                self.argv(executable, spec),
-                cwd=spec.cwd,
-                env=self.env(spec),
-                on_line=on_line,
-                watchdogs=spec.watchdogs(self.kill_grace),
-            )
-        except OSError as exc:
-            return RunnerOutcome.runner_error(f"cannot start {executable}: {exc}")
-        notice = watchdog_event(process, spec)
-        if notice is not None:
-            await on_event(notice)
-        return claude_outcome(summary, process)
+        return await run_cli(
+            spec,
+            self.argv(executable, spec),
+            on_event,
+            on_line=on_line,
+            outcome=lambda process: claude_outcome(summary, process),
+            env=self.env(spec),
+            kill_grace=self.kill_grace,
+        )

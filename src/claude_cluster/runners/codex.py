@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from claude_cluster.agent.process import ProcessExit, run_process
+from claude_cluster.agent.process import ProcessExit
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners.base import (
     EventKind,
@@ -23,13 +23,13 @@ from claude_cluster.runners.base import (
     RunnerOutcome,
     RunSpec,
     clip,
-    scrubbed_env,
-    watchdog_event,
+    run_cli,
 )
 from claude_cluster.runners.outcome import (
     Verdict,
     classify_error_text,
     exit_verdict,
+    verdict_outcome,
     watchdog_verdict,
 )
 
@@ -51,18 +51,15 @@ class CodexState:
     ended: bool = False
 
     def outcome(self, process: ProcessExit) -> RunnerOutcome:
-        verdict = self._verdict(process)
-        return RunnerOutcome(
-            succeeded=verdict.category is None,
-            error_category=verdict.category,
-            message=clip(verdict.message, 1000),
+        return verdict_outcome(
+            self._verdict(process),
+            process,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cache_read_tokens=self.cached_input_tokens,
             cache_creation_tokens=self.cache_write_tokens,
             num_turns=self.turns_completed,
             session_id=self.thread_id,
-            exit_code=process.exit_code,
         )
 
     def _verdict(self, process: ProcessExit) -> Verdict:
@@ -197,21 +194,14 @@ class CodexRunner:
                 await on_event(event)
             return state.ended  # codex exits after its turn; a hang there is cut short
 
-        spec.home.mkdir(parents=True, exist_ok=True)
-        try:
-            process = await run_process(
-                self.argv(spec),
-                cwd=spec.cwd,
-                env=scrubbed_env(spec),
-                on_line=on_line,
-                watchdogs=spec.watchdogs(self.kill_grace),
-            )
-        except OSError as exc:
-            return RunnerOutcome.runner_error(f"cannot start {self.cli_path}: {exc}")
-        notice = watchdog_event(process, spec)
-        if notice is not None:
-            await on_event(notice)
-        return state.outcome(process)
+        return await run_cli(
+            spec,
+            self.argv(spec),
+            on_event,
+            on_line=on_line,
+            outcome=state.outcome,
+            kill_grace=self.kill_grace,
+        )
 
 
 def _str(value: Any) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from claude_cluster.agent.process import ProcessExit, run_process
+from claude_cluster.agent.process import ProcessExit
 from claude_cluster.errors import ConfigError
 from claude_cluster.runners.base import (
     EventKind,
@@ -27,8 +27,8 @@ from claude_cluster.runners.base import (
     RunnerOutcome,
     RunSpec,
     clip,
+    run_cli,
     scrubbed_env,
-    watchdog_event,
 )
 from claude_cluster.runners.outcome import Verdict, exit_verdict, outcome_from, watchdog_verdict
 from claude_cluster.runners.stream import PlainOutput, StreamSummary, parse_line, runner_event
@@ -92,23 +92,20 @@ class CommandRunner:
         async def on_stderr_line(line: str) -> None:
             await on_event(RunnerEvent(EventKind.OUTPUT, clip(line), {"stream": "stderr"}))
 
-        spec.home.mkdir(parents=True, exist_ok=True)
-        try:
-            process = await run_process(
-                self.argv,
-                cwd=spec.cwd,
-                env=self.env(spec),
-                on_line=on_line,
-                on_stderr_line=on_stderr_line,
-                watchdogs=spec.watchdogs(self.kill_grace),
-            )
-        except OSError as exc:
-            return RunnerOutcome.runner_error(f"cannot start {self.argv[0]}: {exc}")
-        notice = watchdog_event(process, spec)
-        if notice is not None:
-            await on_event(notice)
-        fallback = last_output[0] if last_output else "the command finished"
-        return _outcome(summary, process, fallback)
+        def outcome(process: ProcessExit) -> RunnerOutcome:
+            fallback = last_output[0] if last_output else "the command finished"
+            return _outcome(summary, process, fallback)
+
+        return await run_cli(
+            spec,
+            self.argv,
+            on_event,
+            on_line=on_line,
+            on_stderr_line=on_stderr_line,
+            outcome=outcome,
+            env=self.env(spec),
+            kill_grace=self.kill_grace,
+        )
 
 
 def _outcome(summary: StreamSummary, process: ProcessExit, fallback: str) -> RunnerOutcome:

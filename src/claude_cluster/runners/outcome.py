@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from claude_cluster.agent.process import ProcessExit, StopReason
 from claude_cluster.domain.states import ErrorCategory
@@ -32,6 +33,7 @@ __all__ = [
     "claude_outcome",
     "exit_verdict",
     "outcome_from",
+    "verdict_outcome",
     "watchdog_verdict",
 ]
 
@@ -83,14 +85,7 @@ def claude_outcome(
 
 def outcome_from(verdict: Verdict, summary: StreamSummary, process: ProcessExit) -> RunnerOutcome:
     """A :class:`RunnerOutcome` from a verdict, with cost and usage from the ``result`` line."""
-    outcome = RunnerOutcome(
-        succeeded=verdict.category is None,
-        error_category=verdict.category,
-        message=clip(verdict.message, _MESSAGE_LIMIT),
-        retry_after_seconds=verdict.retry_after_seconds,
-        session_id=summary.session_id,
-        exit_code=process.exit_code,
-    )
+    outcome = verdict_outcome(verdict, process, session_id=summary.session_id)
     result = summary.result
     if result is not None:
         outcome.cost_usd = result.cost_usd
@@ -101,6 +96,19 @@ def outcome_from(verdict: Verdict, summary: StreamSummary, process: ProcessExit)
         outcome.num_turns = result.num_turns
         outcome.permission_denials = [dict(d) for d in result.permission_denials]
     return outcome
+
+
+def verdict_outcome(verdict: Verdict, process: ProcessExit, **figures: Any) -> RunnerOutcome:
+    """A :class:`RunnerOutcome` from a verdict and the exit code, plus the runner's own
+    ``figures`` (``RunnerOutcome`` fields: cost, tokens, turns, session id)."""
+    return RunnerOutcome(
+        succeeded=verdict.category is None,
+        error_category=verdict.category,
+        message=clip(verdict.message, _MESSAGE_LIMIT),
+        retry_after_seconds=verdict.retry_after_seconds,
+        exit_code=process.exit_code,
+        **figures,
+    )
 
 
 def _without_result(process: ProcessExit) -> Verdict:

@@ -18,6 +18,9 @@ from tests.support.servers import ServerThread
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 REGISTRATION_TOKEN = "test-registration-token-0123456789"
 
+#: ``claude_cli`` and ``fake_api``, for the tiers that drive the real Claude Code CLI
+pytest_plugins = ["tests.support.claude_cli"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_logs() -> None:

@@ -24,27 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from claude_cluster.runners.claude_code import find_claude_cli
 from tests.conftest import ADMIN_TOKEN
-from tests.fakes.anthropic_api import FAKE_API_KEY, FakeAnthropic, Scenario
+from tests.fakes.anthropic_api import FAKE_API_KEY, Scenario
 from tests.support import databases
 from tests.support.agents import AgentProcess, agent_env, agent_process, make_origin
 from tests.support.processes import coordinator_process
 from tests.support.servers import free_port
-
-
-@pytest.fixture(scope="session")
-def claude_cli() -> str:
-    cli = find_claude_cli()
-    if cli is None:
-        pytest.skip("the Claude Code CLI is not installed (install the `agent` extra)")
-    return cli
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic.start() as server:
-        yield server
 
 
 @dataclass

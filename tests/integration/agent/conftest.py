@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from claude_cluster.agent.workspace import WorkspaceManager
+from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 
+MakeManager = Callable[..., WorkspaceManager]
 IDENTITY = ("-c", "user.name=Test Person", "-c", "user.email=test@example.invalid")
 
 
@@ -97,11 +98,35 @@ def origin(tmp_path: Path) -> Origin:
 
 
 @pytest.fixture
-def make_manager(tmp_path: Path) -> Callable[..., WorkspaceManager]:
+def make_manager(tmp_path: Path) -> MakeManager:
     def make(**options: object) -> WorkspaceManager:
         return WorkspaceManager(tmp_path / "workspace", git_timeout=30, **options)  # type: ignore[arg-type]
 
     return make
+
+
+async def prepare_workspace(manager: WorkspaceManager, origin: Origin, **kw: object) -> Workspace:
+    """``manager.prepare`` for attempt 1 of task 7 (issue 12 of ``origin``); ``kw`` overrides."""
+    args: dict[str, object] = {
+        "task_id": 7,
+        "attempt": 1,
+        "repository_url": origin.url,
+        "issue_number": 12,
+        "title": "Make answer() return 42",
+    }
+    args.update(kw)
+    return await manager.prepare(**args)  # type: ignore[arg-type]
+
+
+def basic_credentials(token: str) -> str:
+    """What git sends for ``token`` in ``Authorization: Basic ...``."""
+    return base64.b64encode(f"x-access-token:{token}".encode()).decode()
+
+
+def assert_token_hidden(message: str, token: str) -> None:
+    """``message`` (an error) shows ``token`` neither as it is nor as Basic credentials."""
+    assert token not in message
+    assert basic_credentials(token) not in message
 
 
 class GitHttpServer:
@@ -113,7 +138,7 @@ class GitHttpServer:
 
     def __init__(self, root: Path, token: str) -> None:
         self.root = root
-        self.expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        self.expected = "Basic " + basic_credentials(token)
         self.seen_authorization: list[str | None] = []
         server = self
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_cluster.agent.config import AgentSettings
 from claude_cluster.agent.coordinator_client import CoordinatorClient
 from claude_cluster.agent.registration import RegistrationConfig
 from claude_cluster.agent.reporter import ReporterConfig
@@ -51,6 +52,44 @@ def task_body(origin: Path, **kw: Any) -> dict[str, Any]:
         "github_issue_number": 3,
         **kw,
     }
+
+
+def command_settings(url: str, tmp_path: Path, script: Path, **overrides: Any) -> AgentSettings:
+    """An in-loop agent for any specialty whose ``command`` runner is ``script``."""
+    return agent_settings(
+        url,
+        tmp_path / "ws",
+        agent_command=f"{sys.executable} {script}",
+        specialties=ALL_SPECIALTIES,
+        **overrides,
+    )
+
+
+def command_env(url: str, tmp_path: Path, script: Path, **extra: str) -> dict[str, str]:
+    """The same agent as a process: its environment."""
+    return agent_env(
+        url,
+        tmp_path / "ws",
+        free_port(),
+        AGENT_RUNNER="command",
+        AGENT_COMMAND=f"{sys.executable} {script}",
+        AGENT_SPECIALTY=",".join(ALL_SPECIALTIES),
+        **extra,
+    )
+
+
+def slow_fixer(tmp_path: Path, sleep: float) -> tuple[Path, Path, Path]:
+    """The remote, a fixer script that sleeps ``sleep`` seconds first, and its pid file."""
+    origin = make_origin(tmp_path / "remote")
+    pid_file = tmp_path / "runner.pid"
+    return origin, fixer_script(tmp_path / "bin", sleep=sleep, pid_file=pid_file), pid_file
+
+
+async def submit_and_wait_for_runner(api: httpx.AsyncClient, origin: Path, pid_file: Path) -> int:
+    """Submit the task and wait until its runner has started; the task's id."""
+    task_id = int((await api.post("/api/v1/tasks", json=task_body(origin))).json()["id"])
+    await eventually(lambda: _async(pid_file.exists()), timeout=20)
+    return task_id
 
 
 async def task_status(api: httpx.AsyncClient, task_id: int) -> str:
@@ -101,12 +140,7 @@ async def test_a_task_runs_and_its_reports_survive_lost_answers(
     coordinator = start_coordinator(heartbeat_interval=0.5)
     origin = make_origin(tmp_path / "remote")
     script = fixer_script(tmp_path / "bin")
-    settings = agent_settings(
-        coordinator.url,
-        tmp_path / "ws",
-        agent_command=f"{sys.executable} {script}",
-        specialties=ALL_SPECIALTIES,
-    )
+    settings = command_settings(coordinator.url, tmp_path, script)
     lossy = LossyTransport()
     client = CoordinatorClient(
         coordinator.url, registration_token=REGISTRATION_TOKEN, transport=lossy
@@ -186,20 +220,11 @@ async def test_cancelling_the_task_stops_the_process(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:
     coordinator = start_coordinator(heartbeat_interval=0.5)
-    origin = make_origin(tmp_path / "remote")
-    pid_file = tmp_path / "runner.pid"
-    script = fixer_script(tmp_path / "bin", sleep=60, pid_file=pid_file)
-    settings = agent_settings(
-        coordinator.url,
-        tmp_path / "ws",
-        agent_command=f"{sys.executable} {script}",
-        specialties=ALL_SPECIALTIES,
-    )
-    agent = await start_daemon(settings)
+    origin, script, pid_file = slow_fixer(tmp_path, sleep=60)
+    agent = await start_daemon(command_settings(coordinator.url, tmp_path, script))
     try:
         async with admin(coordinator.url) as api:
-            task_id = (await api.post("/api/v1/tasks", json=task_body(origin))).json()["id"]
-            await eventually(lambda: _async(pid_file.exists()), timeout=20)
+            task_id = await submit_and_wait_for_runner(api, origin, pid_file)
             pid = int(pid_file.read_text())
             assert pid_alive(pid)
             assert (await api.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
@@ -215,21 +240,12 @@ async def test_an_agent_cut_off_for_a_lease_stops_its_runs(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:
     coordinator = start_coordinator(heartbeat_interval=0.3, run_lease_seconds=2.0)
-    origin = make_origin(tmp_path / "remote")
-    pid_file = tmp_path / "runner.pid"
-    script = fixer_script(tmp_path / "bin", sleep=60, pid_file=pid_file)
-    settings = agent_settings(
-        coordinator.url,
-        tmp_path / "ws",
-        agent_command=f"{sys.executable} {script}",
-        specialties=ALL_SPECIALTIES,
-        heartbeat_interval=0.3,
-    )
+    origin, script, pid_file = slow_fixer(tmp_path, sleep=60)
+    settings = command_settings(coordinator.url, tmp_path, script, heartbeat_interval=0.3)
     agent = await start_daemon(settings)
     try:
         async with admin(coordinator.url) as api:
-            await api.post("/api/v1/tasks", json=task_body(origin))
-            await eventually(lambda: _async(pid_file.exists()), timeout=20)
+            await submit_and_wait_for_runner(api, origin, pid_file)
         pid = int(pid_file.read_text())
         await asyncio.to_thread(coordinator.server.stop)  # the network is gone
         cut_at = time.monotonic()
@@ -247,24 +263,13 @@ async def test_sigterm_drains_then_exits(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:
     coordinator = start_coordinator(heartbeat_interval=0.5)
-    origin = make_origin(tmp_path / "remote")
-    pid_file = tmp_path / "runner.pid"
-    script = fixer_script(tmp_path / "bin", sleep=2, pid_file=pid_file)
+    origin, script, pid_file = slow_fixer(tmp_path, sleep=2)
     secret = "drain-test-secret-0123456789"
-    env = agent_env(
-        coordinator.url,
-        tmp_path / "ws",
-        free_port(),
-        AGENT_RUNNER="command",
-        AGENT_COMMAND=f"{sys.executable} {script}",
-        AGENT_SPECIALTY=",".join(ALL_SPECIALTIES),
-        AGENT_SECRET=secret,
-    )
+    env = command_env(coordinator.url, tmp_path, script, AGENT_SECRET=secret)
     with agent_process(env, log=tmp_path / "agent.log") as agent:
         async with admin(coordinator.url) as api:
             await eventually(lambda: _heartbeat_of(api, "agent-1"), timeout=15)
-            task_id = (await api.post("/api/v1/tasks", json=task_body(origin))).json()["id"]
-            await eventually(lambda: _async(pid_file.exists()), timeout=20)
+            task_id = await submit_and_wait_for_runner(api, origin, pid_file)
             agent.signal(signal.SIGTERM)
             async with httpx.AsyncClient(
                 base_url=agent.url, headers={"Authorization": f"Bearer {secret}"}
@@ -300,21 +305,11 @@ async def test_a_second_sigterm_stops_the_runs_and_hands_them_back(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:
     coordinator = start_coordinator(heartbeat_interval=0.5, retry_base_seconds=30)
-    origin = make_origin(tmp_path / "remote")
-    pid_file = tmp_path / "runner.pid"
-    script = fixer_script(tmp_path / "bin", sleep=120, pid_file=pid_file)
-    env = agent_env(
-        coordinator.url,
-        tmp_path / "ws",
-        free_port(),
-        AGENT_RUNNER="command",
-        AGENT_COMMAND=f"{sys.executable} {script}",
-        AGENT_SPECIALTY=",".join(ALL_SPECIALTIES),
-    )
+    origin, script, pid_file = slow_fixer(tmp_path, sleep=120)
+    env = command_env(coordinator.url, tmp_path, script)
     with agent_process(env, log=tmp_path / "agent.log") as agent:
         async with admin(coordinator.url) as api:
-            task_id = (await api.post("/api/v1/tasks", json=task_body(origin))).json()["id"]
-            await eventually(lambda: _async(pid_file.exists()), timeout=20)
+            task_id = await submit_and_wait_for_runner(api, origin, pid_file)
             pid = int(pid_file.read_text())
             agent.signal(signal.SIGTERM)
             await asyncio.sleep(0.3)

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from claude_cluster.agent.deliver import commit_and_push, commit_message
 from claude_cluster.agent.git import DeliveryError
-from claude_cluster.agent.workspace import Workspace, WorkspaceManager
+from claude_cluster.agent.workspace import Workspace
 from claude_cluster.domain.states import ErrorCategory
-from tests.integration.agent.conftest import GitHttpServer, Origin, sh
+from tests.integration.agent.conftest import (
+    GitHttpServer,
+    MakeManager,
+    Origin,
+    assert_token_hidden,
+    prepare_workspace,
+    sh,
+)
 
 pytestmark = pytest.mark.timeout(30)
-MakeManager = Callable[..., WorkspaceManager]
-
-
-async def prepare(manager: WorkspaceManager, origin: Origin, **kw: object) -> Workspace:
-    args: dict[str, object] = {
-        "task_id": 7,
-        "attempt": 1,
-        "repository_url": origin.url,
-        "issue_number": 12,
-        "title": "Return 42",
-    }
-    args.update(kw)
-    return await manager.prepare(**args)  # type: ignore[arg-type]
+prepare = partial(prepare_workspace, title="Return 42")
 
 
 async def deliver(ws: Workspace, origin: Origin, **kw: object) -> object:
@@ -191,8 +185,7 @@ async def test_push_with_a_token_over_https_style_remote(
         await deliver(ws, origin, remote_url=url, git_token="ghs_wrong_token_456")
     message = str(err.value)
     assert "git push" in message
-    assert "ghs_wrong_token_456" not in message
-    assert base64.b64encode(b"x-access-token:ghs_wrong_token_456").decode() not in message
+    assert_token_hidden(message, "ghs_wrong_token_456")
     await manager.release(ws)
 
 

@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import sys
 import textwrap
 import time
 from asyncio.subprocess import PIPE
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from claude_cluster.agent.git import WorkspaceError
-from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
-from tests.integration.agent.conftest import GitHttpServer, Origin, make_origin, sh
+from tests.integration.agent.conftest import (
+    GitHttpServer,
+    MakeManager,
+    Origin,
+    assert_token_hidden,
+    make_origin,
+    sh,
+)
+from tests.integration.agent.conftest import prepare_workspace as prepare
 
 pytestmark = pytest.mark.timeout(30)
-MakeManager = Callable[..., WorkspaceManager]
-
-
-async def prepare(manager: WorkspaceManager, origin: Origin, **kw: object) -> Workspace:
-    args: dict[str, object] = {
-        "task_id": 7,
-        "attempt": 1,
-        "repository_url": origin.url,
-        "issue_number": 12,
-        "title": "Make answer() return 42",
-    }
-    args.update(kw)
-    return await manager.prepare(**args)  # type: ignore[arg-type]
 
 
 def head_branch(path: Path) -> str:
@@ -305,8 +297,7 @@ async def test_token_travels_in_a_header_never_in_argv_config_or_errors(
         await prepare(manager, origin, repository_url=url, git_token="ghs_wrong_token_456")
     message = str(err.value)
     assert "git fetch" in message  # says what failed…
-    assert "ghs_wrong_token_456" not in message  # …without the token,
-    assert base64.b64encode(b"x-access-token:ghs_wrong_token_456").decode() not in message
+    assert_token_hidden(message, "ghs_wrong_token_456")  # …without the token
 
 
 # -- sweeper ------------------------------------------------------------------------

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from claude_cluster.runners.claude_code import ClaudeCodeRunner, find_claude_cli
-from tests.fakes.anthropic_api import FakeAnthropic
+from claude_cluster.runners.claude_code import ClaudeCodeRunner
 from tests.integration.runners.harness import ClaudeRun, make_repo
-
-
-@pytest.fixture(scope="session")
-def claude_cli() -> str:
-    cli = find_claude_cli()
-    if cli is None:
-        pytest.skip("the Claude Code CLI is not installed (install the `agent` extra)")
-    return cli
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic.start() as server:
-        yield server
 
 
 @pytest.fixture

@@ -26,6 +26,9 @@ log = get_logger(__name__)
 #: owner/name of a GitHub repository (anything else is a local path or URL)
 GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
+#: tasks claimed per transaction at most
+CLAIM_BATCH = 16
+
 #: returns a short-lived token for pushes and pull requests to a repository, or None
 TokenProvider = Callable[[str], Awaitable[str | None]]
 
@@ -86,7 +89,10 @@ class Dispatcher:
         total = 0
         while True:
             claims = await self._repo.claim(
-                max_active=self._max_active, only_task=only_task, only_agent=only_agent
+                max_active=self._max_active,
+                batch=CLAIM_BATCH,
+                only_task=only_task,
+                only_agent=only_agent,
             )
             if not claims:
                 return total
@@ -95,7 +101,9 @@ class Dispatcher:
                 push = asyncio.create_task(self._push(claim))
                 self._pushes.add(push)
                 push.add_done_callback(self._pushes.discard)
-            if only_task is not None:
+            # a short batch means no more tasks, agents or room right now: claiming again
+            # at once would only cost a transaction (new work wakes the dispatcher anyway)
+            if only_task is not None or len(claims) < CLAIM_BATCH:
                 return total
 
     async def _push(self, claim: Claim) -> None:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from claude_cluster.coordinator.store.common import (
     ACTIVE_RUNS,
@@ -29,11 +30,11 @@ from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, Task
 from claude_cluster.domain import scoring
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
+    AgentStatus,
     ErrorCategory,
     RunStatus,
     TaskStatus,
     check_transition,
-    status_for_load,
 )
 from claude_cluster.domain.wire import RunEvent, RunResult
 from claude_cluster.errors import Conflict, Forbidden
@@ -122,17 +123,28 @@ class RunQueries(RunEndSteps):
                 taken[agent.id] = taken.get(agent.id, 0) + 1
             granted: set[str] = set()
             for agent_id, n in sorted(taken.items()):  # one lock order across replicas
-                result = await s.execute(
-                    update(Agent)
-                    .where(
-                        Agent.id == agent_id,
-                        Agent.active_task_count + n <= Agent.max_concurrent_tasks,
+                after = Agent.active_task_count + n
+                taken_now = (
+                    await s.execute(
+                        update(Agent)
+                        .where(Agent.id == agent_id, after <= Agent.max_concurrent_tasks)
+                        .values(
+                            active_task_count=after,
+                            # candidates are online, so the status follows the new load
+                            status=case(
+                                (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                                else_=AgentStatus.BUSY.value,
+                            ),
+                        )
+                        .returning(Agent.active_task_count, Agent.status)
+                        .execution_options(synchronize_session=False)
                     )
-                    .values(active_task_count=Agent.active_task_count + n)
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
+                ).first()
+                if taken_now is not None:
                     granted.add(agent_id)
+                    # the row is written; keep the loaded object in step without a re-read
+                    set_committed_value(agents[agent_id], "active_task_count", taken_now[0])
+                    set_committed_value(agents[agent_id], "status", taken_now[1])
             claims: list[Claim] = []
             for task, agent in chosen:
                 if agent.id not in granted:
@@ -164,10 +176,6 @@ class RunQueries(RunEndSteps):
                 task.updated_at = now
                 claims.append(Claim(task=task, run=run, agent=agent))
             await s.flush()
-            for granted_id in granted:
-                await s.refresh(agents[granted_id])
-                a = agents[granted_id]
-                a.status = status_for_load(a.active_task_count, a.max_concurrent_tasks).value
             for c in claims:
                 self._event(
                     s,

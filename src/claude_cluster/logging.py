@@ -25,6 +25,8 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
 def configure(level: str = "INFO", *, service: str, log_file: Path | None = None) -> None:
     stream = sys.stderr if log_file is None else log_file.open("a", encoding="utf-8")
     logging.basicConfig(level=level.upper(), stream=stream, format="%(message)s", force=True)
+    # httpx logs every request at INFO; the services log what matters themselves
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -78,7 +78,7 @@ def repository_url(repository: str, github_web_url: str) -> str:
     """What agents fetch for a task: GitHub's clone URL, or the local path / file:// URL."""
     if repository.startswith("file://"):
         return repository
-    if GITHUB_REPO.match(repository) and not Path(repository).exists():
+    if GITHUB_REPO.match(repository):
         return f"{github_web_url.rstrip('/')}/{repository}.git"
     path = Path(repository).expanduser()
     if not path.is_absolute():

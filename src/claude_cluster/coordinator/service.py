@@ -256,8 +256,8 @@ class Coordinator:
         return agent, token, created
 
     async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
-        reply = await self.repo.heartbeat(agent_id, hb)
-        if hb.active_task_count < (await self.repo.get_agent(agent_id)).max_concurrent_tasks:
+        reply, has_room = await self.repo.heartbeat(agent_id, hb)
+        if has_room:
             self.dispatcher.wake()
         return reply
 

@@ -106,7 +106,8 @@ class AgentQueries(RunEndSteps):
             return (await s.scalars(select(Agent).order_by(Agent.id))).all()
 
     @retry_conflicts
-    async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
+    async def heartbeat(self, agent_id: str, hb: Heartbeat) -> tuple[HeartbeatReply, bool]:
+        """Record a heartbeat; returns the reply and whether the agent has a free slot."""
         async with self._sessions.begin() as s:
             now = utcnow()
             # Lock order everywhere is run → task → agent, so touch the runs first.
@@ -145,7 +146,8 @@ class AgentQueries(RunEndSteps):
             if hb.status == AgentStatus.MAINTENANCE:
                 agent.status = AgentStatus.MAINTENANCE.value
             # Runs the agent holds that are not (or no longer) its own: it must stop them.
-            return HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
+            reply = HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
+            return reply, agent.active_task_count < agent.max_concurrent_tasks
 
     @retry_conflicts
     async def set_draining(self, agent_id: str, draining: bool) -> Agent:

@@ -6,8 +6,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from claude_cluster.errors import ConfigError
 from claude_cluster.github import (
@@ -20,29 +18,15 @@ from claude_cluster.github import (
 )
 from tests.fakes.github_api import FakeGitHub
 from tests.integration.github.conftest import REPO
+from tests.support.keys import rsa_keypair
 
 APP_ID = 123456
 INSTALLATION = 7890
 
 
-def keypair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 @pytest.fixture(scope="module")
 def keys() -> tuple[str, str]:
-    return keypair()
+    return rsa_keypair()
 
 
 async def test_app_mints_refreshes_and_uses_installation_tokens(
@@ -85,7 +69,7 @@ async def test_app_refreshes_a_token_close_to_expiry(fake_github, keys) -> None:
 
 async def test_app_jwt_signed_with_another_key_is_refused(fake_github, keys) -> None:
     _, public = keys
-    other_private, _ = keypair()
+    other_private, _ = rsa_keypair()
     fake_github.add_app(APP_ID, public, INSTALLATION)
     app = GitHubApp(APP_ID, other_private, INSTALLATION, base_url=fake_github.url)
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.github_loop.conftest import REPO, SECRET, TOKEN, Loop
+from tests.support.keys import rsa_keypair
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,25 +146,7 @@ async def _spend(loop: Loop, task_id: int, dollars: float) -> None:
         )
 
 
-def _app_key() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
-PRIVATE_KEY, PUBLIC_KEY = _app_key()
+PRIVATE_KEY, PUBLIC_KEY = rsa_keypair()
 
 
 @pytest.mark.parametrize(

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from claude_cluster.agent.process import StopReason, Watchdogs, run_process
 from claude_cluster.agent.testparse import CountParser
+from claude_cluster.process import StopReason, Watchdogs, run_process
 
 __all__ = ["TestReport", "detect_test_command", "run_tests"]
 

@@ -1,2 +1,2 @@
 """The coordinator: it decides. It owns the store (the only SQL), the HTTP API, the
-scheduler that claims queued tasks for agents and the reconciler that keeps runs honest."""
+dispatcher that claims queued tasks for agents and the reconciler that keeps runs honest."""

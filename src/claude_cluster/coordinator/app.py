@@ -24,8 +24,8 @@ from claude_cluster.coordinator.api.routes import (
 )
 from claude_cluster.coordinator.bus import make_bus
 from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.coordinator.dispatcher import TokenProvider, no_token
 from claude_cluster.coordinator.github_loop import GitHubLoop
-from claude_cluster.coordinator.scheduler import TokenProvider, no_token
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository

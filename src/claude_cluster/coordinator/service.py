@@ -20,8 +20,8 @@ from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.bus import WAKE, Bus
 from claude_cluster.coordinator.config import CoordinatorSettings
+from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, TokenProvider, no_token
 from claude_cluster.coordinator.reconciler import Reconciler
-from claude_cluster.coordinator.scheduler import GITHUB_REPO, Dispatcher, TokenProvider, no_token
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RetryPolicy, RunEnd
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
 from claude_cluster.domain.analysis import analyse

@@ -87,7 +87,7 @@ class Priority(StrEnum):
 
     @property
     def rank(self) -> int:
-        """Higher is more urgent; the scheduler orders by rank descending."""
+        """Higher is more urgent; the dispatcher orders by rank descending."""
         return _PRIORITY_RANK[self]
 
 

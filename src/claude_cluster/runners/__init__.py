@@ -1,7 +1,7 @@
 """Runners: each speaks one agent CLI's protocol behind the :class:`Runner` interface.
 
 The package owns starting a CLI for a :class:`RunSpec` (through
-:mod:`claude_cluster.agent.process`: own process group, watchdogs), turning its output
+:mod:`claude_cluster.process`: own process group, watchdogs), turning its output
 into :class:`RunnerEvent` objects and classifying the end as a :class:`RunnerOutcome`.
 It knows nothing of tasks, workspaces or the coordinator. Runners: ``claude`` (Claude
 Code headless), ``codex`` (``codex exec --json``), ``aider`` and ``command`` (any

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_cluster.agent.process import ProcessExit
 from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.process import ProcessExit
 from claude_cluster.runners.base import (
     EventKind,
     EventSink,

@@ -2,7 +2,7 @@
 
 A runner turns a :class:`RunSpec` (prompt, worktree, HOME, environment, limits) into a
 :class:`RunnerOutcome`, forwarding :class:`RunnerEvent` objects while it works. Every
-runner starts its CLI through :func:`claude_cluster.agent.process.run_process`, so all of
+runner starts its CLI through :func:`claude_cluster.process.run_process`, so all of
 them share the process-group handling and the watchdogs; cancelling the task that awaits
 :meth:`Runner.run` stops the process group and re-raises :class:`asyncio.CancelledError`.
 """
@@ -17,7 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from claude_cluster.agent.process import (
+from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.errors import ConfigError
+from claude_cluster.process import (
     LineHandler,
     ProcessExit,
     StderrHandler,
@@ -25,8 +27,6 @@ from claude_cluster.agent.process import (
     Watchdogs,
     run_process,
 )
-from claude_cluster.domain.states import ErrorCategory
-from claude_cluster.errors import ConfigError
 
 __all__ = [
     "EventKind",

@@ -1,6 +1,6 @@
 """The ``claude`` runner: Claude Code headless (``claude -p --output-format stream-json``).
 
-Every stdout line becomes typed events (:mod:`claude_cluster.runners.stream`) forwarded
+Every stdout line becomes typed events (:mod:`claude_cluster.runners.claude_stream`) forwarded
 to the sink; the ``result`` line is terminal, so a CLI that hangs after it is stopped
 ``result_grace`` seconds later and its result kept. :mod:`claude_cluster.runners.outcome`
 classifies the end.
@@ -21,8 +21,8 @@ from claude_cluster.runners.base import (
     run_cli,
     scrubbed_env,
 )
+from claude_cluster.runners.claude_stream import StreamSummary, parse_line, runner_event
 from claude_cluster.runners.outcome import claude_outcome
-from claude_cluster.runners.stream import StreamSummary, parse_line, runner_event
 
 __all__ = ["ClaudeCodeRunner", "find_claude_cli"]
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from claude_cluster.agent.process import ProcessExit
 from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.process import ProcessExit
 from claude_cluster.runners.base import (
     EventKind,
     EventSink,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from claude_cluster.agent.process import ProcessExit
 from claude_cluster.errors import ConfigError
+from claude_cluster.process import ProcessExit
 from claude_cluster.runners.base import (
     EventKind,
     EventSink,
@@ -30,8 +30,13 @@ from claude_cluster.runners.base import (
     run_cli,
     scrubbed_env,
 )
+from claude_cluster.runners.claude_stream import (
+    PlainOutput,
+    StreamSummary,
+    parse_line,
+    runner_event,
+)
 from claude_cluster.runners.outcome import Verdict, exit_verdict, outcome_from, watchdog_verdict
-from claude_cluster.runners.stream import PlainOutput, StreamSummary, parse_line, runner_event
 
 __all__ = ["PROMPT_VARIABLE", "CommandRunner"]
 

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from claude_cluster.agent.process import ProcessExit, StopReason
 from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.process import ProcessExit, StopReason
 from claude_cluster.runners.base import RunnerOutcome, clip
-from claude_cluster.runners.stream import Result, StreamSummary
+from claude_cluster.runners.claude_stream import Result, StreamSummary
 
 __all__ = [
     "Verdict",

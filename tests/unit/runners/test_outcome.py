@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_cluster.agent.process import ProcessExit, StopReason
 from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.process import ProcessExit, StopReason
+from claude_cluster.runners.claude_stream import StreamSummary, parse_line
 from claude_cluster.runners.outcome import classify_claude, claude_outcome
-from claude_cluster.runners.stream import StreamSummary, parse_line
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "stream-json"
 

@@ -1,7 +1,7 @@
 """Every query of the coordinator, behind one facade. Each public method is one transaction,
 so a request that fails halfway changes nothing.
 
-The scheduler and reconciler decide *when*; the store decides nothing about policy beyond
+The dispatcher and reconciler decide *when*; the store decides nothing about policy beyond
 what a transaction must guarantee: a task is claimed once (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite, and a partial unique index on active runs behind
 both), an agent slot is taken by a conditional update, and a run is finished once.

@@ -66,7 +66,7 @@ async def update_task(
     changes = body.model_dump(exclude_unset=True, exclude={"status"})
     if body.status is not None:
         if body.status != TaskStatus.CANCELLED:
-            raise Conflict("status can only be set to 'cancelled' (the scheduler moves the rest)")
+            raise Conflict("status can only be set to 'cancelled' (the dispatcher moves the rest)")
         task = await coordinator.cancel_task(task_id)
         if not changes:
             return TaskOut.model_validate(task)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_cluster.agent.process import ProcessExit, StopReason, Watchdogs, run_process
+from claude_cluster.process import ProcessExit, StopReason, Watchdogs, run_process
 
 FAST = Watchdogs(wall_timeout=10, idle_timeout=5, terminal_grace=5, kill_grace=1)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from claude_cluster.runners.base import EventKind
-from claude_cluster.runners.stream import (
+from claude_cluster.runners.claude_stream import (
     ApiErrorNotice,
     ApiRetry,
     AssistantText,

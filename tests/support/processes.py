@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,13 +37,15 @@ def coordinator_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = 30, verify: Any = True
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -70,9 +74,11 @@ def coordinator_process(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
+    tls = "TLS_CERT_FILE" in extra
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=extra["TLS_CA_FILE"]) if tls else True
     try:
-        wait_healthy(url, proc)
+        wait_healthy(url, proc, verify=verify)
         yield CoordinatorProcess(url, proc.pid)
     finally:
         if proc.poll() is None:

@@ -17,9 +17,10 @@ from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from claude_cluster.config import is_placeholder, load, settings_config
+from claude_cluster.tls import TlsSettings
 
 __all__ = ["AgentSettings", "load_agent_settings"]
 
@@ -37,7 +38,7 @@ def _alias(*names: str) -> Any:
 CommaList = Annotated[list[str], NoDecode]
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(TlsSettings):
     """Everything the agent daemon reads from its environment (or ``.env`` file).
 
     Where the seed used two names for one setting both are accepted: ``AGENT_SPECIALTY`` /
@@ -45,7 +46,7 @@ class AgentSettings(BaseSettings):
     (seconds) / ``TASK_TIMEOUT_MINUTES``.
     """
 
-    model_config = {**settings_config(), "populate_by_name": True}
+    model_config = SettingsConfigDict(**settings_config(), populate_by_name=True)
 
     # --- identity ---------------------------------------------------------------------
     agent_id: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=128)
@@ -158,7 +159,8 @@ class AgentSettings(BaseSettings):
     @property
     def url(self) -> str:
         """The base URL the coordinator calls us on."""
-        return (self.agent_url or f"http://{self.ip_address}:{self.port}").rstrip("/")
+        scheme = "https" if self.serves_tls else "http"
+        return (self.agent_url or f"{scheme}://{self.ip_address}:{self.port}").rstrip("/")
 
     def public_configuration(self) -> dict[str, Any]:
         """The settings worth showing to the coordinator: no credentials."""

@@ -11,6 +11,7 @@ Every failure is one of three kinds, and callers act on the kind, not on status 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,7 @@ class CoordinatorClient:
         registration_token: presented only to ``POST /api/v1/agents``.
         timeout: seconds per request.
         transport: an httpx transport (tests).
+        verify: what the coordinator's certificate is verified with (the cluster CA).
     """
 
     def __init__(
@@ -97,12 +99,15 @@ class CoordinatorClient:
         registration_token: str,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._registration_token = registration_token
         #: the agent token from the last registration; every other call presents it
         self.token: str | None = None
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

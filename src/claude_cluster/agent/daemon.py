@@ -45,6 +45,7 @@ from claude_cluster.domain.wire import AgentRegistration
 from claude_cluster.errors import ConfigError
 from claude_cluster.logging import configure, get_logger
 from claude_cluster.runners import Runner, get_runner
+from claude_cluster.tls import client_verify
 
 __all__ = ["SHUTDOWN_GRACE", "AgentDaemon", "build_runner", "main"]
 
@@ -52,6 +53,8 @@ log = get_logger(__name__)
 
 #: seconds runs and their reports get after the second signal
 SHUTDOWN_GRACE = 10.0
+#: seconds the HTTP server waits for open connections when it stops
+SERVER_CLOSE_GRACE = 3
 #: seconds a runner's process group gets between SIGTERM and SIGKILL
 KILL_GRACE = 5.0
 
@@ -115,7 +118,9 @@ class AgentDaemon:
         self.secret = settings.agent_secret
         self.started_at = time.monotonic()
         self.client = client or CoordinatorClient(
-            settings.coordinator_url, registration_token=settings.registration_token
+            settings.coordinator_url,
+            registration_token=settings.registration_token,
+            verify=client_verify(settings.tls_ca_file),
         )
         self.workspaces = WorkspaceManager(
             settings.workspace_path, branch_prefix=settings.branch_prefix, keep=settings.debug
@@ -253,6 +258,11 @@ class AgentDaemon:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            ssl_certfile=self.settings.tls_cert_file,
+            ssl_keyfile=self.settings.tls_key_file,
+            # Runs are drained before the server stops; what is left are idle keep-alive
+            # connections, and closing a TLS one waits for the peer's close_notify (30 s).
+            timeout_graceful_shutdown=SERVER_CLOSE_GRACE,
         )
         self._server = _Server(config)
         self._serve_task = asyncio.create_task(self._server.serve())

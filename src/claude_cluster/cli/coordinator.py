@@ -40,4 +40,8 @@ def coordinator(
         workers=n_workers,
         log_level=settings.log_level.lower(),
         access_log=settings.debug,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+        # Idle keep-alive TLS connections would otherwise hold a stop for 30 s each.
+        timeout_graceful_shutdown=10,
     )

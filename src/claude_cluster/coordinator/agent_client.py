@@ -1,7 +1,10 @@
 """How the coordinator calls agents: ``POST /execute_task`` and ``POST /cancel_task/{id}``,
-with the bearer secret each agent chose at registration."""
+with the bearer secret each agent chose at registration, over HTTPS verified against the
+cluster CA (``TLS_CA_FILE``) when the agents serve TLS."""
 
 from __future__ import annotations
+
+import ssl
 
 import httpx
 
@@ -11,9 +14,11 @@ from claude_cluster.errors import AgentCallError
 
 
 class AgentClient:
-    def __init__(self, *, timeout: float = 10.0) -> None:
+    def __init__(self, *, timeout: float = 10.0, verify: ssl.SSLContext | bool = True) -> None:
         self._http = httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)
+            timeout=timeout,
+            verify=verify,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
         )
 
     async def close(self) -> None:

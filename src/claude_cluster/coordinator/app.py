@@ -39,6 +39,7 @@ from claude_cluster.errors import (
     Unauthorized,
 )
 from claude_cluster.logging import get_logger
+from claude_cluster.tls import client_verify
 
 log = get_logger(__name__)
 
@@ -105,7 +106,9 @@ def create_app(
         repo = Repository(sessionmaker(engine), postgres=engine.dialect.name == "postgresql")
         bus = make_bus(settings.redis_url)
         await bus.start()
-        client = AgentClient(timeout=settings.agent_call_timeout)
+        client = AgentClient(
+            timeout=settings.agent_call_timeout, verify=client_verify(settings.tls_ca_file)
+        )
         coordinator = Coordinator(settings, repo, bus, client, token_provider=token_provider)
         app.state.coordinator = coordinator
         app.state.github = github

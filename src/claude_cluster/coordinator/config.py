@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings
 
 from claude_cluster.config import is_placeholder, settings_config
+from claude_cluster.tls import TlsSettings
 
 DEFAULT_DATA_DIR = Path(".data")
 
 
-class CoordinatorSettings(BaseSettings):
+class CoordinatorSettings(TlsSettings):
     model_config = settings_config()
 
     app_name: str = "Claude Code Coordinator"

@@ -122,3 +122,24 @@ def test_only_credentials_reach_the_runner(monkeypatch: pytest.MonkeyPatch) -> N
     assert runner_env(s) == {"ANTHROPIC_API_KEY": "sk-1", "ANTHROPIC_BASE_URL": "http://fake"}
     shown = s.public_configuration()
     assert "sk-1" not in str(shown) and s.registration_token not in str(shown)
+
+
+def test_a_tls_certificate_makes_the_agent_serve_https(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.support.tls import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    leaf = ca.issue("agent")
+    s = settings(
+        monkeypatch,
+        COORDINATOR_URL="https://10.0.0.1:8080",
+        IP_ADDRESS="10.0.0.2",
+        TLS_CERT_FILE=str(leaf.cert),
+        TLS_KEY_FILE=str(leaf.key),
+        TLS_CA_FILE=str(ca.cert),
+    )
+    assert s.url == "https://10.0.0.2:8081"
+    assert s.tls_ca_file == ca.cert
+    with pytest.raises(ConfigError, match="TLS_CERT_FILE and TLS_KEY_FILE must be set together"):
+        settings(monkeypatch, TLS_KEY_FILE="", TLS_CERT_FILE=str(leaf.cert))

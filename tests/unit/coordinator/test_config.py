@@ -64,3 +64,56 @@ def test_malformed_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DATABASE_URL", "mysql://x")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         load(CoordinatorSettings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TLS_CERT_FILE": "{cert}"}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"),
+        ({"TLS_KEY_FILE": "{key}"}, "TLS_CERT_FILE and TLS_KEY_FILE must be set together"),
+        (
+            {"TLS_CERT_FILE": "{cert}", "TLS_KEY_FILE": "/nonexistent/key.pem"},
+            "TLS_KEY_FILE: /nonexistent/key.pem is not a readable file",
+        ),
+        ({"TLS_CA_FILE": "{key}x"}, "TLS_CA_FILE"),
+        ({"TLS_CA_FILE": "{garbage}"}, "TLS_CA_FILE"),
+    ],
+    ids=["cert-without-key", "key-without-cert", "missing-key", "missing-ca", "ca-not-pem"],
+)
+def test_tls_files_are_checked_and_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, env: dict[str, str], named: str
+) -> None:
+    from pathlib import Path
+
+    from tests.support.tls import TestCA
+
+    base = Path(str(tmp_path))
+    ca = TestCA(base / "pki")
+    leaf = ca.issue("coordinator")
+    (base / "garbage.pem").write_text("not a certificate")
+    paths = {"cert": leaf.cert, "key": leaf.key, "garbage": base / "garbage.pem"}
+    for name, value in {**GOOD, **env}.items():
+        monkeypatch.setenv(name, value.format(**paths))
+    with pytest.raises(ConfigError, match=named):
+        load(CoordinatorSettings)
+
+
+def test_tls_files_load_and_empty_values_mean_plain_http(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from tests.support.tls import TestCA
+
+    ca = TestCA(Path(str(tmp_path)) / "pki")
+    leaf = ca.issue("coordinator")
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    for name in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"):
+        monkeypatch.setenv(name, "")
+    assert not load(CoordinatorSettings).serves_tls
+    monkeypatch.setenv("TLS_CERT_FILE", str(leaf.cert))
+    monkeypatch.setenv("TLS_KEY_FILE", str(leaf.key))
+    monkeypatch.setenv("TLS_CA_FILE", str(ca.cert))
+    settings = load(CoordinatorSettings)
+    assert settings.serves_tls and settings.tls_ca_file == ca.cert

@@ -168,6 +168,32 @@ class SimAgents:
             await asyncio.sleep(0.1)
         raise AssertionError(f"the result of run {run_id} was never accepted")
 
+    async def report(
+        self, agent_id: str, run_id: int, events: list[dict[str, Any]], *, first_seq: int = 0
+    ) -> None:
+        """Send run events (``kind``, ``message``, ``data``, ``level``) as the agent would."""
+        agent = self.agents[agent_id]
+        body = {
+            "events": [
+                {"seq": first_seq + i, "ts": datetime.now(UTC).isoformat(), **e}
+                for i, e in enumerate(events)
+            ]
+        }
+        response = await self._http.post(
+            f"/api/v1/runs/{run_id}/events",
+            json=body,
+            headers={"Authorization": f"Bearer {agent.token}"},
+        )
+        response.raise_for_status()
+
+    async def phase(self, agent_id: str, run_id: int, phase: str) -> None:
+        response = await self._http.post(
+            f"/api/v1/runs/{run_id}/phase",
+            json={"phase": phase},
+            headers={"Authorization": f"Bearer {self.agents[agent_id].token}"},
+        )
+        response.raise_for_status()
+
     def vanish(self, agent_id: str) -> None:
         """The agent dies: no more heartbeats, its runs silently gone."""
         agent = self.agents[agent_id]

@@ -388,6 +388,8 @@ class JobRunner:
                 "ok": report.ok,
                 "exit_code": report.exit_code,
                 "duration": round(report.duration, 3),
+                # what people read on the dashboard under the summary
+                "output_tail": report.output_tail[-4000:],
             },
             level="info" if report.ok is not False else "warning",
         )

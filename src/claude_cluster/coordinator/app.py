@@ -6,9 +6,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from claude_cluster import __version__, metrics
@@ -16,6 +18,9 @@ from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.api.routes import (
     agents,
     dashboard,
+    dashboard_actions,
+    dashboard_live,
+    dashboard_pages,
     health,
     queue,
     runs,
@@ -140,8 +145,12 @@ def create_app(
         queue.router,
         webhooks.router,
         dashboard.router,
+        dashboard_pages.router,
+        dashboard_live.router,
+        dashboard_actions.router,
     ):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     @app.exception_handler(ClusterError)
     async def _cluster_error(_: Request, exc: ClusterError) -> JSONResponse:

@@ -238,6 +238,32 @@ class Coordinator:
             raise Conflict(f"task {task_id} is {task.status}; only queued tasks can be assigned")
         return await self.dispatcher.dispatch_once(only_task=task_id, only_agent=agent_id)
 
+    async def retry_now(self, task_id: int, who: str = "a user") -> Task:
+        """Skip a queued task's retry back-off: it is dispatched at the next free slot."""
+        task = await self.repo.retry_now(task_id, who)
+        log.info("task_retry_now", task_id=task.id, by=who)
+        await self._wake_all()
+        await self._notify(TaskChange("retry_now", task))
+        return task
+
+    async def requeue_task(self, task_id: int, agent_id: str, who: str = "a user") -> Task:
+        """Move a task to ``agent_id``: its active run (if any) is stopped without counting
+        a retry, then the task is dispatched to that agent now. When the agent cannot take
+        it, the task stays queued for the dispatcher."""
+        await self.repo.get_agent(agent_id)  # 404 before anything changes
+        task, to_stop = await self.repo.release_task(
+            task_id, f"{who} moved the task to agent {agent_id}"
+        )
+        if to_stop is not None:
+            _run, agent = to_stop
+            self._spawn(self.client.cancel(agent, task.id))
+            await self._notify(TaskChange("requeued", task))
+        log.info("task_requeued", task_id=task.id, agent_id=agent_id, by=who)
+        dispatched = await self.dispatcher.dispatch_once(only_task=task_id, only_agent=agent_id)
+        if not dispatched:
+            await self._wake_all()
+        return await self.repo.get_task(task_id)
+
     # --- agents ---------------------------------------------------------------------
 
     async def register_agent(self, reg: AgentRegistration) -> tuple[Agent, str, bool]:

@@ -15,6 +15,7 @@ both), an agent slot is taken by a conditional update, and a run is finished onc
 - ``runs``: claiming, the agent's reports, what runs cost;
 - ``leases``: expired runs and agents, timed-out runs;
 - ``run_end``: the steps every run ending shares;
+- ``overview``: the dashboard's reads (queue by priority, active runs, cost, search);
 - ``queue_status``, ``webhooks``, ``tokens``: the queue's status, deliveries, API tokens;
 - ``common``: the clock, conflict retries and :class:`~.common.StoreBase`.
 
@@ -30,6 +31,7 @@ from claude_cluster.coordinator.store.common import retry_conflicts, utcnow
 from claude_cluster.coordinator.store.events import EventQueries
 from claude_cluster.coordinator.store.feedback import FeedbackQueries
 from claude_cluster.coordinator.store.leases import LeaseQueries
+from claude_cluster.coordinator.store.overview import OverviewQueries
 from claude_cluster.coordinator.store.queue_status import QueueQueries, QueueStatus
 from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd
 from claude_cluster.coordinator.store.runs import Claim, RunQueries
@@ -57,6 +59,7 @@ class Repository(
     RunQueries,
     LeaseQueries,
     QueueQueries,
+    OverviewQueries,
     WebhookQueries,
     TokenQueries,
 ):

@@ -185,6 +185,51 @@ class TaskQueries(RunEndSteps):
             return task, to_stop
 
     @retry_conflicts
+    async def retry_now(self, task_id: int, who: str) -> Task:
+        """A queued task waiting out its retry back-off becomes ready at once."""
+        async with self._sessions.begin() as s:
+            task = await self._task_for_update(s, task_id)
+            if task.status != TaskStatus.QUEUED.value:
+                raise Conflict(
+                    f"task {task_id} is {task.status}; only a queued task can be retried now"
+                )
+            now = utcnow()
+            task.not_before = None
+            task.queued_at = now
+            task.updated_at = now
+            self._event(s, task.id, "retry_now", f"{who} asked to retry now")
+            return task
+
+    @retry_conflicts
+    async def release_task(
+        self, task_id: int, reason: str
+    ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
+        """Take a task back from its agent: the active run ends ``cancelled`` and the task
+        is ``queued`` again without counting a retry (a person moved it, it did not fail).
+        A queued task is returned as it is. Returns the run to stop on its agent."""
+        async with self._sessions.begin() as s:
+            run = await self._active_run(s, task_id, lock=True)  # run → task → agent
+            task = await self._task_for_update(s, task_id)
+            if task.status == TaskStatus.QUEUED.value:
+                return task, None
+            if run is None or TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+                raise Conflict(
+                    f"task {task_id} is {task.status}; only a queued or running task can be "
+                    "requeued"
+                )
+            now = utcnow()
+            agent = await self._end_run(
+                s, run, RunStatus.CANCELLED, now, category=ErrorCategory.CANCELLED, message=reason
+            )
+            task.status = TaskStatus.QUEUED.value
+            task.assigned_agent_id = None
+            task.not_before = None
+            task.queued_at = now
+            task.updated_at = now
+            self._event(s, task.id, "requeued", reason, {"from_agent": agent.id}, run_id=run.id)
+            return task, (run, agent)
+
+    @retry_conflicts
     async def set_task_status(
         self, task_id: int, target: TaskStatus, message: str, **fields: Any
     ) -> Task:

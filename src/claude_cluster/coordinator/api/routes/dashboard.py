@@ -1,31 +1,32 @@
-"""The dashboard: a server-rendered, read-only view of the queue, the agents, the tasks and
-their runs, with a task's log live over Server-Sent Events.
+"""The dashboard's sign-in: people sign in with the admin token once; the browser then
+holds a session cookie that is an HMAC of ``SECRET_KEY`` (the token itself is never stored
+in the browser). Bearer tokens work as everywhere else, so scripts can read the pages too.
 
-People sign in with the admin token once; the browser then holds a session cookie that is
-an HMAC of ``SECRET_KEY`` (the token itself is never stored in the browser). Bearer tokens
-work as everywhere else, so scripts can read the pages and the stream too.
+:func:`dashboard_user` is the dependency of every page, stream and action
+(``dashboard_pages``, ``dashboard_live``, ``dashboard_actions``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from sse_starlette.sse import EventSourceResponse
+from fastapi.responses import RedirectResponse, Response
 
-from claude_cluster.coordinator.api.deps import CoordinatorDep, Credentials, principal
+from claude_cluster.coordinator.api.deps import (
+    CoordinatorDep,
+    Credentials,
+    Principal,
+    principal,
+)
 from claude_cluster.coordinator.service import Coordinator, tokens_equal
+from claude_cluster.coordinator.web.access import DashboardUser
+from claude_cluster.coordinator.web.templating import templates
 from claude_cluster.errors import ClusterError
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).resolve().parents[2] / "templates")
 COOKIE = "claude_cluster_session"
 
 
@@ -34,36 +35,48 @@ def _session_value(coordinator: Coordinator) -> str:
     return hmac.new(key, b"dashboard-admin", hashlib.sha256).hexdigest()
 
 
-async def _signed_in(request: Request, coordinator: Coordinator, credentials: Credentials) -> bool:
+async def dashboard_user(
+    request: Request, coordinator: CoordinatorDep, credentials: Credentials
+) -> DashboardUser | None:
+    """The signed-in person (session cookie) or script (bearer token), or ``None``."""
     cookie = request.cookies.get(COOKIE, "")
     if cookie and hmac.compare_digest(cookie, _session_value(coordinator)):
-        return True
+        return DashboardUser(Principal("admin"), session=cookie)
     try:
-        return (await principal(coordinator, credentials)).kind == "admin"
+        caller = await principal(coordinator, credentials)
     except ClusterError:
-        return False
+        return None
+    return DashboardUser(caller) if caller.kind == "admin" else None
 
 
-async def viewer(request: Request, coordinator: CoordinatorDep, credentials: Credentials) -> bool:
-    return await _signed_in(request, coordinator, credentials)
+User = Annotated[DashboardUser | None, Depends(dashboard_user)]
 
 
-Viewer = Annotated[bool, Depends(viewer)]
-
-
-def _login(request: Request, error: str = "", status_code: int = 401) -> Response:
+def login_page(request: Request, error: str = "", status_code: int = 401) -> Response:
+    next_path = request.url.path if request.method == "GET" else "/"
     return templates.TemplateResponse(
-        request, "login.html", {"error": error}, status_code=status_code
+        request,
+        "login.html",
+        {"error": error, "next": next_path, "user": None},
+        status_code=status_code,
     )
+
+
+def _local_path(path: str) -> str:
+    """Only a path on this site is a place to return to after signing in."""
+    return path if path.startswith("/") and not path.startswith(("//", "/\\")) else "/"
 
 
 @router.post("/login")
 async def login(
-    request: Request, coordinator: CoordinatorDep, token: Annotated[str, Form()]
+    request: Request,
+    coordinator: CoordinatorDep,
+    token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
 ) -> Response:
     if not tokens_equal(token, coordinator.settings.admin_token):
-        return _login(request, "That is not the admin token.")
-    response = RedirectResponse("/", status_code=303)
+        return login_page(request, "That is not the admin token.")
+    response = RedirectResponse(_local_path(next), status_code=303)
     response.set_cookie(
         COOKIE, _session_value(coordinator), httponly=True, samesite="strict", max_age=7 * 86400
     )
@@ -75,52 +88,3 @@ async def logout() -> Response:
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE)
     return response
-
-
-@router.get("/", response_class=HTMLResponse)
-async def overview(request: Request, coordinator: CoordinatorDep, signed_in: Viewer) -> Response:
-    if not signed_in:
-        return _login(request, status_code=200)
-    return templates.TemplateResponse(
-        request,
-        "overview.html",
-        {
-            "queue": await coordinator.repo.queue_status(),
-            "agents": await coordinator.repo.list_agents(),
-            "tasks": await coordinator.repo.list_tasks(limit=50),
-        },
-    )
-
-
-@router.get("/tasks/{task_id}", response_class=HTMLResponse)
-async def task_page(
-    task_id: int, request: Request, coordinator: CoordinatorDep, signed_in: Viewer
-) -> Response:
-    if not signed_in:
-        return _login(request)
-    return templates.TemplateResponse(
-        request,
-        "task.html",
-        {
-            "task": await coordinator.repo.get_task(task_id),
-            "runs": await coordinator.repo.list_runs(task_id),
-            "events": await coordinator.events(task_id),
-        },
-    )
-
-
-@router.get("/tasks/{task_id}/stream")
-async def task_stream(
-    task_id: int, request: Request, coordinator: CoordinatorDep, signed_in: Viewer
-) -> Response:
-    """The task's new events as they are stored (``event: task`` for status changes)."""
-    if not signed_in:
-        return Response("sign in first", status_code=401)
-    await coordinator.repo.get_task(task_id)  # 404 for an unknown task
-
-    async def events() -> AsyncIterator[dict[str, str]]:
-        async for message in coordinator.bus.subscribe(f"task:{task_id}"):
-            kind = "log" if "seq" in message else "task"
-            yield {"event": kind, "data": json.dumps(message, default=str)}
-
-    return EventSourceResponse(events(), ping=15)

@@ -1,0 +1,65 @@
+// claude-cluster dashboard: the overview's live part and a task's live log.
+// No build step, no library: polling and Server-Sent Events.
+"use strict";
+
+function pollOverview(root) {
+  const every = Number(root.dataset.every || 5000);
+  async function refresh() {
+    if (document.hidden) return;  // hidden tabs cost nothing
+    try {
+      const response = await fetch("/overview/live", { headers: { Accept: "text/html" } });
+      if (response.ok) root.innerHTML = await response.text();
+    } catch (_) { /* the coordinator restarts: try again next time */ }
+  }
+  setInterval(refresh, every);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+}
+
+function followTask(root) {
+  const taskId = root.dataset.task;
+  const log = document.getElementById("log");
+  const empty = document.getElementById("log-empty");
+  const status = document.getElementById("status");
+  const timeline = document.getElementById("timeline");
+  const live = document.getElementById("live-state");
+  const source = new EventSource(`/tasks/${taskId}/stream?after=${root.dataset.after || 0}`);
+
+  function count(item) {
+    const run = item.dataset.run;
+    if (!run) return;
+    const bump = (name, by) => {
+      const el = document.querySelector(`[data-run="${run}"] [data-tally="${name}"]`);
+      if (el) el.textContent = name === "cost"
+        ? "$" + (parseFloat(el.textContent.slice(1)) + by).toFixed(4)
+        : String(Number(el.textContent) + by);
+    };
+    const kind = item.dataset.kind;
+    if (kind === "assistant_text") bump("messages", 1);
+    if (kind === "tool_use") bump("tools", 1);
+    if (item.classList.contains("fix")) bump("fixes", 1);
+    const cost = parseFloat(item.dataset.cost || "0");
+    if (cost) bump("cost", cost);
+  }
+
+  source.addEventListener("open", () => { if (live) live.textContent = "live"; });
+  source.addEventListener("error", () => { if (live) live.textContent = "reconnecting…"; });
+  source.addEventListener("log", (message) => {
+    const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    log.insertAdjacentHTML("beforeend", message.data);
+    if (empty) empty.hidden = true;
+    count(log.lastElementChild);
+    if (atBottom) log.lastElementChild.scrollIntoView({ block: "end" });
+  });
+  source.addEventListener("task", async (message) => {
+    const change = JSON.parse(message.data);
+    status.textContent = change.status;
+    status.className = "badge " + change.status;
+    try {
+      const response = await fetch(`/tasks/${taskId}?part=timeline`, { headers: { Accept: "text/html" } });
+      if (response.ok) timeline.innerHTML = await response.text();
+    } catch (_) { /* next change refreshes it */ }
+  });
+}
+
+document.querySelectorAll("[data-poll-overview]").forEach(pollOverview);
+document.querySelectorAll("[data-follow-task]").forEach(followTask);

@@ -1,0 +1,164 @@
+"""A task's event log as people read it: one :class:`LogItem` per stored event, and a
+:class:`RunTally` per run (messages, tool calls, fix rounds, cost so far).
+
+The dashboard's live view and ``claude-cluster task logs`` both render these, so the two
+show the same structure: assistant text, tool calls collapsed with their input, tool
+results cut to a preview with the rest behind "show more", test output, fix rounds, cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: a tool result or test output longer than this shows a preview and "show more"
+PREVIEW_CHARS = 600
+PREVIEW_LINES = 10
+
+#: the kind of event → how it is drawn (the CSS class and the CLI's style)
+_STYLES = {
+    "assistant_text": "assistant",
+    "tool_use": "tool",
+    "tool_result": "result",
+    "tests": "tests",
+    "phase": "phase",
+    "runner_finished": "cost",
+    "result": "cost",
+    "usage": "cost",
+    "delivered": "delivered",
+    "pull_request": "delivered",
+}
+
+
+@dataclass(frozen=True)
+class LogItem:
+    id: int
+    run_id: int | None
+    kind: str
+    #: assistant, tool, result, tests, phase, fix, cost, delivered, error, notice
+    style: str
+    #: the one line shown always
+    title: str
+    #: the text shown below it (a preview when ``more`` is set)
+    body: str = ""
+    #: the rest of a long text, behind "show more"
+    more: str = ""
+    #: a tool call's input, collapsed
+    detail: str = ""
+    level: str = "info"
+    timestamp: str = ""
+    #: dollars this event adds to the run's cost so far
+    cost_usd: float = 0.0
+
+
+def _preview(text: str) -> tuple[str, str]:
+    lines = text.splitlines()
+    if len(text) <= PREVIEW_CHARS and len(lines) <= PREVIEW_LINES:
+        return text, ""
+    cut = min(PREVIEW_CHARS, len("\n".join(lines[:PREVIEW_LINES])))
+    return text[:cut], text[cut:]
+
+
+def _tool_summary(name: str, tool_input: Any) -> str:
+    """``Bash: pytest -q`` / ``Edit: src/app.py``: the argument people look for first."""
+    if isinstance(tool_input, Mapping):
+        for key in ("command", "file_path", "path", "pattern", "url", "description"):
+            value = tool_input.get(key)
+            if isinstance(value, str) and value:
+                first = value.splitlines()[0] if value.splitlines() else value
+                return f"{name}: {first[:120]}"
+    return name
+
+
+def log_item(event: Mapping[str, Any]) -> LogItem:
+    """The readable form of one event (as stored: ``details``, or as sent: ``data``)."""
+    kind = str(event.get("kind", ""))
+    details = event.get("details") or event.get("data") or {}
+    message = str(event.get("message") or "")
+    level = str(event.get("level") or "info")
+    timestamp = event.get("timestamp") or event.get("ts") or ""
+    base: dict[str, Any] = {
+        "id": int(event.get("id") or 0),
+        "run_id": event.get("run_id"),
+        "kind": kind,
+        "level": level,
+        "timestamp": timestamp if isinstance(timestamp, str) else timestamp.isoformat(),
+    }
+    style = _STYLES.get(kind, "error" if level == "error" else "notice")
+    if kind == "assistant_text":
+        return LogItem(**base, style=style, title="assistant", body=message)
+    if kind == "tool_use":
+        name = str(details.get("name") or message or "tool")
+        tool_input = details.get("input", {})
+        return LogItem(
+            **base,
+            style=style,
+            title=_tool_summary(name, tool_input),
+            detail=json.dumps(tool_input, indent=2, ensure_ascii=False, default=str),
+        )
+    if kind == "tool_result":
+        body, more = _preview(message)
+        title = "tool error" if details.get("is_error") else "tool result"
+        return LogItem(**base, style=style, title=title, body=body, more=more)
+    if kind == "tests":
+        body, more = _preview(str(details.get("output_tail") or ""))
+        command = details.get("command")
+        title = f"tests: {message}" + (f" ({command})" if command else "")
+        return LogItem(**base, style=style, title=title, body=body, more=more)
+    if kind == "phase" and details.get("phase") == "fix":
+        return LogItem(**base, style="fix", title=message)
+    if kind in ("runner_finished", "usage"):
+        cost = details.get("cost_usd")
+        turns = details.get("num_turns")
+        parts = [message] if message and kind == "usage" else []
+        if isinstance(cost, int | float):
+            parts.append(f"${cost:.4f}")
+        if turns:
+            parts.append(f"{turns} turns")
+        title = ("agent round finished: " if kind == "runner_finished" else "usage: ") + (
+            ", ".join(parts) or "no figures"
+        )
+        return LogItem(
+            **base,
+            style=style,
+            title=title,
+            cost_usd=float(cost) if isinstance(cost, int | float) and kind != "usage" else 0.0,
+        )
+    body, more = _preview(message)
+    return LogItem(**base, style=style, title=kind.replace("_", " "), body=body, more=more)
+
+
+@dataclass
+class RunTally:
+    """What a run has done so far, as its events tell it."""
+
+    messages: int = 0
+    tool_calls: int = 0
+    fix_rounds: int = 0
+    cost_usd: float = 0.0
+    tests: str = ""
+    phases: list[str] = field(default_factory=list)
+
+    def add(self, item: LogItem) -> None:
+        if item.kind == "assistant_text":
+            self.messages += 1
+        elif item.kind == "tool_use":
+            self.tool_calls += 1
+        elif item.style == "fix":
+            self.fix_rounds += 1
+        elif item.kind == "tests":
+            self.tests = item.title.removeprefix("tests: ")
+        elif item.kind == "phase":
+            self.phases.append(item.body or item.title)
+        self.cost_usd += item.cost_usd
+
+
+def tally(items: Iterable[LogItem]) -> dict[int, RunTally]:
+    """One :class:`RunTally` per run id."""
+    tallies: dict[int, RunTally] = {}
+    for item in items:
+        if item.run_id is not None:
+            tallies.setdefault(int(item.run_id), RunTally()).add(item)
+    return tallies

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_cluster import __version__
-from claude_cluster.cli import agents, db, tasks
+from claude_cluster.cli import agents, db, repo, tasks
 from claude_cluster.cli.client import call, coordinator_url
 from claude_cluster.cli.coordinator import coordinator
 from claude_cluster.cli.up import up
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(tasks.app, name="task")
 app.add_typer(agents.app, name="agents")
 app.add_typer(db.app, name="db")
+app.add_typer(repo.app, name="repo")
 app.command()(coordinator)
 app.command()(up)
 out = Console()

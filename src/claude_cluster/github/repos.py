@@ -10,6 +10,9 @@ JSON or YAML file overrides settings per repository::
         trigger_labels: [claude-code, ai]
         test_command: "uv run pytest -q"
         daily_budget_usd: 20
+        contract:             # the operator's side of .claude-cluster.yml: defaults, caps
+          budget_usd: 10
+          network: {allow: [pypi.org, files.pythonhosted.org]}
 
 :func:`should_trigger` is the one rule that decides, for webhooks and polls alike.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.errors import ConfigError
 from claude_cluster.github._rest import check_repo
 
@@ -71,6 +75,8 @@ class RepositoryConfig(BaseModel):
     test_command: str | None = None
     #: dollars per day for this repository; None means no repository budget
     daily_budget_usd: float | None = Field(default=None, ge=0)
+    #: the operator's side of the repository contract: defaults and caps (SPEC §4b)
+    contract: OperatorPolicy = OperatorPolicy()
 
     @field_validator("full_name")
     @classmethod
@@ -140,7 +146,8 @@ def load_repositories(names: str, overrides_file: Path | None = None) -> Reposit
             configs.append(RepositoryConfig.model_validate(settings))
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ConfigError(f"repository {name}: {first['loc'][0]}: {first['msg']}") from None
+            key = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"repository {name}: {key}: {first['msg']}") from None
     return RepositoryConfigs(configs)
 
 

@@ -91,6 +91,8 @@ class FakeRepo:
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     next_number: int = 1
     empty_branches: set[str] = field(default_factory=set)
+    #: whether the token's user may push (``permissions.push`` of GET /repos/{owner}/{repo})
+    push: bool = True
 
     @property
     def full_name(self) -> str:
@@ -114,6 +116,13 @@ class FakeGitHub:
         self.installation_tokens: dict[str, dict[str, Any]] = {}  # token -> info
         self.apps: dict[str, str] = {}  # app id -> public key PEM
         self.installations: dict[int, str] = {}  # installation id -> app id
+        #: what every installation was granted (GET /app/installations/{id})
+        self.installation_permissions: dict[str, str] = {
+            "contents": "write",
+            "issues": "write",
+            "pull_requests": "write",
+            "metadata": "read",
+        }
         self.requests: list[dict[str, Any]] = []  # method, path, query, if_none_match
         self.deliveries: list[Delivery] = []
         self.hook: tuple[str, bytes] | None = None

@@ -55,7 +55,7 @@ def repository_json(api: str, repo: FakeRepo) -> dict[str, Any]:
         "visibility": "private" if repo.private else "public",
         "has_issues": True,
         "archived": False,
-        "permissions": {"admin": False, "maintain": False, "push": True, "pull": True},
+        "permissions": {"admin": False, "maintain": False, "push": repo.push, "pull": True},
     }
 
 

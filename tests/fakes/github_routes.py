@@ -275,6 +275,13 @@ def build_router(fake: FakeGitHub) -> APIRouter:
             pr["updated_at"] = fake._now()
             return _json(public(pr))
 
+    @router.get("/app/installations/{installation_id}")
+    async def installation(installation_id: int, request: Request) -> Response:
+        with fake._lock:
+            fake.check_app_jwt(request.headers.get("authorization"), installation_id)
+            permissions = dict(fake.installation_permissions)
+        return _json({"id": installation_id, "app_id": 1, "permissions": permissions})
+
     @router.post("/app/installations/{installation_id}/access_tokens")
     async def access_token(installation_id: int, request: Request) -> Response:
         data = _body(await request.body())
@@ -291,7 +298,7 @@ def build_router(fake: FakeGitHub) -> APIRouter:
         answer: dict[str, Any] = {
             "token": token,
             "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
-            "permissions": {"contents": "write", "issues": "write", "pull_requests": "write"},
+            "permissions": dict(fake.installation_permissions),
             "repository_selection": "selected" if data.get("repositories") else "all",
         }
         if data.get("repositories"):

@@ -14,6 +14,7 @@ from claude_cluster import __version__
 from claude_cluster.cli import agents, db, repo, tasks
 from claude_cluster.cli.client import call, coordinator_url
 from claude_cluster.cli.coordinator import coordinator
+from claude_cluster.cli.doctor import doctor
 from claude_cluster.cli.up import up
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(repo.app, name="repo")
 app.command()(coordinator)
 app.command()(up)
+app.command()(doctor)
 out = Console()
 
 

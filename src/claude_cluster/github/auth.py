@@ -140,6 +140,19 @@ class GitHubApp:
             self._cache[key] = fresh
             return fresh
 
+    async def installation_permissions(self) -> dict[str, str]:
+        """What the installation was granted (``{"contents": "write", ...}``)."""
+        url = f"{self._base_url}/app/installations/{self.installation_id}"
+        headers = {**API_HEADERS, "Authorization": f"Bearer {self.app_jwt()}"}
+        try:
+            response = await self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise GitHubUnavailable(status=0, detail=type(exc).__name__) from exc
+        data = response.json() if response.content else {}
+        if response.status_code != 200:
+            raise error_for_response(response.status_code, response.headers, data)
+        return {str(k): str(v) for k, v in (data.get("permissions") or {}).items()}
+
     def invalidate(self) -> None:
         """Forget cached tokens (after GitHub answered 401 with one of them)."""
         self._cache.clear()

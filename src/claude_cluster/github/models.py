@@ -34,6 +34,8 @@ class Repository(GitHubModel):
     html_url: str = ""
     private: bool = False
     id: int = 0
+    #: what the authenticated user may do here (``push``, ``admin``…); empty for an App
+    permissions: dict[str, bool] = {}
 
 
 class IssuePullRequestLink(GitHubModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 #: a tool result or test output longer than this shows a preview and "show more"
@@ -126,8 +126,11 @@ def log_item(event: Mapping[str, Any]) -> LogItem:
             title=title,
             cost_usd=float(cost) if isinstance(cost, int | float) and kind != "usage" else 0.0,
         )
+    name = kind.replace("_", " ")
+    if "\n" not in message and len(message) <= 200:  # a notice reads as one line
+        return LogItem(**base, style=style, title=f"{name}: {message}" if message else name)
     body, more = _preview(message)
-    return LogItem(**base, style=style, title=kind.replace("_", " "), body=body, more=more)
+    return LogItem(**base, style=style, title=name, body=body, more=more)
 
 
 @dataclass
@@ -139,7 +142,6 @@ class RunTally:
     fix_rounds: int = 0
     cost_usd: float = 0.0
     tests: str = ""
-    phases: list[str] = field(default_factory=list)
 
     def add(self, item: LogItem) -> None:
         if item.kind == "assistant_text":
@@ -150,8 +152,6 @@ class RunTally:
             self.fix_rounds += 1
         elif item.kind == "tests":
             self.tests = item.title.removeprefix("tests: ")
-        elif item.kind == "phase":
-            self.phases.append(item.body or item.title)
         self.cost_usd += item.cost_usd
 
 

@@ -11,6 +11,14 @@ the agent keeps. Formats understood:
 
 Anything else (``go test`` without ``-v``, a bespoke script) yields no counts, and the exit
 code alone decides.
+
+:class:`OutcomeParser` reads the outcome of each named test, where the runner prints one
+line per test, so a run can be compared with its baseline test by test:
+
+* pytest with ``-rA``: ``PASSED tests/test_a.py::test_x``, ``FAILED … - message``, ``ERROR …``;
+* ``go test -v``: ``--- PASS: TestX (0.00s)``, ``--- FAIL: …``, ``--- SKIP: …``;
+* ``cargo test``: ``test module::name ... ok`` / ``FAILED`` / ``ignored``;
+* TAP (``node --test``, ``prove``): ``ok 1 - name``, ``not ok 2 - name``, ``# SKIP``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CountParser", "Counts"]
+__all__ = ["MAX_NAMED_TESTS", "CountParser", "Counts", "OutcomeParser"]
+
+#: tests remembered by name; a larger suite is compared by counts beyond this
+MAX_NAMED_TESTS = 10_000
+_MAX_NAME = 500
 
 _PYTEST_SUMMARY = re.compile(
     r"^=*\s*(?P<body>\d+ [a-z]+(?:, \d+ [a-z]+)*|no tests ran)"
@@ -29,6 +41,23 @@ _JEST = re.compile(r"^Tests:\s+(?P<body>.*\d+ total)\s*$")
 _CARGO = re.compile(r"^test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored")
 _MOCHA = re.compile(r"^\s*(\d+) (passing|failing|pending)\b")
 _NODE = re.compile(r"^[#ℹ] (pass|fail|skipped|todo) (\d+)\s*$")
+_PYTEST_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XPASS|XFAIL) (\S+::\S+)(?: - .*)?$")
+_GO_LINE = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\S+) \(")
+_CARGO_LINE = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b")
+_TAP_LINE = re.compile(r"^\s*(not ok|ok) \d+ (?:- )?(.+?)(?:\s+#\s*(SKIP|TODO)\b.*)?$")
+_WORDS = {
+    "PASSED": "passed",
+    "XPASS": "passed",
+    "XFAIL": "skipped",
+    "FAILED": "failed",
+    "ERROR": "error",
+    "PASS": "passed",
+    "FAIL": "failed",
+    "SKIP": "skipped",
+    "ok": "passed",
+    "ignored": "skipped",
+    "not ok": "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -116,3 +145,29 @@ def _pytest_counts(body: str) -> Counts:
         skipped=skipped,
         no_tests=passed + failed + errors + skipped == 0,
     )
+
+
+class OutcomeParser:
+    """Feed it every output line; :attr:`outcomes` maps each named test to ``passed``,
+    ``failed``, ``error`` or ``skipped`` (the last line about a test wins)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+        #: more tests than :data:`MAX_NAMED_TESTS`; the rest are counted, not named
+        self.truncated = False
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip()
+        if (m := _PYTEST_LINE.match(line)) or (m := _GO_LINE.match(line)):
+            self._add(m[2], _WORDS[m[1]])
+        elif m := _CARGO_LINE.match(line):
+            self._add(m[1], "failed" if m[2] == "FAILED" else _WORDS[m[2]])
+        elif m := _TAP_LINE.match(line):
+            self._add(m[2], "skipped" if m[3] else _WORDS[m[1]])
+
+    def _add(self, name: str, outcome: str) -> None:
+        name = name[:_MAX_NAME]
+        if name not in self.outcomes and len(self.outcomes) >= MAX_NAMED_TESTS:
+            self.truncated = True
+            return
+        self.outcomes[name] = outcome

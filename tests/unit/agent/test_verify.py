@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_cluster.agent.testparse import CountParser, Counts
+from claude_cluster.agent.testparse import MAX_NAMED_TESTS, CountParser, Counts, OutcomeParser
 from claude_cluster.agent.verify import TestReport, detect_test_command
 
 NPM_INIT_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'
@@ -123,3 +123,61 @@ def test_report_summary() -> None:
     assert TestReport(("x",), 2, None, None, False, "", 1.0).summary == "exit code 2 in 1.0s"
     no_tests = TestReport(("x",), 5, 0, 0, None, "", 1.0, reason="no tests were collected")
     assert no_tests.summary == "no tests were collected"
+
+
+def outcomes(text: str) -> dict[str, str]:
+    parser = OutcomeParser()
+    for line in text.splitlines():
+        parser.feed(line)
+    return parser.outcomes
+
+
+def test_outcomes_from_pytest_ra() -> None:
+    text = """\
+=========================== short test summary info ============================
+PASSED tests/test_calc.py::test_add
+PASSED tests/test_calc.py::test_cases[1-2]
+FAILED tests/test_calc.py::test_div - ZeroDivisionError: division by zero
+ERROR tests/test_db.py::test_conn - fixture 'db' not found
+XFAIL tests/test_calc.py::test_known - not yet
+SKIPPED [1] tests/test_calc.py:40: needs network
+==== 1 failed, 2 passed, 1 skipped, 1 xfailed, 1 error in 0.12s ====
+"""
+    assert outcomes(text) == {
+        "tests/test_calc.py::test_add": "passed",
+        "tests/test_calc.py::test_cases[1-2]": "passed",
+        "tests/test_calc.py::test_div": "failed",
+        "tests/test_db.py::test_conn": "error",
+        "tests/test_calc.py::test_known": "skipped",
+    }
+
+
+def test_outcomes_from_go_cargo_and_tap() -> None:
+    go = "=== RUN   TestAdd\n--- PASS: TestAdd (0.00s)\n    --- FAIL: TestDiv/zero (0.01s)\n"
+    go += "--- SKIP: TestNet (0.00s)\nFAIL\n"
+    assert outcomes(go) == {"TestAdd": "passed", "TestDiv/zero": "failed", "TestNet": "skipped"}
+    cargo = "test calc::adds ... ok\ntest calc::divides ... FAILED\ntest slow ... ignored\n"
+    assert outcomes(cargo) == {"calc::adds": "passed", "calc::divides": "failed", "slow": "skipped"}
+    tap = "TAP version 13\nok 1 - adds\nnot ok 2 - divides\nok 3 - net # SKIP offline\n"
+    assert outcomes(tap) == {"adds": "passed", "divides": "failed", "net": "skipped"}
+
+
+def test_outcome_names_are_bounded() -> None:
+    parser = OutcomeParser()
+    for i in range(MAX_NAMED_TESTS + 5):
+        parser.feed(f"test t{i} ... ok")
+    parser.feed("test " + "x" * 2000 + " ... FAILED")
+    assert len(parser.outcomes) == MAX_NAMED_TESTS
+    assert parser.truncated
+    # an already-known test still updates past the cap (its last line wins)
+    parser.feed("test t3 ... FAILED")
+    assert parser.outcomes["t3"] == "failed"
+
+
+def test_an_overlong_test_name_is_clipped_and_still_one_test() -> None:
+    parser = OutcomeParser()
+    name = "x" * 2000
+    parser.feed(f"test {name} ... ok")
+    parser.feed(f"test {name} ... FAILED")
+    assert list(parser.outcomes.values()) == ["failed"]
+    assert len(next(iter(parser.outcomes))) == 500

@@ -6,12 +6,12 @@ given to a shell), else detected from the files in the worktree:
 ==========================================  =========================
 found                                       command
 ==========================================  =========================
-pytest configuration (``pytest.ini``,        ``<python> -m pytest -q``
+pytest configuration (``pytest.ini``,        ``<python> -m pytest -q -rA``
 ``conftest.py``, ``[tool.pytest…]`` …)
 ``package.json`` with a real test script     ``npm test``
-``go.mod``                                   ``go test ./...``
+``go.mod``                                   ``go test -v ./...``
 ``Cargo.toml``                               ``cargo test``
-``test_*.py`` / ``*_test.py`` files, or a    ``<python> -m pytest -q``
+``test_*.py`` / ``*_test.py`` files, or a    ``<python> -m pytest -q -rA``
 Python project file
 ==========================================  =========================
 
@@ -30,10 +30,10 @@ import shlex
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from claude_cluster.agent.testparse import CountParser
+from claude_cluster.agent.testparse import CountParser, OutcomeParser
 from claude_cluster.process import StopReason, Watchdogs, run_process
 
 __all__ = ["TestReport", "detect_test_command", "run_tests"]
@@ -89,6 +89,8 @@ class TestReport:
     skipped: int | None = None
     timed_out: bool = False
     no_tests: bool = False
+    #: each named test's outcome, where the runner names them (``agent/testparse.py``)
+    outcomes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def command_line(self) -> str:
@@ -117,7 +119,7 @@ class TestReport:
 
 def detect_test_command(cwd: Path, *, python: str | None = None) -> tuple[str, ...] | None:
     """The test command for the project in ``cwd``, or ``None`` if none is recognisable."""
-    pytest = (python or _python_for(cwd), "-m", "pytest", "-q")
+    pytest = (python or _python_for(cwd), "-m", "pytest", "-q", "-rA")
     if (cwd / "pytest.ini").exists() or (cwd / "conftest.py").exists():
         return pytest
     for name, marker in _PYTEST_CONFIG.items():
@@ -126,7 +128,7 @@ def detect_test_command(cwd: Path, *, python: str | None = None) -> tuple[str, .
     if _npm_test_script(cwd / "package.json"):
         return ("npm", "test", "--silent")
     if (cwd / "go.mod").exists():
-        return ("go", "test", "./...")
+        return ("go", "test", "-v", "./...")
     if (cwd / "Cargo.toml").exists():
         return ("cargo", "test")
     if _has_python_tests(cwd) or any((cwd / name).exists() for name in _PYTHON_PROJECT):
@@ -163,10 +165,12 @@ async def run_tests(
     tail: deque[str] = deque()
     tail_len = 0
     parser = CountParser()
+    named = OutcomeParser()
 
     async def on_line(line: str) -> bool:
         nonlocal tail_len
         parser.feed(line)
+        named.feed(line)
         tail.append(line)
         tail_len += len(line) + 1
         while tail_len > tail_chars and len(tail) > 1:
@@ -191,7 +195,8 @@ async def run_tests(
         reason = f"cannot run {argv[0]}: {exc.strerror or exc}"
         return TestReport(argv, None, None, None, None, "", 0.0, reason=reason)
     output = "\n".join(tail)[-tail_chars:]
-    return _report(argv, outcome.exit_code, outcome.stop_reason, outcome.duration, output, parser)
+    report = _report(argv, outcome.exit_code, outcome.stop_reason, outcome.duration, output, parser)
+    return replace(report, outcomes=named.outcomes)
 
 
 def _report(

@@ -32,8 +32,9 @@ def python_project(root: Path, *tests: str) -> Path:
 
 async def test_pytest_all_passing(tmp_path: Path) -> None:
     report = await run_tests(python_project(tmp_path, PASSING, TRIVIAL), command=None, timeout=20)
-    assert report.command == (sys.executable, "-m", "pytest", "-q")
+    assert report.command == (sys.executable, "-m", "pytest", "-q", "-rA")
     assert (report.ok, report.exit_code, report.passed, report.failed) == (True, 0, 2, 0)
+    assert set(report.outcomes.values()) == {"passed"} and len(report.outcomes) == 2
     assert "2 passed" in report.output_tail
     assert report.summary.startswith("2 passed in ")
 
@@ -42,6 +43,8 @@ async def test_pytest_failures_are_counted_and_shown(tmp_path: Path) -> None:
     report = await run_tests(python_project(tmp_path, PASSING, FAILING), command=None, timeout=20)
     assert (report.ok, report.exit_code, report.passed, report.failed) == (False, 1, 1, 1)
     assert "assert 42 == 43" in report.output_tail
+    assert sorted(report.outcomes.values()) == ["failed", "passed"]
+    assert all(name.startswith("tests/test_") and "::" in name for name in report.outcomes)
     assert report.summary.startswith("1 passed, 1 failed")
 
 

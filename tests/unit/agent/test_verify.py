@@ -12,7 +12,7 @@ from claude_cluster.agent.testparse import MAX_NAMED_TESTS, CountParser, Counts,
 from claude_cluster.agent.verify import TestReport, detect_test_command
 
 NPM_INIT_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'
-PYTEST = (sys.executable, "-m", "pytest", "-q")
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-rA")
 
 
 def parse(output: str) -> Counts | None:
@@ -88,7 +88,7 @@ def write(root: Path, files: dict[str, str]) -> Path:
         ({"app_test.py": ""}, PYTEST),
         ({"setup.py": ""}, PYTEST),
         ({"package.json": json.dumps({"scripts": {"test": "jest"}})}, ("npm", "test", "--silent")),
-        ({"go.mod": "module x\n"}, ("go", "test", "./...")),
+        ({"go.mod": "module x\n"}, ("go", "test", "-v", "./...")),
         ({"Cargo.toml": "[package]\n"}, ("cargo", "test")),
         # npm init's placeholder only fails: it is not a test suite
         (
@@ -113,7 +113,7 @@ def test_interpreter_choice(tmp_path: Path) -> None:
     assert detect_test_command(tmp_path, python="/opt/py/bin/python")[0] == "/opt/py/bin/python"  # type: ignore[index]
     venv_python = tmp_path / ".venv" / "bin" / "python"
     write(tmp_path, {".venv/bin/python": ""})
-    assert detect_test_command(tmp_path) == (str(venv_python), "-m", "pytest", "-q")
+    assert detect_test_command(tmp_path) == (str(venv_python), "-m", "pytest", "-q", "-rA")
 
 
 def test_report_summary() -> None:

@@ -4,7 +4,8 @@
     ├── ConfigError              a setting is missing or malformed (names the variable)
     ├── NotFound                 an id that does not exist (API: 404)
     ├── Conflict                 the request contradicts the current state (API: 409)
-    │   └── IllegalTransition    a task status change the state machine forbids
+    │   ├── IllegalTransition    a task status change the state machine forbids
+    │   └── IllegalRunTransition a run status change the run machine forbids
     ├── Unauthorized             missing or wrong credentials (API: 401)
     ├── Forbidden                valid credentials, wrong principal (API: 403)
     └── AgentCallError           the coordinator could not hand a run to an agent
@@ -44,6 +45,10 @@ class Conflict(ClusterError):
 
 class IllegalTransition(Conflict):
     """Cannot move a task from {current} to {target}."""
+
+
+class IllegalRunTransition(Conflict):
+    """Cannot move a run from {current} to {target}."""
 
 
 class Unauthorized(ClusterError):

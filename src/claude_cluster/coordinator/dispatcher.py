@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.store.repository import Claim, Repository
+from claude_cluster.coordinator.store.tables import Task
 from claude_cluster.domain.wire import ExecuteTaskRequest
 from claude_cluster.errors import AgentCallError
 from claude_cluster.logging import get_logger
@@ -48,10 +49,10 @@ class Dispatcher:
         task_timeout: float,
         cooldown_seconds: float,
         token_provider: TokenProvider = no_token,
-        on_accepted: Callable[[int], Awaitable[None]] | None = None,
+        on_change: Callable[[str, Task], Awaitable[None]] | None = None,
     ) -> None:
         self._repo = repo
-        self._on_accepted = on_accepted
+        self._on_change = on_change
         self._client = client
         self._max_active = max_concurrent_tasks
         self._sweep = sweep_interval
@@ -79,7 +80,11 @@ class Dispatcher:
             except Exception:  # keep dispatching whatever one pass hit
                 log.exception("dispatch_pass_failed")
                 await asyncio.sleep(min(1.0, self._sweep))
-        if self._pushes:
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait for the pushes under way (and their outcomes) to finish."""
+        while self._pushes:
             await asyncio.gather(*self._pushes, return_exceptions=True)
 
     async def dispatch_once(
@@ -105,6 +110,10 @@ class Dispatcher:
             # at once would only cost a transaction (new work wakes the dispatcher anyway)
             if only_task is not None or len(claims) < CLAIM_BATCH:
                 return total
+
+    async def _changed(self, kind: str, task: Task) -> None:
+        if self._on_change is not None:
+            await self._on_change(kind, task)
 
     async def _push(self, claim: Claim) -> None:
         task, run, agent = claim.task, claim.run, claim.agent
@@ -136,12 +145,18 @@ class Dispatcher:
             await self._client.execute(agent, request)
         except AgentCallError as exc:
             bound.warning("dispatch_failed", reason=str(exc))
-            await self._repo.dispatch_failed(run.id, str(exc), cooldown_seconds=self._cooldown)
+            await self._changed("assigned", task)
+            requeued = await self._repo.dispatch_failed(
+                run.id, str(exc), cooldown_seconds=self._cooldown
+            )
+            if requeued is not None:
+                await self._changed("dispatch_failed", requeued)
             self.wake()
             return
-        await self._repo.mark_accepted(run.id)
-        if self._on_accepted is not None:
-            await self._on_accepted(task.id)
+        accepted = await self._repo.mark_accepted(run.id)
+        await self._changed("assigned", task)
+        if accepted is not None:
+            await self._changed("accepted", accepted)
         if task.queued_at is not None:
             metrics.DISPATCH_LATENCY.observe(max(0.0, time.time() - task.queued_at.timestamp()))
         bound.info("dispatched", attempt=run.attempt)

@@ -105,7 +105,7 @@ class EventHandler:
             if task.status != TaskStatus.QUEUED.value:
                 return ignored(f"task {task.id} is {task.status}; only a queued task follows edits")
             changes = {"title": issue.title, "description": issue.body or ""}
-            await self.coordinator.repo.update_task(task.id, changes)
+            await self.coordinator.update_task(task.id, changes)
             return processed("queued task updated from the edited issue", task.id)
         if action == "closed":
             await self.coordinator.cancel_task(task.id, "the issue was closed on GitHub")
@@ -180,10 +180,7 @@ class EventHandler:
         if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
             return ignored(f"task {task.id} is already {task.status}", task.id)
         if event.action in ("opened", "reopened"):
-            _, new = await self.coordinator.repo.attach_pull_request(
-                task.id, pr.number, pr.html_url
-            )
-            if new:
+            if await self.coordinator.attach_pull_request(task.id, pr.number, pr.html_url):
                 await count_pull_request(self.coordinator, task.id, pr.number)
             return processed(f"pull request #{pr.number} recorded", task.id)
         if event.action != "closed":

@@ -1,8 +1,11 @@
 """The coordinator's application service: what the API, the webhooks and the CLI ask of it.
 
 Each method is one repository transaction followed by its side effects: waking the
-dispatcher, metrics, live events on the bus, and observers (the GitHub loop comments on
-issues from here). Routes stay thin and never touch the repository directly.
+dispatcher, live events on the bus and observers (the GitHub loop comments on issues from
+here). Every status change a transaction made is counted in ``claude_tasks_total`` by
+:meth:`Coordinator._status_changed`, which the store calls after each commit. Routes and
+the GitHub handlers change tasks only through this service (they read through
+``coordinator.repo``); ``tests/unit/coordinator/test_status_owner.py`` holds them to it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, Token
 from claude_cluster.coordinator.reconciler import Reconciler
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RetryPolicy, RunEnd
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
+from claude_cluster.coordinator.store.transitions import StatusChange
 from claude_cluster.domain.analysis import analyse
 from claude_cluster.domain.states import Priority, TaskStatus
 from claude_cluster.domain.wire import (
@@ -116,7 +120,7 @@ class Coordinator:
             task_timeout=settings.task_timeout,
             cooldown_seconds=settings.agent_cooldown_seconds,
             token_provider=token_provider,
-            on_accepted=self._accepted,
+            on_change=self._dispatch_change,
         )
         self.reconciler = Reconciler(
             repo,
@@ -130,6 +134,7 @@ class Coordinator:
         )
         self.observers: list[Observer] = []
         self._background: set[asyncio.Task[Any]] = set()
+        repo.on_status_change = self._status_changed
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -144,7 +149,11 @@ class Coordinator:
         self.dispatcher.wake()  # it sleeps until a wake-up or its sweep; let it see the stop
         await asyncio.gather(*jobs[:2], return_exceptions=True)
         jobs[2].cancel()
-        if self._background:
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait for the observers and agent calls started in the background."""
+        while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _listen_for_wakes(self, stop: asyncio.Event) -> None:
@@ -165,6 +174,12 @@ class Coordinator:
         job = asyncio.ensure_future(coro)
         self._background.add(job)
         job.add_done_callback(self._background.discard)
+
+    @staticmethod
+    def _status_changed(changes: list[StatusChange]) -> None:
+        """Every committed status change, whichever query made it: counted once here."""
+        for change in changes:
+            metrics.TASKS_TOTAL.labels(change.status, change.priority).inc()
 
     async def _notify(self, change: TaskChange) -> None:
         await self.bus.publish(
@@ -207,7 +222,6 @@ class Coordinator:
             )
         )
         if created:
-            metrics.TASKS_TOTAL.labels(TaskStatus.QUEUED.value, task.priority).inc()
             log.info(
                 "task_created",
                 task_id=task.id,
@@ -221,13 +235,21 @@ class Coordinator:
 
     async def cancel_task(self, task_id: int, reason: str = "cancelled by a user") -> Task:
         task, to_stop = await self.repo.cancel_task(task_id, reason)
-        metrics.TASKS_TOTAL.labels(TaskStatus.CANCELLED.value, task.priority).inc()
         log.info("task_cancelled", task_id=task.id, reason=reason)
         if to_stop is not None:
             _run, agent = to_stop
             self._spawn(self.client.cancel(agent, task.id))
             await self._wake_all()
         await self._notify(TaskChange("cancelled", task))
+        return task
+
+    async def update_task(self, task_id: int, changes: dict[str, Any]) -> Task:
+        """Change a live task's title, description, priority, requirements or budget."""
+        task = await self.repo.update_task(task_id, changes)
+        log.info("task_updated", task_id=task.id, fields=sorted(changes))
+        if "priority" in changes:
+            await self._wake_all()  # the queue's order changed
+        await self._notify(TaskChange("updated", task))
         return task
 
     async def assign_task(self, agent_id: str, task_id: int) -> int:
@@ -269,7 +291,10 @@ class Coordinator:
     async def register_agent(self, reg: AgentRegistration) -> tuple[Agent, str, bool]:
         token = secrets.token_urlsafe(32)
         agent, created, lost = await self.repo.register_agent(
-            reg, token_hash=hash_token(token), max_agents=self.settings.max_agents
+            reg,
+            token_hash=hash_token(token),
+            max_agents=self.settings.max_agents,
+            policy=self.policy,
         )
         log.info(
             "agent_registered",
@@ -278,6 +303,8 @@ class Coordinator:
             runs_lost=len(lost),
             url=agent.url,
         )
+        for end in lost:
+            await self._after_run_end(end)
         await self._wake_all()
         return agent, token, created
 
@@ -294,9 +321,10 @@ class Coordinator:
             await self._wake_all()
         return agent
 
-    async def _accepted(self, task_id: int) -> None:
-        """An agent took a run: observers hear it (the GitHub loop's start comment)."""
-        await self._notify(TaskChange("accepted", await self.repo.get_task(task_id)))
+    async def _dispatch_change(self, kind: str, task: Task) -> None:
+        """The dispatcher claimed a task (``assigned``), an agent took the run
+        (``accepted``: the GitHub loop's start comment) or refused it (``dispatch_failed``)."""
+        await self._notify(TaskChange(kind, task))
 
     # --- run reports ----------------------------------------------------------------
 
@@ -323,7 +351,6 @@ class Coordinator:
         metrics.RUN_COST_USD.inc(run.cost_usd or 0.0)
         if run.ended_at is not None:
             metrics.TASK_DURATION.observe((run.ended_at - run.started_at).total_seconds())
-        metrics.TASKS_TOTAL.labels(task.status, task.priority).inc()
         log.info(
             "run_finished",
             task_id=task.id,
@@ -353,11 +380,24 @@ class Coordinator:
         self, task_id: int, target: TaskStatus, message: str, **fields: Any
     ) -> Task:
         """A status change from outside a run (a merged or closed pull request)."""
-        task = await self.repo.set_task_status(task_id, target, message, **fields)
-        metrics.TASKS_TOTAL.labels(task.status, task.priority).inc()
+        task, to_stop = await self.repo.set_task_status(task_id, target, message, **fields)
+        if to_stop is not None:
+            _run, agent = to_stop
+            self._spawn(self.client.cancel(agent, task.id))
+            await self._wake_all()
         log.info("task_status_set", task_id=task.id, status=task.status, reason=message)
         await self._notify(TaskChange(target.value, task))
         return task
+
+    async def attach_pull_request(self, task_id: int, number: int, url: str) -> bool:
+        """Record the pull request a task's run opened; ``True`` when it is new to the task.
+
+        A running task whose run no longer exists moves to ``review`` now (see
+        :meth:`Repository.attach_pull_request`)."""
+        task, new = await self.repo.attach_pull_request(task_id, number, url)
+        log.info("pull_request_attached", task_id=task.id, pr=number, new=new)
+        await self._notify(TaskChange("pull_request", task))
+        return new
 
     async def queue_feedback(self, task_id: int, feedback: str) -> tuple[Task, str]:
         """Review feedback for a task: a follow-up run now, or after the active one

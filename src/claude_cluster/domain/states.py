@@ -3,14 +3,16 @@
 The task statuses and priorities are the seed's. A task moves along
 ``queued → assigned → in_progress → testing → review → completed`` and may leave that
 path for ``failed`` or ``cancelled``; ``TRANSITIONS`` is the whole machine and
-:func:`check_transition` is the only place that enforces it.
+:func:`check_transition` enforces it; ``RUN_TRANSITIONS`` and
+:func:`check_run_transition` do the same for runs. Only
+``coordinator/store/transitions.py`` moves a task or a run, through these checks.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from claude_cluster.errors import IllegalTransition
+from claude_cluster.errors import IllegalRunTransition, IllegalTransition
 
 
 class TaskStatus(StrEnum):
@@ -104,6 +106,27 @@ class RunStatus(StrEnum):
 
 
 ACTIVE_RUN_STATUSES = frozenset({RunStatus.DISPATCHING, RunStatus.RUNNING})
+
+_RUN_ENDINGS = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED}
+)
+
+#: a run is pushed (``dispatching``), accepted (``running``) and ends once; an agent may
+#: report its result before the coordinator has seen the push accepted
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.DISPATCHING: _RUN_ENDINGS | {RunStatus.RUNNING},
+    RunStatus.RUNNING: _RUN_ENDINGS,
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.LOST: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+def check_run_transition(current: RunStatus, target: RunStatus) -> None:
+    """Raise :class:`IllegalTransition` naming both statuses when a run may not move so."""
+    if target not in RUN_TRANSITIONS[current]:
+        raise IllegalRunTransition(current=current.value, target=target.value)
 
 
 class AgentStatus(StrEnum):

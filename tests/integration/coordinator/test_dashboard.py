@@ -289,7 +289,7 @@ def test_the_live_log_streams_rendered_items(
                     event = line.split(":", 1)[1].strip()
                 elif line.startswith("data:") and event in received:
                     received[event].append(line.split(":", 1)[1])
-                if received["task"]:
+                if received["task"] and '"cancelled"' in received["task"][-1]:
                     return
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -298,7 +298,12 @@ def test_the_live_log_streams_rendered_items(
     api.put(f"/api/v1/tasks/{task['id']}", json={"title": "renamed <b>"})
     api.delete(f"/api/v1/tasks/{task['id']}")
     listener.join(timeout=12)
-    assert received["task"] and json.loads(received["task"][0])["status"] == "cancelled"
+    # the edit is published as well as the status change
+    changes = [json.loads(m) for m in received["task"]]
+    assert [(c["kind"], c["status"]) for c in changes] == [
+        ("updated", "queued"),
+        ("cancelled", "cancelled"),
+    ]
     html = "".join(received["log"])
     assert "created" not in html  # resumed after Last-Event-ID
     assert 'data-kind="updated"' in html and 'data-kind="cancelled"' in html

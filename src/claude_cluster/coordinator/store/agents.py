@@ -14,7 +14,7 @@ from claude_cluster.coordinator.store.common import (
     retry_conflicts,
     utcnow,
 )
-from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEndSteps
+from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, TaskRun
 from claude_cluster.domain.states import (
     ONLINE_AGENT_STATUSES,
@@ -29,11 +29,12 @@ from claude_cluster.errors import Conflict
 class AgentQueries(RunEndSteps):
     @retry_conflicts
     async def register_agent(
-        self, reg: AgentRegistration, *, token_hash: str, max_agents: int
-    ) -> tuple[Agent, bool, list[TaskRun]]:
+        self, reg: AgentRegistration, *, token_hash: str, max_agents: int, policy: RetryPolicy
+    ) -> tuple[Agent, bool, list[RunEnd]]:
         """Upsert an agent. A (re)registering agent has just started, so runs the
-        coordinator still thinks it holds are lost: they are returned, already requeued."""
-        async with self._sessions.begin() as s:
+        coordinator still thinks it holds are lost: their endings are returned, the tasks
+        already requeued (or failed)."""
+        async with self._tx() as s:
             now = utcnow()
             agent = await s.get(Agent, reg.id, with_for_update=self._postgres)
             created = agent is None
@@ -86,10 +87,11 @@ class AgentQueries(RunEndSteps):
                     )
                 ).all()
                 for run in runs:
-                    await self._lose_run(
-                        s, run, now, "agent restarted", RetryPolicy(), ErrorCategory.LOST
+                    lost.append(
+                        await self._lose_run(
+                            s, run, now, "agent restarted", policy, ErrorCategory.LOST
+                        )
                     )
-                    lost.append(run)
                 agent.active_task_count = 0
             return agent, created, lost
 
@@ -108,7 +110,7 @@ class AgentQueries(RunEndSteps):
     @retry_conflicts
     async def heartbeat(self, agent_id: str, hb: Heartbeat) -> tuple[HeartbeatReply, bool]:
         """Record a heartbeat; returns the reply and whether the agent has a free slot."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             now = utcnow()
             # Lock order everywhere is run → task → agent, so touch the runs first.
             held = set(hb.run_ids)
@@ -151,7 +153,7 @@ class AgentQueries(RunEndSteps):
 
     @retry_conflicts
     async def set_draining(self, agent_id: str, draining: bool) -> Agent:
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
             agent.draining = draining
             return agent

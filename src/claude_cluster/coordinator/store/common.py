@@ -7,16 +7,18 @@ factory and the event helper each query mixin of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from claude_cluster.coordinator.store.tables import Base, Task, TaskEvent
+from claude_cluster.coordinator.store.tables import Base, Task
+from claude_cluster.coordinator.store.transitions import CHANGES_KEY, StatusChange, add_event
 from claude_cluster.domain.states import (
     ACTIVE_RUN_STATUSES,
     ONLINE_AGENT_STATUSES,
@@ -86,6 +88,17 @@ class StoreBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, postgres: bool) -> None:
         self._sessions = sessions
         self._postgres = postgres
+        #: hears the status changes of each committed transaction (the coordinator service)
+        self.on_status_change: Callable[[list[StatusChange]], None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; the status changes it made are handed on after the commit."""
+        async with self._sessions.begin() as s:
+            yield s
+        changes = s.info.pop(CHANGES_KEY, None)
+        if changes and self.on_status_change is not None:
+            self.on_status_change(changes)
 
     async def _task_for_update(self, s: AsyncSession, task_id: int) -> Task:
         return await get_or_raise(s, Task, task_id, "task", with_for_update=self._postgres)
@@ -101,15 +114,4 @@ class StoreBase:
         run_id: int | None = None,
         level: str = "info",
     ) -> None:
-        s.add(
-            TaskEvent(
-                task_id=task_id,
-                run_id=run_id,
-                seq=None,
-                timestamp=utcnow(),
-                kind=kind,
-                level=level,
-                message=message,
-                details=details or {},
-            )
-        )
+        add_event(s, task_id, kind, message, details, run_id=run_id, level=level, now=utcnow())

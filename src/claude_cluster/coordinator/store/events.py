@@ -34,7 +34,7 @@ class EventQueries(StoreBase):
         The GitHub loop claims a comment with it before posting, so replicas and restarts
         post it at most once.
         """
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             seen = await s.scalar(
                 select(TaskEvent.id)

@@ -9,25 +9,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import StoreBase, retry_conflicts, utcnow
 from claude_cluster.coordinator.store.tables import Task, TaskEvent
-from claude_cluster.domain.states import TERMINAL_TASK_STATUSES, TaskStatus, check_transition
+from claude_cluster.domain.states import TERMINAL_TASK_STATUSES, TaskStatus
 from claude_cluster.errors import Conflict
 
 
 class FeedbackQueries(StoreBase):
-    @retry_conflicts
-    async def requeue_for_feedback(self, task_id: int, feedback: str) -> Task:
-        """Queue a follow-up run on the task's branch with review feedback."""
-        async with self._sessions.begin() as s:
-            task = await self._task_for_update(s, task_id)
-            if TaskStatus(task.status) != TaskStatus.REVIEW:
-                raise Conflict(
-                    f"task {task_id} is {task.status}, not review; feedback is not taken"
-                )
-            self._queue_feedback(s, task, feedback, utcnow())
-            return task
-
     @retry_conflicts
     async def add_feedback(self, task_id: int, feedback: str) -> tuple[Task, str]:
         """Take review feedback, one run at a time per task (so per pull request).
@@ -37,7 +26,7 @@ class FeedbackQueries(StoreBase):
         joins it) or ``deferred`` (a run is active: the feedback waits for its end, see
         :meth:`take_deferred_feedback`).
         """
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             status = TaskStatus(task.status)
             if status in TERMINAL_TASK_STATUSES:
@@ -68,7 +57,7 @@ class FeedbackQueries(StoreBase):
         Deferred feedback is every ``feedback_deferred`` event newer than the task's last
         ``feedback`` event (the one that queued a follow-up), so nothing is taken twice.
         """
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             if task.status != TaskStatus.REVIEW.value:
                 return None
@@ -96,10 +85,13 @@ class FeedbackQueries(StoreBase):
             return task
 
     def _queue_feedback(self, s: AsyncSession, task: Task, feedback: str, now: datetime) -> None:
-        check_transition(TaskStatus(task.status), TaskStatus.QUEUED)
-        task.status = TaskStatus.QUEUED.value
         task.feedback = feedback
-        task.queued_at = now
         task.not_before = None
-        task.updated_at = now
-        self._event(s, task.id, "feedback", "follow-up queued with review feedback")
+        transitions.move_task(
+            s,
+            task,
+            TaskStatus.QUEUED,
+            now,
+            kind="feedback",
+            message="follow-up queued with review feedback",
+        )

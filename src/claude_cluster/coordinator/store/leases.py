@@ -20,7 +20,7 @@ class LeaseQueries(RunEndSteps):
         self, *, lease_seconds: float, dispatch_seconds: float, policy: RetryPolicy
     ) -> list[RunEnd]:
         """Runs no heartbeat or report mentioned for a lease are lost; their tasks retry."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             now = utcnow()
             query = select(TaskRun).where(
                 or_(
@@ -55,7 +55,7 @@ class LeaseQueries(RunEndSteps):
         self, *, heartbeat_timeout: float, policy: RetryPolicy
     ) -> list[tuple[Agent, list[RunEnd]]]:
         """Agents silent for ``heartbeat_timeout`` go offline and lose their runs."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             now = utcnow()
             query = select(Agent).where(
                 Agent.status != AgentStatus.OFFLINE.value,
@@ -89,7 +89,7 @@ class LeaseQueries(RunEndSteps):
     ) -> list[tuple[RunEnd, Agent]]:
         """Runs past the wall time (plus a grace for the agent's own watchdog) are ended
         as timeouts; the caller tells the agent to stop them."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             now = utcnow()
             query = select(TaskRun).where(
                 TaskRun.status == RunStatus.RUNNING.value,

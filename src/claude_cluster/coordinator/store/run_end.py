@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import ONLINE_AGENTS, StoreBase
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
 from claude_cluster.domain import retry
@@ -58,10 +59,7 @@ class RunEndSteps(StoreBase):
 
         One ``UPDATE … RETURNING`` on the agent row: the hottest rows of the schema are
         locked for as short a time as a statement allows."""
-        run.status = status.value
-        run.ended_at = now
-        run.error_category = category.value if category else None
-        run.message = message
+        transitions.move_run(run, status, now, category=category, message=message)
         active = case((Agent.active_task_count > 0, Agent.active_task_count - 1), else_=0)
         values: dict[str, Any] = {
             "active_task_count": active,
@@ -139,32 +137,33 @@ class RunEndSteps(StoreBase):
             base=policy.base_seconds,
             cap=policy.cap_seconds,
         )
-        task.updated_at = now
         task.assigned_agent_id = None
         if decision.retry:
             task.retry_count += 1
-            task.status = TaskStatus.QUEUED.value
-            task.queued_at = now + timedelta(seconds=decision.delay_seconds)
-            task.not_before = now + timedelta(seconds=decision.delay_seconds)
-            self._event(
+            ready = now + timedelta(seconds=decision.delay_seconds)
+            task.not_before = ready
+            transitions.move_task(
                 s,
-                task.id,
-                "retry_scheduled",
-                f"run {run.id} {category.value}: {message}; retry {task.retry_count} in "
+                task,
+                TaskStatus.QUEUED,
+                now,
+                kind="retry_scheduled",
+                message=f"run {run.id} {category.value}: {message}; retry {task.retry_count} in "
                 f"{decision.delay_seconds:.0f} s",
-                {"category": category.value},
+                details={"category": category.value},
                 run_id=run.id,
+                queued_at=ready,
             )
         else:
-            task.status = TaskStatus.FAILED.value
-            task.failed_at = now
             task.error_message = f"{category.value}: {message}" if message else category.value
-            self._event(
+            transitions.move_task(
                 s,
-                task.id,
-                "failed",
-                task.error_message,
-                {"category": category.value, "reason": decision.reason},
+                task,
+                TaskStatus.FAILED,
+                now,
+                kind="failed",
+                message=task.error_message,
+                details={"category": category.value, "reason": decision.reason},
                 run_id=run.id,
                 level="error",
             )

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import (
     ACTIVE_RUNS,
     ONLINE_AGENTS,
@@ -34,7 +35,6 @@ from claude_cluster.domain.states import (
     ErrorCategory,
     RunStatus,
     TaskStatus,
-    check_transition,
 )
 from claude_cluster.domain.wire import RunEvent, RunResult
 from claude_cluster.errors import Conflict, Forbidden
@@ -62,7 +62,7 @@ class RunQueries(RunEndSteps):
         only_agent: str | None = None,
     ) -> list[Claim]:
         """Claim up to ``batch`` ready tasks for the best agents, in one transaction."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             now = utcnow()
             active = (
                 await s.scalar(
@@ -149,62 +149,49 @@ class RunQueries(RunEndSteps):
             for task, agent in chosen:
                 if agent.id not in granted:
                     continue
-                task.attempts += 1
-                kind = "followup" if task.feedback else "initial"
-                run = TaskRun(
-                    task_id=task.id,
-                    attempt=task.attempts,
-                    agent_id=agent.id,
-                    status=RunStatus.DISPATCHING.value,
-                    kind=kind,
-                    started_at=now,
-                    last_seen_at=now,
-                    branch=task.github_branch,
-                    cost_usd=0.0,
-                    input_tokens=0,
-                    output_tokens=0,
-                    cache_read_tokens=0,
-                    cache_creation_tokens=0,
-                    num_turns=0,
-                    fix_rounds=0,
-                    changed_files=[],
-                )
+                run = transitions.new_run(task, agent.id, now)
                 s.add(run)
-                task.status = TaskStatus.ASSIGNED.value
                 task.assigned_agent_id = agent.id
-                task.assigned_at = now
-                task.updated_at = now
                 claims.append(Claim(task=task, run=run, agent=agent))
             await s.flush()
             for c in claims:
-                self._event(
+                transitions.move_task(
                     s,
-                    c.task.id,
-                    "assigned",
-                    f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
-                    {"run_id": c.run.id, "agent_id": c.agent.id},
+                    c.task,
+                    TaskStatus.ASSIGNED,
+                    now,
+                    kind="assigned",
+                    message=f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
+                    details={"run_id": c.run.id, "agent_id": c.agent.id},
                     run_id=c.run.id,
                 )
             return claims
 
     @retry_conflicts
-    async def mark_accepted(self, run_id: int) -> None:
-        """The agent took the run: run ``running``, task ``in_progress``."""
-        async with self._sessions.begin() as s:
+    async def mark_accepted(self, run_id: int) -> Task | None:
+        """The agent took the run: run ``running``, task ``in_progress``; returns the task
+        when this call moved it (``None`` when a report or a sweep got there first)."""
+        async with self._tx() as s:
             run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
             if run is None or run.status != RunStatus.DISPATCHING.value:
-                return
-            await self._start_running(s, run, utcnow())
+                return None
+            return await self._start_running(s, run, utcnow())
 
-    async def _start_running(self, s: AsyncSession, run: TaskRun, now: datetime) -> None:
-        run.status = RunStatus.RUNNING.value
-        run.accepted_at = now
-        run.last_seen_at = now
+    async def _start_running(self, s: AsyncSession, run: TaskRun, now: datetime) -> Task | None:
+        transitions.move_run(run, RunStatus.RUNNING, now)
         task = await s.get(Task, run.task_id, with_for_update=self._postgres)
         if task is not None and task.status == TaskStatus.ASSIGNED.value:
-            task.status = TaskStatus.IN_PROGRESS.value
-            task.started_at = task.started_at or now
-            task.updated_at = now
+            transitions.move_task(
+                s,
+                task,
+                TaskStatus.IN_PROGRESS,
+                now,
+                kind="accepted",
+                message=f"run {run.id} accepted by {run.agent_id}",
+                run_id=run.id,
+            )
+            return task
+        return None
 
     @retry_conflicts
     async def dispatch_failed(
@@ -212,7 +199,7 @@ class RunQueries(RunEndSteps):
     ) -> Task | None:
         """The push failed: the run is lost, the task goes back to ``queued`` at once
         (the agent's fault, not the task's: no retry is counted) and the agent cools down."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
             if run is None or run.status not in ACTIVE_RUNS:
                 return None
@@ -223,14 +210,18 @@ class RunQueries(RunEndSteps):
             )
             agent.dispatch_failures += 1
             agent.cooldown_until = now + timedelta(seconds=cooldown_seconds)
-            if task is None or task.status not in {s_.value for s_ in RUNNING_TASK_STATUSES}:
+            if task is None or TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
                 return task
-            task.status = TaskStatus.QUEUED.value
-            task.queued_at = now
             task.assigned_agent_id = None
-            task.updated_at = now
-            self._event(
-                s, task.id, "dispatch_failed", reason, {"agent_id": agent.id}, run_id=run.id
+            transitions.move_task(
+                s,
+                task,
+                TaskStatus.QUEUED,
+                now,
+                kind="dispatch_failed",
+                message=reason,
+                details={"agent_id": agent.id},
+                run_id=run.id,
             )
             return task
 
@@ -249,7 +240,7 @@ class RunQueries(RunEndSteps):
         agent may resend a batch whose answer it never saw."""
         for _ in range(3):
             try:
-                async with self._sessions.begin() as s:
+                async with self._tx() as s:
                     run = await self._run_of_agent(s, run_id, agent_id)
                     seqs = [e.seq for e in events]
                     seen = set(
@@ -288,7 +279,7 @@ class RunQueries(RunEndSteps):
 
     @retry_conflicts
     async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             run = await self._run_of_agent(s, run_id, agent_id)
             if run.status not in ACTIVE_RUNS:
                 raise Conflict(f"run {run_id} is {run.status}")
@@ -300,10 +291,9 @@ class RunQueries(RunEndSteps):
             assert task is not None
             target = TaskStatus(phase)
             if task.status != target.value and TaskStatus(task.status) in RUNNING_TASK_STATUSES:
-                check_transition(TaskStatus(task.status), target)
-                task.status = target.value
-                task.updated_at = now
-                self._event(s, task.id, "phase", phase, run_id=run.id)
+                transitions.move_task(
+                    s, task, target, now, kind="phase", message=phase, run_id=run.id
+                )
             return task
 
     @retry_conflicts
@@ -311,13 +301,16 @@ class RunQueries(RunEndSteps):
         self, run_id: int, agent_id: str, result: RunResult, policy: RetryPolicy
     ) -> RunEnd:
         """Record a run's result and move its task. Finishing twice is a no-op."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             run = await self._run_of_agent(s, run_id, agent_id)
             task = await s.get(Task, run.task_id, with_for_update=self._postgres)
             assert task is not None
             if run.status not in ACTIVE_RUNS:
                 return RunEnd(task=task, run=run, already_finished=True)
             now = utcnow()
+            if run.status == RunStatus.DISPATCHING.value:
+                # the agent reports before its answer to the push was recorded: it took the run
+                await self._start_running(s, run, now)
             for name in (
                 "cost_usd",
                 "input_tokens",
@@ -355,19 +348,22 @@ class RunQueries(RunEndSteps):
                     target = TaskStatus.REVIEW
                 else:
                     target = TaskStatus.COMPLETED
+                message = result.message or "run succeeded"
                 if TaskStatus(task.status) in RUNNING_TASK_STATUSES:
-                    task.status = target.value
-                    task.updated_at = now
-                    if target == TaskStatus.COMPLETED:
-                        task.completed_at = now
-                self._event(
-                    s,
-                    task.id,
-                    "run_succeeded",
-                    result.message or "run succeeded",
-                    _result_data(result),
-                    run_id=run.id,
-                )
+                    transitions.move_task(
+                        s,
+                        task,
+                        target,
+                        now,
+                        kind="run_succeeded",
+                        message=message,
+                        details=_result_data(result),
+                        run_id=run.id,
+                    )
+                else:
+                    self._event(
+                        s, task.id, "run_succeeded", message, _result_data(result), run_id=run.id
+                    )
                 return RunEnd(task=task, run=run)
             category = result.error_category or ErrorCategory.EXECUTION_ERROR
             if category == ErrorCategory.CANCELLED:

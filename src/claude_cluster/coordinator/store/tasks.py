@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import (
     ACTIVE_RUNS,
     TERMINAL_TASKS,
@@ -63,12 +64,11 @@ class TaskQueries(RunEndSteps):
             if existing is not None:
                 return existing, False
             try:
-                async with self._sessions.begin() as s:
+                async with self._tx() as s:
                     now = utcnow()
                     task = Task(
                         title=new.title,
                         description=new.description,
-                        status=TaskStatus.QUEUED.value,
                         priority=new.priority.value,
                         priority_rank=new.priority.rank,
                         github_repository=new.github_repository,
@@ -83,16 +83,14 @@ class TaskQueries(RunEndSteps):
                         created_by=new.created_by,
                         result_data={},
                         created_at=now,
-                        updated_at=now,
-                        queued_at=now,
                     )
+                    transitions.queue_new_task(s, task, now)
                     s.add(task)
                     await s.flush()
-                    self._event(
+                    transitions.created(
                         s,
-                        task.id,
-                        "created",
-                        f"queued with priority {new.priority.value}",
+                        task,
+                        now,
                         {"requirements": new.requirements, "created_by": new.created_by},
                     )
                 return task, True
@@ -141,7 +139,7 @@ class TaskQueries(RunEndSteps):
     @retry_conflicts
     async def update_task(self, task_id: int, changes: dict[str, Any]) -> Task:
         """Change a non-terminal task's title, description, priority, requirements, budget."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
                 raise Conflict(f"task {task_id} is {task.status}; it can no longer be changed")
@@ -160,11 +158,11 @@ class TaskQueries(RunEndSteps):
         self, task_id: int, reason: str
     ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
         """Cancel a task; returns the run to stop on its agent, if one was active."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             # lock order run → task → agent: the active run (if any) before the task
             run = await self._active_run(s, task_id, lock=True)
             task = await self._task_for_update(s, task_id)
-            check_transition(TaskStatus(task.status), TaskStatus.CANCELLED)
+            check_transition(TaskStatus(task.status), TaskStatus.CANCELLED)  # before the run ends
             now = utcnow()
             to_stop = None
             if run is not None:
@@ -177,11 +175,10 @@ class TaskQueries(RunEndSteps):
                     message=reason,
                 )
                 to_stop = (run, agent)
-            task.status = TaskStatus.CANCELLED.value
-            task.cancelled_at = now
-            task.updated_at = now
             task.error_message = reason
-            self._event(s, task.id, "cancelled", reason)
+            transitions.move_task(
+                s, task, TaskStatus.CANCELLED, now, kind="cancelled", message=reason
+            )
             return task, to_stop
 
     @retry_conflicts
@@ -232,23 +229,33 @@ class TaskQueries(RunEndSteps):
     @retry_conflicts
     async def set_task_status(
         self, task_id: int, target: TaskStatus, message: str, **fields: Any
-    ) -> Task:
-        """A status change that comes from outside a run (a merged or closed PR)."""
-        async with self._sessions.begin() as s:
+    ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
+        """A status change that comes from outside a run (a merged or closed PR).
+
+        Ending the task ends its active run too (``cancelled``, as a cancel does): it is
+        returned so the caller can stop it on its agent."""
+        async with self._tx() as s:
+            run = await self._active_run(s, task_id, lock=True)  # lock order run → task
             task = await self._task_for_update(s, task_id)
             check_transition(TaskStatus(task.status), target)
             now = utcnow()
-            task.status = target.value
-            task.updated_at = now
-            if target == TaskStatus.COMPLETED:
-                task.completed_at = now
-            elif target == TaskStatus.FAILED:
-                task.failed_at = now
-                task.error_message = message
+            to_stop = None
+            if run is not None and target in TERMINAL_TASK_STATUSES:
+                agent = await self._end_run(
+                    s,
+                    run,
+                    RunStatus.CANCELLED,
+                    now,
+                    category=ErrorCategory.CANCELLED,
+                    message=message,
+                )
+                to_stop = (run, agent)
             for key, value in fields.items():
                 setattr(task, key, value)
-            self._event(s, task.id, target.value, message)
-            return task
+            if target == TaskStatus.FAILED:
+                task.error_message = message
+            transitions.move_task(s, task, target, now, kind=target.value, message=message)
+            return task, to_stop
 
     async def list_runs(self, task_id: int) -> Sequence[TaskRun]:
         async with self._sessions() as s:
@@ -305,18 +312,26 @@ class TaskQueries(RunEndSteps):
         A task whose run is still active keeps its status: the run's result moves it to
         ``review``. A running task without an active run (its result was lost) moves now.
         """
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
                 raise Conflict(f"task {task_id} is {task.status}")
             new = task.github_pr_number != number
             task.github_pr_number, task.github_pr_url = number, url
-            task.updated_at = utcnow()
+            now = utcnow()
+            task.updated_at = now
+            if new:
+                self._event(s, task.id, "pull_request", f"pull request #{number} opened: {url}")
             if (
                 TaskStatus(task.status) in RUNNING_TASK_STATUSES
                 and await self._active_run(s, task.id) is None
             ):
-                task.status = TaskStatus.REVIEW.value
-            if new:
-                self._event(s, task.id, "pull_request", f"pull request #{number} opened: {url}")
+                transitions.move_task(
+                    s,
+                    task,
+                    TaskStatus.REVIEW,
+                    now,
+                    kind="review",
+                    message=f"pull request #{number} is open and no run is active",
+                )
             return task, new

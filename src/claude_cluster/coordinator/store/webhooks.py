@@ -15,7 +15,7 @@ class WebhookQueries(StoreBase):
     ) -> bool:
         """Store a webhook delivery; False when the id was seen before (a redelivery)."""
         try:
-            async with self._sessions.begin() as s:
+            async with self._tx() as s:
                 s.add(
                     WebhookDelivery(
                         id=delivery_id,
@@ -33,10 +33,10 @@ class WebhookQueries(StoreBase):
     async def finish_delivery(
         self, delivery_id: str, status: str, reason: str | None = None, task_id: int | None = None
     ) -> None:
-        async with self._sessions.begin() as s:
-            row = await s.get(WebhookDelivery, delivery_id)
-            if row is not None:
-                row.status, row.reason, row.task_id = status, reason, task_id
+        async with self._tx() as s:
+            delivery = await s.get(WebhookDelivery, delivery_id)
+            if delivery is not None:
+                delivery.status, delivery.reason, delivery.task_id = status, reason, task_id
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         async with self._sessions() as s:

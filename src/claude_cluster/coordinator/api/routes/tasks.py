@@ -72,7 +72,7 @@ async def update_task(
             return TaskOut.model_validate(task)
     if changes and "priority" in changes and changes["priority"] is None:
         del changes["priority"]
-    task = await coordinator.repo.update_task(task_id, changes)
+    task = await coordinator.update_task(task_id, changes)
     return TaskOut.model_validate(task)
 
 

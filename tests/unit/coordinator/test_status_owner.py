@@ -41,6 +41,8 @@ STATE_CHANGING = {
     "register_agent",
     "add_feedback",
     "take_deferred_feedback",
+    "release_task",
+    "retry_now",
 }
 
 

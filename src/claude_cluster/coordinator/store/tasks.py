@@ -184,7 +184,7 @@ class TaskQueries(RunEndSteps):
     @retry_conflicts
     async def retry_now(self, task_id: int, who: str) -> Task:
         """A queued task waiting out its retry back-off becomes ready at once."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             task = await self._task_for_update(s, task_id)
             if task.status != TaskStatus.QUEUED.value:
                 raise Conflict(
@@ -204,7 +204,7 @@ class TaskQueries(RunEndSteps):
         """Take a task back from its agent: the active run ends ``cancelled`` and the task
         is ``queued`` again without counting a retry (a person moved it, it did not fail).
         A queued task is returned as it is. Returns the run to stop on its agent."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             run = await self._active_run(s, task_id, lock=True)  # run → task → agent
             task = await self._task_for_update(s, task_id)
             if task.status == TaskStatus.QUEUED.value:
@@ -218,12 +218,18 @@ class TaskQueries(RunEndSteps):
             agent = await self._end_run(
                 s, run, RunStatus.CANCELLED, now, category=ErrorCategory.CANCELLED, message=reason
             )
-            task.status = TaskStatus.QUEUED.value
             task.assigned_agent_id = None
             task.not_before = None
-            task.queued_at = now
-            task.updated_at = now
-            self._event(s, task.id, "requeued", reason, {"from_agent": agent.id}, run_id=run.id)
+            transitions.move_task(
+                s,
+                task,
+                TaskStatus.QUEUED,
+                now,
+                kind="requeued",
+                message=reason,
+                details={"from_agent": agent.id},
+                run_id=run.id,
+            )
             return task, (run, agent)
 
     @retry_conflicts

@@ -30,6 +30,9 @@ router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
 #: a client re-reads the log this often even when the bus says nothing
 IDLE_POLL_SECONDS = 5.0
+#: after a wake-up, events arriving this soon are read together: a busy run reports many
+#: events a second, and each read costs every open tab a query
+BATCH_SECONDS = 0.2
 
 
 def _render(events: Sequence[TaskEvent]) -> list[dict[str, str]]:
@@ -78,6 +81,7 @@ async def task_stream(
                     yield {"event": "task", "data": json.dumps(change, default=str)}
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woke.wait(), IDLE_POLL_SECONDS)
+                    await asyncio.sleep(BATCH_SECONDS)
                 woke.clear()
         finally:
             pump.cancel()

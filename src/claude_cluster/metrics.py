@@ -91,6 +91,13 @@ GITHUB_RATE_LIMIT_REMAINING = Gauge(
 GITHUB_PRS_CREATED = Counter(
     "claude_github_prs_created_total", "Pull requests opened.", registry=COORDINATOR
 )
+GITHUB_TRIGGERS_IGNORED = Counter(
+    "claude_github_triggers_ignored_total",
+    "GitHub events that would have steered a run but were ignored: an untrusted actor, "
+    "or a pull request that is not the task's own (a fork, another branch or number).",
+    ["event_type", "reason"],
+    registry=COORDINATOR,
+)
 # --- agent --------------------------------------------------------------------------------
 
 AGENT_TASKS_COMPLETED = Counter(

@@ -68,6 +68,9 @@ def fake_github() -> Iterator[FakeGitHub]:
     with FakeGitHub() as fake:
         fake.add_token(TOKEN, login="octocat")
         fake.add_repo(REPO)
+        # the labeller and the reviewer are trusted: a collaborator and an organisation member
+        fake.add_collaborator(REPO, "octocat", "write")
+        fake.add_member(REPO.split("/")[0], "reviewer")
         yield fake
 
 

@@ -93,6 +93,7 @@ class FakeRepo:
     empty_branches: set[str] = field(default_factory=set)
     #: whether the token's user may push (``permissions.push`` of GET /repos/{owner}/{repo})
     push: bool = True
+    collaborators: dict[str, str] = field(default_factory=dict)  # login (lower) -> permission
 
     @property
     def full_name(self) -> str:
@@ -115,6 +116,7 @@ class FakeGitHub:
         self.tokens: dict[str, str] = {}  # token -> login
         self.installation_tokens: dict[str, dict[str, Any]] = {}  # token -> info
         self.apps: dict[str, str] = {}  # app id -> public key PEM
+        self.members: dict[str, set[str]] = {}  # organisation (lower) -> member logins (lower)
         self.installations: dict[int, str] = {}  # installation id -> app id
         #: what every installation was granted (GET /app/installations/{id})
         self.installation_permissions: dict[str, str] = {
@@ -183,6 +185,41 @@ class FakeGitHub:
             self.repos[full_name.lower()] = repo
         return payloads.repository_json(self.url, repo)
 
+    def add_collaborator(self, repo: str, login: str, permission: str = "write") -> None:
+        """``login`` becomes a collaborator (author_association COLLABORATOR) with
+        ``permission``: admin, maintain, write, triage or read."""
+        with self._lock:
+            self._repo(repo).collaborators[login.lower()] = permission
+
+    def add_member(self, organisation: str, login: str) -> None:
+        """``login`` joins the organisation that owns repositories (MEMBER, read)."""
+        with self._lock:
+            self.members.setdefault(organisation.lower(), set()).add(login.lower())
+
+    def association(self, repo: str | FakeRepo, login: str) -> str:
+        """``author_association`` as GitHub computes it for ``login`` on ``repo``."""
+        with self._lock:
+            r = repo if isinstance(repo, FakeRepo) else self._repo(repo)
+            if login.lower() == r.owner.lower():
+                return "OWNER"
+            if login.lower() in self.members.get(r.owner.lower(), set()):
+                return "MEMBER"
+            if login.lower() in r.collaborators:
+                return "COLLABORATOR"
+            return "NONE"
+
+    def permission(self, repo: str | FakeRepo, login: str) -> str:
+        """What ``GET .../collaborators/{login}/permission`` answers."""
+        with self._lock:
+            r = repo if isinstance(repo, FakeRepo) else self._repo(repo)
+            if login.lower() == r.owner.lower():
+                return "admin"
+            if login.lower() in r.collaborators:
+                return r.collaborators[login.lower()]
+            if login.lower() in self.members.get(r.owner.lower(), set()) or not r.private:
+                return "read"
+            return "none"
+
     def add_app(self, app_id: int | str, public_key_pem: str, installation_id: int) -> None:
         with self._lock:
             self.apps[str(app_id)] = public_key_pem
@@ -240,7 +277,9 @@ class FakeGitHub:
         with self._lock:
             r = self._repo(repo)
             number = self._take_number(r)
-            issue = payloads.issue_json(self.url, r, number, title, body, self._now(), user)
+            issue = payloads.issue_json(
+                self.url, r, number, title, body, self._now(), user, self.association(r, user)
+            )
             issue["labels"] = [payloads.label_json(self.url, r, name) for name in labels]
             r.issues[number] = issue
             self._touch(issue)  # orders it for sort=updated
@@ -271,7 +310,9 @@ class FakeGitHub:
         self._emit(deliver, "issues", self._issues_payload(r, issue, "unlabeled", sender, extra))
         return issue
 
-    def edit_issue(self, repo: str, number: int, *, title=None, body=None, deliver=True):
+    def edit_issue(
+        self, repo: str, number: int, *, title=None, body=None, sender="octocat", deliver=True
+    ):
         with self._lock:
             r = self._repo(repo)
             issue = r.issues[number]
@@ -282,15 +323,17 @@ class FakeGitHub:
                     issue[key] = value
             self._touch(issue)
         extra = {"changes": changes}
-        self._emit(deliver, "issues", self._issues_payload(r, issue, "edited", "octocat", extra))
+        self._emit(deliver, "issues", self._issues_payload(r, issue, "edited", sender, extra))
         return issue
 
-    def close_issue(self, repo: str, number: int, *, reason="completed", deliver=True):
+    def close_issue(
+        self, repo: str, number: int, *, reason="completed", sender="octocat", deliver=True
+    ):
         with self._lock:
             r = self._repo(repo)
             issue = r.issues[number]
             self._close(issue, reason)
-        self._emit(deliver, "issues", self._issues_payload(r, issue, "closed", "octocat"))
+        self._emit(deliver, "issues", self._issues_payload(r, issue, "closed", sender))
         return issue
 
     def comment(self, repo: str, number: int, body: str, *, user="octocat", deliver=True):
@@ -317,7 +360,9 @@ class FakeGitHub:
         with self._lock:
             r = self._repo(repo)
             pr = r.pulls[number]
-            review = payloads.review_json(self.url, r, pr, self._next_id(), state, body, user)
+            review = payloads.review_json(
+                self.url, r, pr, self._next_id(), state, body, user, self.association(r, user)
+            )
             r.reviews.setdefault(number, []).append(review)
         payload = payloads.review_payload(self.url, r, pr, review, user)
         self._emit(deliver, "pull_request_review", payload)
@@ -342,6 +387,53 @@ class FakeGitHub:
             pr.update(state="closed", closed_at=self._now(), updated_at=self._now())
             self._close(r.issues[number], None)
         self._emit(deliver, "pull_request", payloads.pull_request_payload(r, pr, "closed"))
+        return pr
+
+    def open_fork_pull_request(
+        self,
+        repo: str,
+        fork_owner: str,
+        branch: str,
+        *,
+        body: str | None = None,
+        number: int | None = None,
+        deliver: bool = True,
+    ) -> dict[str, Any]:
+        """``fork_owner`` opens a pull request from their fork's ``branch`` (head label
+        ``fork_owner:branch``, head repository the fork). ``number`` forces the number
+        (an attacker cannot choose it on GitHub; tests use it to try the worst case)."""
+        with self._lock:
+            r = self._repo(repo)
+            fork = FakeRepo(fork_owner, r.name, self._next_id(), r.default_branch)
+            number = number if number is not None else self._take_number(r)
+            now = self._now()
+            pr = payloads.pull_json(
+                self.url,
+                r,
+                number,
+                title="From a fork",
+                body=body,
+                head=branch,
+                base=r.default_branch,
+                draft=False,
+                user=fork_owner,
+                now=now,
+                head_repo=fork,
+            )
+            r.pulls[number] = pr
+        self._emit(deliver, "pull_request", payloads.pull_request_payload(r, pr, "opened"))
+        return pr
+
+    def close_pull_request_as(
+        self, repo: str, number: int, sender: str, *, deliver: bool = True
+    ) -> dict[str, Any]:
+        """``sender`` closes the pull request without merging it."""
+        with self._lock:
+            r = self._repo(repo)
+            pr = r.pulls[number]
+            pr.update(state="closed", closed_at=self._now(), updated_at=self._now())
+        payload = payloads.pull_request_payload(r, pr, "closed", sender=sender)
+        self._emit(deliver, "pull_request", payload)
         return pr
 
     def push_to_pull_request(self, repo: str, number: int, *, deliver: bool = True):
@@ -473,7 +565,14 @@ class FakeGitHub:
     def _add_comment(self, repo: FakeRepo, number: int, body: str, user: str) -> dict:
         issue = self._issue(repo, number)
         comment = payloads.comment_json(
-            self.url, repo, number, self._next_id(), body, user, self._now()
+            self.url,
+            repo,
+            number,
+            self._next_id(),
+            body,
+            user,
+            self._now(),
+            self.association(repo, user),
         )
         repo.comments.setdefault(number, []).append(comment)
         issue["comments"] += 1

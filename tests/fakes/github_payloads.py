@@ -73,7 +73,14 @@ def label_json(api: str, repo: FakeRepo, name: str) -> dict[str, Any]:
 
 
 def issue_json(
-    api: str, repo: FakeRepo, number: int, title: str, body: str | None, now: str, user: str
+    api: str,
+    repo: FakeRepo,
+    number: int,
+    title: str,
+    body: str | None,
+    now: str,
+    user: str,
+    association: str = "OWNER",
 ) -> dict[str, Any]:
     base = f"{api}/repos/{repo.full_name}/issues/{number}"
     return {
@@ -97,7 +104,7 @@ def issue_json(
         "created_at": now,
         "updated_at": now,
         "closed_at": None,
-        "author_association": "OWNER",
+        "author_association": association,
         "state_reason": None,
         "body": body,
         "reactions": {"url": base + "/reactions", "total_count": 0},
@@ -105,7 +112,14 @@ def issue_json(
 
 
 def comment_json(
-    api: str, repo: FakeRepo, number: int, cid: int, body: str, user: str, now: str
+    api: str,
+    repo: FakeRepo,
+    number: int,
+    cid: int,
+    body: str,
+    user: str,
+    now: str,
+    association: str = "OWNER",
 ) -> dict[str, Any]:
     return {
         "url": f"{api}/repos/{repo.full_name}/issues/comments/{cid}",
@@ -116,7 +130,7 @@ def comment_json(
         "user": user_json(user),
         "created_at": now,
         "updated_at": now,
-        "author_association": "OWNER",
+        "author_association": association,
         "body": body,
         "performed_via_github_app": None,
     }
@@ -134,9 +148,12 @@ def pull_json(
     draft: bool,
     user: str,
     now: str,
+    head_repo: FakeRepo | None = None,
 ) -> dict[str, Any]:
+    """``head_repo`` is the fork a pull request comes from (None: the repository itself)."""
     full = repo.full_name
     repo_obj = repository_json(api, repo)
+    source = head_repo or repo
     return {
         "url": f"{api}/repos/{full}/pulls/{number}",
         "id": 200_000 + number,
@@ -159,11 +176,11 @@ def pull_json(
         "merge_commit_sha": None,
         "draft": draft,
         "head": {
-            "label": f"{repo.owner}:{head}",
+            "label": f"{source.owner}:{head}",
             "ref": head,
             "sha": sha(head),
-            "user": user_json(repo.owner),
-            "repo": repo_obj,
+            "user": user_json(source.owner),
+            "repo": {**repository_json(api, source), "fork": True} if head_repo else repo_obj,
         },
         "base": {
             "label": f"{repo.owner}:{base}",
@@ -198,6 +215,7 @@ def review_json(
     state: str,
     body: str | None,
     user: str,
+    association: str = "MEMBER",
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -209,7 +227,7 @@ def review_json(
         "state": state.lower(),  # webhooks: lower case; the REST API says CHANGES_REQUESTED
         "html_url": f"{pr['html_url']}#pullrequestreview-{rid}",
         "pull_request_url": pr["url"],
-        "author_association": "MEMBER",
+        "author_association": association,
     }
 
 
@@ -248,7 +266,11 @@ def issue_comment_payload(
 
 
 def pull_request_payload(
-    repo: FakeRepo, pr: dict[str, Any], action: str, extra: dict[str, Any] | None = None
+    repo: FakeRepo,
+    pr: dict[str, Any],
+    action: str,
+    extra: dict[str, Any] | None = None,
+    sender: str | None = None,
 ) -> dict[str, Any]:
     return {
         "action": action,
@@ -256,7 +278,7 @@ def pull_request_payload(
         "pull_request": _public(pr),
         **(extra or {}),
         "repository": pr["base"]["repo"],
-        "sender": user_json(repo.owner),
+        "sender": user_json(sender or repo.owner),
     }
 
 

@@ -148,6 +148,18 @@ def build_router(fake: FakeGitHub) -> APIRouter:
         with fake._lock:
             return _json(payloads.repository_json(fake.url, repo_of(owner, name)))
 
+    @router.get("/repos/{owner}/{name}/collaborators/{login}/permission")
+    def get_permission(owner: str, name: str, login: str) -> Response:
+        with fake._lock:
+            permission = fake.permission(repo_of(owner, name), login)
+            return _json(
+                {
+                    "permission": permission,
+                    "role_name": permission,
+                    "user": payloads.user_json(login),
+                }
+            )
+
     @router.get("/repos/{owner}/{name}/issues")
     def list_issues(owner: str, name: str, request: Request) -> Response:
         q = request.query_params

@@ -5,10 +5,14 @@ poller found) into coordinator calls and GitHub writes, and returns an :class:`O
 that the webhook route stores on the delivery. Issue text only ever travels as data (task
 title, description, feedback): nothing here builds a command line.
 
-A pull request is matched to its task by its head branch (the branch the task's runs
-pushed) and, while the run that opened it has not reported yet, by the ``Task ID:`` line
-of its body, checked against the repository. ``Closes #n`` names an issue and is never read
-as a task id.
+Only trusted actors steer runs (:mod:`~claude_cluster.coordinator.github_trust`): an event
+that would start, change, stop or give feedback to a task counts only when its actor is
+trusted; otherwise it is ignored, counted and logged once, and never answered on GitHub.
+
+A pull request belongs to a task only when its head repository is the task's repository,
+its head branch is the task's branch, and its number is the one the task's run recorded.
+Nothing in a pull request's text (``Task ID:``, ``Closes #n``) ever names its task, and a
+pull request from a fork never touches a task.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from claude_cluster.coordinator.github_comments import count_pull_request
+from claude_cluster.coordinator.github_trust import ActorTrust
 from claude_cluster.coordinator.service import Coordinator, TaskRequest
 from claude_cluster.coordinator.store.tables import Task
 from claude_cluster.domain.states import TERMINAL_TASK_STATUSES, TaskStatus
-from claude_cluster.errors import Conflict, NotFound
+from claude_cluster.errors import Conflict
 from claude_cluster.github import (
     ASSIGNED_LABEL,
     GitHubClient,
-    GitHubNotFound,
     Issue,
     IssueCommentEvent,
     IssuesEvent,
@@ -37,8 +41,8 @@ from claude_cluster.github import (
     mentions,
     render_completed_comment,
     should_trigger,
-    task_reference,
 )
+from claude_cluster.github.trust import Verdict, is_listed
 from claude_cluster.logging import get_logger
 
 log = get_logger(__name__)
@@ -85,6 +89,7 @@ class EventHandler:
         self.coordinator = coordinator
         self.github = github
         self.repositories = repositories
+        self.trust = ActorTrust(github)
         #: (repository, issue, day) already told that the budget is spent: one comment a day
         self._budget_told: set[tuple[str, int, str]] = set()
 
@@ -97,10 +102,24 @@ class EventHandler:
             decision = should_trigger(cfg, issue.label_names, action, label)
             if not decision.trigger:
                 return ignored(decision.reason)
+            verdict = await self._issue_actor(cfg, event)
+            if not verdict.trusted:
+                return self._untrusted(cfg, event, verdict)
             return await self.start_task(cfg, issue, source=f"webhook:{action}")
         task = await self.coordinator.repo.open_task_for_issue(cfg.full_name, issue.number)
         if task is None:
             return ignored(f"no open task for issue #{issue.number}")
+        verdict = await self._issue_actor(cfg, event)
+        if not verdict.trusted:
+            if action == "edited":
+                # the run keeps the text a trusted actor started it with; the log says so
+                await self.coordinator.note(
+                    task.id,
+                    "github_edit_ignored",
+                    f"issue #{issue.number} was edited by an untrusted actor "
+                    f"({verdict.reason}); the task keeps the text it was started with",
+                )
+            return self._untrusted(cfg, event, verdict, task.id)
         if action == "edited":
             if task.status != TaskStatus.QUEUED.value:
                 return ignored(f"task {task.id} is {task.status}; only a queued task follows edits")
@@ -117,6 +136,31 @@ class EventHandler:
             return ignored(f"task {task.id} is {task.status}; only a queued task is cancelled")
         await self.coordinator.cancel_task(task.id, "the last trigger label was removed")
         return processed("last trigger label removed: queued task cancelled", task.id)
+
+    async def _issue_actor(self, cfg: RepositoryConfig, event: IssuesEvent) -> Verdict:
+        """The actor of an issue event: the author of an opened issue, or of an edit to
+        their own issue, by ``author_association``; anyone else by their permission."""
+        issue, sender = event.issue, event.sender
+        by_author = event.action == "opened" or (
+            event.action == "edited"
+            and sender is not None
+            and issue.user is not None
+            and sender.login.lower() == issue.user.login.lower()
+        )
+        if by_author:
+            return self.trust.by_association(cfg, issue.user, issue.author_association)
+        return await self.trust.by_permission(cfg, sender)
+
+    def _untrusted(
+        self,
+        cfg: RepositoryConfig,
+        event: IssuesEvent | IssueCommentEvent | PullRequestReviewEvent,
+        verdict: Verdict,
+        task_id: int | None = None,
+    ) -> Outcome:
+        actor = event.sender.login if event.sender else "?"
+        self.trust.ignored(cfg, f"{event.event}.{event.action}", "untrusted", actor)
+        return ignored(verdict.reason, task_id)
 
     async def start_task(self, cfg: RepositoryConfig, issue: Issue, *, source: str) -> Outcome:
         """Queue the issue's task (deduplicated per issue), label the issue, or refuse it
@@ -174,9 +218,11 @@ class EventHandler:
 
     async def on_pull_request(self, cfg: RepositoryConfig, event: PullRequestEvent) -> Outcome:
         pr = event.pull_request
-        task = await self.task_of(cfg, pr)
-        if task is None:
-            return ignored(f"pull request #{pr.number} belongs to no task")
+        task, why = await self.task_of(cfg, pr)
+        if task is None and event.action == "closed":  # would have ended a task
+            return self._foreign(cfg, event.event, event.action, why)
+        if task is None:  # e.g. opened before its run reported: the result records it
+            return ignored(why)
         if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
             return ignored(f"task {task.id} is already {task.status}", task.id)
         if event.action in ("opened", "reopened"):
@@ -204,23 +250,30 @@ class EventHandler:
         )
         return processed("closed unmerged: task failed", task.id)
 
-    async def task_of(self, cfg: RepositoryConfig, pr: PullRequest) -> Task | None:
-        """The task of a pull request: by head branch, else by the body's ``Task ID``."""
-        ref = task_reference(pr)
-        repo = self.coordinator.repo
-        task = await repo.task_for_branch(cfg.full_name, ref.head_branch)
-        if task is not None or ref.task_id is None:
-            return task
-        try:
-            task = await repo.get_task(ref.task_id)
-        except NotFound:  # a body naming a task this coordinator never had
-            return None
-        # a body is text anyone can write: the task must be this repository's, on this branch
-        if task.github_repository.lower() != cfg.full_name.lower():
-            return None
-        if task.github_branch and task.github_branch != ref.head_branch:
-            return None
-        return task
+    async def task_of(self, cfg: RepositoryConfig, pr: PullRequest) -> tuple[Task | None, str]:
+        """The task a pull request belongs to, or None and why not.
+
+        All three must hold: the head repository is the watched repository (never a fork),
+        the number is the one the task's run recorded, and the head branch is the task's.
+        """
+        head_repo = pr.head.repo.full_name if pr.head.repo else None
+        if head_repo is None or head_repo.lower() != cfg.full_name.lower():
+            source = head_repo or "a deleted repository"
+            return None, f"pull request #{pr.number} comes from {source}, not {cfg.full_name}"
+        task = await self.coordinator.repo.task_for_pull_request(cfg.full_name, pr.number)
+        if task is None:
+            return None, f"pull request #{pr.number} is not one a task's run recorded"
+        if task.github_branch != pr.head.ref:
+            return None, (
+                f"pull request #{pr.number} is from branch {pr.head.ref!r}, not task "
+                f"{task.id}'s branch {task.github_branch!r}"
+            )
+        return task, ""
+
+    def _foreign(self, cfg: RepositoryConfig, event: str, action: str | None, why: str) -> Outcome:
+        """A pull request that is not a task's: counted, and logged once per kind."""
+        self.trust.ignored(cfg, f"{event}.{action}", "not_the_tasks_pull_request", why)
+        return ignored(why)
 
     # --- feedback ---------------------------------------------------------------------
 
@@ -228,9 +281,12 @@ class EventHandler:
         review = event.review
         if not (event.changes_requested or mentions(review.body, MENTION)):
             return ignored(f"review {review.state} asks for nothing")
-        task = await self.task_of(cfg, event.pull_request)
+        task, why = await self.task_of(cfg, event.pull_request)
         if task is None:
-            return ignored(f"pull request #{event.pull_request.number} belongs to no task")
+            return self._foreign(cfg, event.event, event.action, why)
+        verdict = self.trust.by_association(cfg, review.user, review.author_association)
+        if not verdict.trusted:
+            return self._untrusted(cfg, event, verdict, task.id)
         who = review.user.login if review.user else "a reviewer"
         text = review.body or "Changes were requested without a comment."
         feedback = f"Review by @{who} on pull request #{event.pull_request.number}:\n\n{text}"
@@ -240,20 +296,25 @@ class EventHandler:
         comment = event.comment
         if not event.on_pull_request:
             return ignored("a comment on an issue, not on a pull request")
-        if comment.user is not None and comment.user.type == "Bot":
-            return ignored("comments by bots are not feedback")  # never answer ourselves
         if not mentions(comment.body, MENTION):
             return ignored(f"the comment does not mention {MENTION}")
+        verdict = self.trust.by_association(cfg, comment.user, comment.author_association)
+        user = comment.user
+        listed = user is not None and is_listed(user.login, cfg.trusted_logins)
+        if user is not None and user.type == "Bot" and not listed:
+            return ignored("comments by bots are not feedback")  # never answer ourselves
         number = event.issue.number
+        # the number the run recorded is the task's own pull request (never a fork's)
         task = await self.coordinator.repo.task_for_pull_request(cfg.full_name, number)
         if task is None:
-            try:
-                pr = await self.github.get_pull_request(cfg.full_name, number)
-            except GitHubNotFound:
-                return ignored(f"pull request #{number} not found")
-            task = await self.task_of(cfg, pr)
-        if task is None:
-            return ignored(f"pull request #{number} belongs to no task")
+            return self._foreign(
+                cfg,
+                event.event,
+                event.action,
+                f"pull request #{number} is not one a task's run recorded",
+            )
+        if not verdict.trusted:
+            return self._untrusted(cfg, event, verdict, task.id)
         who = comment.user.login if comment.user else "someone"
         feedback = f"Comment by @{who} on pull request #{number}:\n\n{comment.body}"
         return await self._feedback(cfg, task, number, feedback)

@@ -371,6 +371,11 @@ class Coordinator:
         )
         await self._notify(TaskChange(kind, task, end))
 
+    async def note(self, task_id: int, kind: str, message: str) -> None:
+        """Put a line on a task's log that changes nothing else (an ignored GitHub edit)."""
+        await self.repo.add_task_event(task_id, kind, message)
+        log.info("task_note", task_id=task_id, kind=kind)
+
     async def events(self, task_id: int, after_id: int = 0) -> Sequence[TaskEvent]:
         return await self.repo.list_events(task_id, after_id=after_id)
 

@@ -43,7 +43,6 @@ from claude_cluster.github.models import (
 from claude_cluster.github.poller import IssuePoller, PollReport
 from claude_cluster.github.pr import (
     PullRequestInfo,
-    TaskReference,
     TestResults,
     Usage,
     pr_title,
@@ -52,8 +51,6 @@ from claude_cluster.github.pr import (
     render_pr_body,
     render_start_comment,
     render_success_comment,
-    task_id_from_body,
-    task_reference,
 )
 from claude_cluster.github.repos import (
     ASSIGNED_LABEL,
@@ -123,7 +120,6 @@ __all__ = [
     "RepositoryConfig",
     "RepositoryConfigs",
     "Review",
-    "TaskReference",
     "TestResults",
     "TokenProvider",
     "UnhandledEvent",
@@ -143,8 +139,6 @@ __all__ = [
     "render_success_comment",
     "should_trigger",
     "sign",
-    "task_id_from_body",
-    "task_reference",
     "token_provider",
     "verify_signature",
 ]

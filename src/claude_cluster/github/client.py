@@ -171,6 +171,20 @@ class GitHubClient:
             comments.extend(IssueComment.model_validate(c) for c in answer.data)
         return IssueDetails(issue, tuple(comments[-wanted:]))
 
+    async def permission(self, repo: str, login: str) -> str:
+        """``login``'s permission on ``repo``: admin, maintain, write, triage, read or none.
+
+        A login GitHub does not know (404) has none.
+        """
+        path = f"/repos/{check_repo(repo)}/collaborators/{quote(login, safe='')}/permission"
+        try:
+            response = await self._rest.request(
+                "GET", path, endpoint="GET /repos/{owner}/{repo}/collaborators/{user}/permission"
+            )
+        except GitHubNotFound:
+            return "none"
+        return str(response.data.get("permission") or "none")
+
     async def add_labels(self, repo: str, number: int, labels: Iterable[str]) -> tuple[str, ...]:
         """Add labels (created on the repository if new); returns every label now on it."""
         response = await self._rest.request(
@@ -230,15 +244,6 @@ class GitHubClient:
             if pr.head.label == head or (not pr.head.label and pr.head.ref == head_branch):
                 return pr
         return None
-
-    async def get_pull_request(self, repo: str, number: int) -> PullRequest:
-        """One pull request by number (an ``issue_comment`` names only the number)."""
-        response = await self._rest.request(
-            "GET",
-            f"/repos/{check_repo(repo)}/pulls/{int(number)}",
-            endpoint="GET " + PULLS + "/{number}",
-        )
-        return PullRequest.model_validate(response.data)
 
     async def update_pull_request(self, repo: str, number: int, **fields: Any) -> PullRequest:
         """PATCH a pull request: ``title``, ``body``, ``state``, ``base``."""

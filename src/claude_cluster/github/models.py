@@ -56,6 +56,7 @@ class Issue(GitHubModel):
     user: User | None = None
     html_url: str = ""
     comments: int = 0  #: how many comments the issue has
+    author_association: str = "NONE"  #: how the issue's author relates to the repository
     created_at: str | None = None
     updated_at: str | None = None
     pull_request: IssuePullRequestLink | None = None
@@ -80,11 +81,14 @@ class IssueComment(GitHubModel):
 
 
 class BranchRef(GitHubModel):
-    """A pull request's ``head`` or ``base``; ``label`` is ``owner:branch``."""
+    """A pull request's ``head`` or ``base``; ``label`` is ``owner:branch``. ``repo`` is
+    where the branch lives: a fork for a pull request from a fork (None when the fork was
+    deleted)."""
 
     ref: str
     sha: str = ""
     label: str = ""
+    repo: Repository | None = None
 
 
 class PullRequest(GitHubModel):
@@ -108,6 +112,7 @@ class Review(GitHubModel):
     user: User | None = None
     commit_id: str = ""
     html_url: str = ""
+    author_association: str = "NONE"
 
     @field_validator("state")
     @classmethod

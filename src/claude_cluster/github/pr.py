@@ -2,10 +2,10 @@
 
 The body carries the upstream sections (Summary, Changes, Task Information, Test Results,
 Agent, Cost) with the run's real numbers: the test command and its counts exactly as
-measured, never a fixed "tests passed". A bare ``Task ID: <id>`` line lets
-:func:`task_id_from_body` find the task again; ``Closes #n`` is an *issue* number and is
-never read back as a task id. Comments say "task 12", not "task #12", because GitHub
-would link ``#12`` to issue 12.
+measured, never a fixed "tests passed". A bare ``Task ID: <id>`` line tells people which
+task it is; the coordinator never reads it back (anyone can write it into a pull request),
+it knows a task's pull request by the number its run recorded. Comments say "task 12",
+not "task #12", because GitHub would link ``#12`` to issue 12.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from claude_cluster.github.models import PullRequest
-
 #: GitHub refuses longer PR titles
 TITLE_MAX = 256
 #: GitHub refuses bodies over 65,536 characters; keep well clear
 _SUMMARY_MAX = 20_000
 _OUTPUT_MAX = 6_000
-_TASK_ID = re.compile(r"^Task ID:[ \t]*(\d+)[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -137,27 +134,6 @@ def render_test_results(tests: TestResults | None) -> str:
         text += f"\n\n<details><summary>Test output (last lines)</summary>\n\n{_fence(tail)}"
         text += "\n\n</details>"
     return text
-
-
-def task_id_from_body(body: str | None) -> int | None:
-    """The task id of a ``Task ID: <id>`` line; never from ``Closes #n`` (an issue)."""
-    found = _TASK_ID.findall(body or "")
-    # the cluster writes the line last; a quoted older body could carry another one above
-    return int(found[-1]) if found else None
-
-
-@dataclass(frozen=True)
-class TaskReference:
-    """How to find a pull request's task: the coordinator matches ``head_branch`` against
-    its runs' branches first and uses ``task_id`` (from the body) as the fallback."""
-
-    head_branch: str
-    task_id: int | None
-
-
-def task_reference(pull_request: PullRequest) -> TaskReference:
-    """The task reference of a pull request from a webhook or the API."""
-    return TaskReference(pull_request.head.ref, task_id_from_body(pull_request.body))
 
 
 def render_start_comment(task_id: int, *, agent: str | None = None, attempt: int = 1) -> str:

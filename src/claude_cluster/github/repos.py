@@ -13,6 +13,7 @@ JSON or YAML file overrides settings per repository::
         contract:             # the operator's side of .claude-cluster.yml: defaults, caps
           budget_usd: 10
           network: {allow: [pypi.org, files.pythonhosted.org]}
+        trusted_logins: [renovate[bot]]   # besides OWNER, MEMBER, COLLABORATOR
 
 :func:`should_trigger` is the one rule that decides, for webhooks and polls alike.
 """
@@ -30,6 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.errors import ConfigError
 from claude_cluster.github._rest import check_repo
+from claude_cluster.github.trust import (
+    ASSOCIATIONS,
+    DEFAULT_TRUSTED_ASSOCIATIONS,
+    DEFAULT_TRUSTED_PERMISSIONS,
+    PERMISSIONS,
+)
 
 DEFAULT_TRIGGER_LABELS: tuple[str, ...] = (
     "claude-code",
@@ -77,6 +84,30 @@ class RepositoryConfig(BaseModel):
     daily_budget_usd: float | None = Field(default=None, ge=0)
     #: the operator's side of the repository contract: defaults and caps (SPEC §4b)
     contract: OperatorPolicy = OperatorPolicy()
+    #: ``author_association`` values whose comments, reviews and issues steer runs
+    trusted_associations: tuple[str, ...] = DEFAULT_TRUSTED_ASSOCIATIONS
+    #: repository permissions whose labels, edits, closes and reopens steer runs
+    trusted_permissions: tuple[str, ...] = DEFAULT_TRUSTED_PERMISSIONS
+    #: logins trusted whatever GitHub says of them (bots, for instance)
+    trusted_logins: tuple[str, ...] = ()
+
+    @field_validator("trusted_associations")
+    @classmethod
+    def _associations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(v.upper() for v in value)
+        unknown = sorted(set(upper) - ASSOCIATIONS)
+        if unknown:
+            raise ValueError(f"unknown author_association {unknown[0]!r}")
+        return upper
+
+    @field_validator("trusted_permissions")
+    @classmethod
+    def _permissions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lower = tuple(v.lower() for v in value)
+        unknown = sorted(set(lower) - PERMISSIONS)
+        if unknown:
+            raise ValueError(f"unknown permission {unknown[0]!r}")
+        return lower
 
     @field_validator("full_name")
     @classmethod

@@ -37,6 +37,10 @@ def fake_github() -> Iterator[FakeGitHub]:
         fake.add_token(TOKEN, login="octocat")
         fake.add_repo(REPO)
         fake.add_repo(OTHER)
+        # the people the tests act as are trusted: a collaborator and an organisation member
+        fake.add_collaborator(REPO, "octocat", "write")
+        fake.add_collaborator(OTHER, "octocat", "write")
+        fake.add_member("octo", "reviewer")
         yield fake
 
 

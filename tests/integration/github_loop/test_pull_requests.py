@@ -97,8 +97,9 @@ async def test_run_pull_request_review_follow_up_and_merge(loop: Loop) -> None:
 
         branch = f"claude/issue-{issue}-crash"
         pr = await open_pr(loop, task_id, issue, branch)
+        # the run has not recorded the number yet: its result does, not the webhook
         opened = await loop.delivery(pr["delivery"])
-        assert opened.status == "processed" and opened.task_id == task_id
+        assert opened.status == "ignored" and opened.task_id is None
         await sims.finish("a1", run_id, **result(pr, branch))
         task = await loop.task(task_id, "review")
         assert task["github_pr_number"] == pr["number"]
@@ -135,20 +136,23 @@ async def test_feedback_during_a_run_waits_for_it(loop: Loop) -> None:
         run_id, _ = await next_run(agent)
         branch = f"claude/issue-{issue}-crash"
         pr = await open_pr(loop, task_id, issue, branch)
-        await loop.delivery(pr["delivery"])
-        # the PR is open but its run has not reported: a comment must not start a second run
+        await sims.finish("a1", run_id, **result(pr, branch))
+        await loop.task(task_id, "review")
+        await loop.act(loop.fake.submit_review, REPO, pr["number"], "changes_requested", "More")
+        follow_up, _ = await next_run(agent, after=run_id)
+        # the follow-up is running: a comment must not start another run, it waits
         await loop.act(loop.fake.comment, REPO, pr["number"], "@claude please also handle None")
         row = await loop.delivery(loop.last_delivery().id)
         assert row.status == "processed" and row.reason == "feedback deferred"
         await loop.act(loop.fake.comment, REPO, pr["number"], "looks fine so far")  # no mention
         assert (await loop.delivery(loop.last_delivery().id)).status == "ignored"
-        assert list(agent.held) == [run_id]
+        assert sorted(agent.held) == [follow_up]
 
-        await sims.finish("a1", run_id, **result(pr, branch))
-        follow_up, request = await next_run(agent, after=run_id)
+        await sims.finish("a1", follow_up, **result(pr, branch))
+        third, request = await next_run(agent, after=follow_up)
         assert "please also handle None" in request["feedback"]
         assert request["branch"] == branch
-        await sims.finish("a1", follow_up, **result(pr, branch))
+        await sims.finish("a1", third, **result(pr, branch))
         await loop.task(task_id, "review")
 
 
@@ -188,16 +192,9 @@ async def test_closed_unmerged_fails_and_failures_are_explained(loop: Loop) -> N
         assert "closed without merging" in task["error_message"]
 
 
-async def test_a_pull_request_is_matched_by_branch_and_task_id_never_by_closes(loop: Loop) -> None:
-    foreign = await loop.api.post(
-        "/api/v1/tasks",
-        json={
-            "title": "Elsewhere",
-            "github_repository": "octo/unwatched",
-            "github_issue_number": 1,
-        },
-    )
-    foreign_id = foreign.json()["id"]
+async def test_pull_request_text_never_names_a_task(loop: Loop) -> None:
+    """``Closes #n`` and ``Task ID: n`` in a body are text anyone can write: only the
+    number a run recorded (with the task's repository and branch) ties a PR to a task."""
     task_id, issue = await labelled_task(loop)
     async with httpx.AsyncClient(timeout=10) as client:
 
@@ -211,13 +208,9 @@ async def test_a_pull_request_is_matched_by_branch_and_task_id_never_by_closes(l
             assert answer.status_code == 201
             return (await loop.delivery_after(sent)).id
 
-        # "Closes #<n>" names an issue, even when a task has that number as its id
         closes = await pr("human/a", f"Closes #{task_id}")
-        # a Task ID of another repository's task is not this repository's
-        other = await pr("human/b", f"Task ID: {foreign_id}")
-        # the task's own Task ID, while its run has not reported a branch yet
-        own = await pr(f"claude/issue-{issue}-crash", f"Closes #{issue}\n\nTask ID: {task_id}")
-    assert (await loop.delivery(closes)).task_id is None
-    assert (await loop.delivery(other)).task_id is None
-    row = await loop.delivery(own)
-    assert (row.status, row.task_id) == ("processed", task_id)
+        claims = await pr(f"claude/issue-{issue}-crash", f"Closes #{issue}\n\nTask ID: {task_id}")
+    for delivery in (closes, claims):
+        row = await loop.delivery(delivery)
+        assert (row.status, row.task_id) == ("ignored", None)
+    assert (await loop.task(task_id))["github_pr_number"] is None

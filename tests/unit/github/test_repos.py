@@ -137,3 +137,19 @@ def test_trigger_on_opened_without_labels() -> None:
 def test_has_trigger_label() -> None:
     assert has_trigger_label(CFG, ["bug", "claude-code-backend"])
     assert not has_trigger_label(CFG, ["bug", ASSIGNED_LABEL])
+
+
+def test_trust_settings_are_checked(tmp_path: Path) -> None:
+    assert CFG.trusted_associations == ("OWNER", "MEMBER", "COLLABORATOR")
+    assert CFG.trusted_permissions == ("admin", "maintain", "write")
+    custom = RepositoryConfig(
+        full_name="octo/app", trusted_associations=("owner",), trusted_permissions=("ADMIN",)
+    )
+    assert (custom.trusted_associations, custom.trusted_permissions) == (("OWNER",), ("admin",))
+    path = tmp_path / "repos.json"
+    path.write_text('{"repositories": {"octo/app": {"trusted_associations": ["FRIEND"]}}}')
+    with pytest.raises(ConfigError, match=r"trusted_associations.*FRIEND"):
+        load_repositories("octo/app", path)
+    path.write_text('{"defaults": {"trusted_permissions": ["push"]}}')
+    with pytest.raises(ConfigError, match=r"trusted_permissions.*push"):
+        load_repositories("octo/app", path)

@@ -28,6 +28,13 @@ class EventQueries(StoreBase):
             return (await s.scalars(query)).all()
 
     @retry_conflicts
+    async def add_task_event(self, task_id: int, kind: str, message: str) -> None:
+        """Note something on a task's log that changes nothing else."""
+        async with self._sessions.begin() as s:
+            await get_or_raise(s, Task, task_id, "task")
+            self._event(s, task_id, kind, message)
+
+    @retry_conflicts
     async def mark_once(self, task_id: int, kind: str, message: str) -> bool:
         """Record a ``kind`` event for the task unless one exists: ``True`` the first time.
 

@@ -306,11 +306,12 @@ def build_router(fake: FakeGitHub) -> APIRouter:
                 "expires": expires,
                 "installation_id": installation_id,
                 "repositories": data.get("repositories"),
+                "permissions": data.get("permissions"),
             }
         answer: dict[str, Any] = {
             "token": token,
             "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
-            "permissions": dict(fake.installation_permissions),
+            "permissions": data.get("permissions") or dict(fake.installation_permissions),
             "repository_selection": "selected" if data.get("repositories") else "all",
         }
         if data.get("repositories"):

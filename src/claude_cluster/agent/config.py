@@ -71,6 +71,8 @@ class AgentSettings(TlsSettings):
 
     # --- runs -------------------------------------------------------------------------
     workspace_path: Path = Path("/opt/agent/workspace")
+    #: where the agent keeps its own token (0700; default ``WORKSPACE_PATH/state``)
+    state_dir: Path = Field(default=Path(), validation_alias=_alias("AGENT_STATE_DIR", "STATE_DIR"))
     max_concurrent_tasks: int = Field(default=3, ge=1, le=256)
     task_timeout: float = Field(default=3600.0, gt=0)
     task_timeout_minutes: float | None = Field(default=None, gt=0)
@@ -151,6 +153,9 @@ class AgentSettings(TlsSettings):
         self.agent_secret = self.agent_secret or secrets.token_urlsafe(32)
         self.ip_address = self.ip_address or _primary_address(self.coordinator_url)
         self.workspace_path = self.workspace_path.expanduser()
+        if "state_dir" not in self.model_fields_set:
+            self.state_dir = self.workspace_path / "state"
+        self.state_dir = self.state_dir.expanduser()
         self.cpu_cores = self.cpu_cores or os.cpu_count() or 1
         self.memory_gb = self.memory_gb or _memory_gb()
         self.disk_gb = self.disk_gb or _disk_gb(self.workspace_path)

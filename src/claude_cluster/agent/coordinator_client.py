@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from claude_cluster.agent.identity import TokenFile
 from claude_cluster.domain.wire import (
     AgentRegistration,
     Heartbeat,
@@ -86,7 +87,9 @@ class CoordinatorClient:
 
     Args:
         base_url: ``COORDINATOR_URL``.
-        registration_token: presented only to ``POST /api/v1/agents``.
+        registration_token: presented to ``POST /api/v1/agents`` when the agent has no
+            token of its own yet (or the coordinator no longer knows it).
+        token_file: where the agent's own token is kept across restarts (None: memory).
         timeout: seconds per request.
         transport: an httpx transport (tests).
         verify: what the coordinator's certificate is verified with (the cluster CA).
@@ -97,14 +100,17 @@ class CoordinatorClient:
         base_url: str,
         *,
         registration_token: str,
+        token_file: TokenFile | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._registration_token = registration_token
-        #: the agent token from the last registration; every other call presents it
-        self.token: str | None = None
+        self._token_file = token_file
+        #: the agent's own token (saved, or from the last registration); every call but a
+        #: first enrolment presents it
+        self.token: str | None = token_file.load() if token_file else None
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
         )
@@ -113,16 +119,32 @@ class CoordinatorClient:
         await self._http.aclose()
 
     async def register(self, registration: AgentRegistration) -> Registered:
-        """``POST /api/v1/agents``; remembers the returned agent token."""
-        data = await self._call(
-            "POST",
-            "/api/v1/agents",
-            "register",
-            token=self._registration_token,
-            json=registration.model_dump(mode="json"),
-            unknown_agent_is_fatal=True,
-        )
+        """``POST /api/v1/agents`` with the agent's own token when it has one (the
+        registration token enrols new agents only), else, or when the coordinator no
+        longer knows that token (401: the agent was reset), with the registration token.
+        Keeps the returned token, in the token file too."""
+        body = registration.model_dump(mode="json")
+        data = None
+        if self.token is not None:
+            try:
+                data = await self._call(
+                    "POST", "/api/v1/agents", "register", json=body, unknown_agent_is_fatal=True
+                )
+            except CoordinatorRejected as exc:
+                if exc.status != 401:
+                    raise
+        if data is None:
+            data = await self._call(
+                "POST",
+                "/api/v1/agents",
+                "register",
+                token=self._registration_token,
+                json=body,
+                unknown_agent_is_fatal=True,
+            )
         self.token = str(data["token"])
+        if self._token_file is not None:
+            self._token_file.save(self.token)
         return Registered(
             agent_id=str(data["agent"]["id"]),
             token=self.token,

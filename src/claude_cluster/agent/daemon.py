@@ -36,6 +36,7 @@ from claude_cluster.agent.config import AgentSettings, load_agent_settings
 from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
 from claude_cluster.agent.heartbeat import HeartbeatConfig, HeartbeatLoop
 from claude_cluster.agent.housekeeping import HousekeepingConfig, HousekeepingLoop
+from claude_cluster.agent.identity import TokenFile
 from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpener
 from claude_cluster.agent.pool import JobPool, StopCause
 from claude_cluster.agent.registration import RegistrationConfig, register
@@ -121,6 +122,7 @@ class AgentDaemon:
             settings.coordinator_url,
             registration_token=settings.registration_token,
             verify=client_verify(settings.tls_ca_file),
+            token_file=TokenFile(settings.state_dir),
         )
         self.workspaces = WorkspaceManager(
             settings.workspace_path, branch_prefix=settings.branch_prefix, keep=settings.debug

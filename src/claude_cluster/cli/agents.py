@@ -1,4 +1,4 @@
-"""``claude-cluster agents list|drain``."""
+"""``claude-cluster agents list|drain|reset``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from claude_cluster.cli.client import call
 
-app = typer.Typer(help="Look at and drain agents.", no_args_is_help=True)
+app = typer.Typer(help="Look at, drain and reset agents.", no_args_is_help=True)
 out = Console()
 
 
@@ -41,3 +41,14 @@ def drain(
     """Give the agent no new runs (its running runs finish)."""
     agent = call("POST", f"/api/v1/agents/{agent_id}/drain", json={"drain": not undo})
     out.print(f"agent {agent['id']} draining={agent['draining']}")
+
+
+@app.command()
+def reset(agent_id: str) -> None:
+    """Revoke the agent's token so that it may enrol again with the registration token
+    (a rebuilt host that lost its state directory)."""
+    agent = call("POST", f"/api/v1/agents/{agent_id}/reset")
+    out.print(
+        f"agent {agent['id']} reset: its old token no longer works; it enrols again with "
+        "the registration token when it next starts"
+    )

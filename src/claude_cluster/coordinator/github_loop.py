@@ -53,6 +53,8 @@ log = get_logger(__name__)
 
 #: how long shutdown waits for webhook work under way before cancelling it
 STOP_GRACE_SECONDS = 10.0
+#: what an agent's run needs on GitHub: push its branch, open or update its pull request
+AGENT_PERMISSIONS = {"contents": "write", "pull_requests": "write"}
 
 
 def load_watched(settings: CoordinatorSettings) -> RepositoryConfigs:
@@ -112,12 +114,16 @@ class GitHubLoop:
     async def dispatch_token(self, repository: str) -> str | None:
         """The dispatcher's TokenProvider: a token for one run's push and pull request.
 
-        An App mints an installation token narrowed to the repository (about an hour, then
-        useless); a personal token is handed as it is. None (no pull request, push without
-        credentials) when GitHub cannot mint one: the run still delivers its branch.
+        An App mints an installation token narrowed to the repository and to
+        :data:`AGENT_PERMISSIONS` (about an hour, then useless), and a personal token is
+        never sent when an App is configured; in personal-token mode the token is handed as
+        it is (logged at start-up). None (no pull request, push without credentials) when
+        GitHub cannot mint one: the run still delivers its branch.
         """
         try:
-            token, _expires = await self.auth.installation_token(repositories=[repository])
+            token, _expires = await self.auth.installation_token(
+                repositories=[repository], permissions=AGENT_PERMISSIONS
+            )
         except GitHubError as exc:
             log.warning("github_token_failed", repository=repository, error=str(exc))
             return None
@@ -144,6 +150,13 @@ class GitHubLoop:
                 interval=self.settings.github_poll_interval,
             )
             self._spawn(poller.run_forever(self._stop))
+        if isinstance(self.auth, PersonalToken):
+            log.warning(
+                "github_token_sent_to_agents",
+                detail="GITHUB_TOKEN is a personal access token: every agent receives it "
+                "with its runs, with all its scopes on every repository it reaches; "
+                "configure a GitHub App (GITHUB_APP_*) for tokens narrowed to one repository",
+            )
         log.info(
             "github_loop_started",
             repositories=len(self.repositories),

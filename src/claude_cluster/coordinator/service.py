@@ -288,13 +288,27 @@ class Coordinator:
 
     # --- agents ---------------------------------------------------------------------
 
-    async def register_agent(self, reg: AgentRegistration) -> tuple[Agent, str, bool]:
-        token = secrets.token_urlsafe(32)
+    async def register_agent(
+        self, reg: AgentRegistration, *, replace: bool = False, keep_token: str | None = None
+    ) -> tuple[Agent, str, bool]:
+        """Enrol or re-register an agent; returns it, its token and whether it is new.
+
+        Args:
+            replace: the caller may register an existing agent again (its own token or an
+                admin); without it only a new (or reset) agent id is accepted.
+            keep_token: the agent's own token, presented by it: it stays valid. Otherwise
+                a new token is issued.
+
+        Raises:
+            Forbidden: the id is enrolled and the caller may not replace it.
+        """
+        token = keep_token or secrets.token_urlsafe(32)
         agent, created, lost = await self.repo.register_agent(
             reg,
             token_hash=hash_token(token),
             max_agents=self.settings.max_agents,
             policy=self.policy,
+            replace=replace,
         )
         log.info(
             "agent_registered",
@@ -307,6 +321,12 @@ class Coordinator:
             await self._after_run_end(end)
         await self._wake_all()
         return agent, token, created
+
+    async def reset_agent(self, agent_id: str) -> Agent:
+        """Revoke the agent's token so that it may enrol again with the registration token."""
+        agent = await self.repo.reset_agent_token(agent_id)
+        log.info("agent_reset", agent_id=agent_id)
+        return agent
 
     async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
         reply, has_room = await self.repo.heartbeat(agent_id, hb)

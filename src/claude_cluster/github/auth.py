@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -46,7 +46,7 @@ class TokenProvider(Protocol):
         ...
 
     async def installation_token(
-        self, *, repositories: Iterable[str] = ()
+        self, *, repositories: Iterable[str] = (), permissions: Mapping[str, str] | None = None
     ) -> tuple[str, datetime | None]:
         """A token for an agent's push and pull request, and when it expires (None: never)."""
         ...
@@ -67,7 +67,7 @@ class PersonalToken:
         return self._token
 
     async def installation_token(
-        self, *, repositories: Iterable[str] = ()
+        self, *, repositories: Iterable[str] = (), permissions: Mapping[str, str] | None = None
     ) -> tuple[str, datetime | None]:
         # A PAT cannot be narrowed to a repository; it is handed over as it is.
         return self._token, None
@@ -104,7 +104,10 @@ class GitHubApp:
         self._http = http or httpx.AsyncClient(timeout=30.0)
         self._owns_http = http is None
         self._refresh_margin = refresh_margin
-        self._cache: dict[frozenset[str], tuple[str, datetime]] = {}
+        #: (repositories, permissions) → (token, expiry)
+        self._cache: dict[
+            tuple[frozenset[str], tuple[tuple[str, str], ...]], tuple[str, datetime]
+        ] = {}
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -123,20 +126,24 @@ class GitHubApp:
         return token
 
     async def installation_token(
-        self, *, repositories: Iterable[str] = ()
+        self, *, repositories: Iterable[str] = (), permissions: Mapping[str, str] | None = None
     ) -> tuple[str, datetime | None]:
         """An installation token valid for at least ``refresh_margin`` more seconds.
 
         Args:
             repositories: repository names (``name`` or ``owner/name``) to narrow the
                 token to; empty means every repository of the installation.
+            permissions: GitHub App permissions to narrow the token to (``{"contents":
+                "write"}``); None means every permission of the installation.
         """
-        key = frozenset(name.rsplit("/", 1)[-1] for name in repositories)
+        names = frozenset(name.rsplit("/", 1)[-1] for name in repositories)
+        narrowed = tuple(sorted((permissions or {}).items()))
+        key = (names, narrowed)
         async with self._lock:  # one refresh at a time, the others reuse its result
             cached = self._cache.get(key)
             if cached and cached[1].timestamp() - time.time() > self._refresh_margin:
                 return cached
-            fresh = await self._mint(sorted(key))
+            fresh = await self._mint(sorted(names), dict(narrowed))
             self._cache[key] = fresh
             return fresh
 
@@ -157,12 +164,18 @@ class GitHubApp:
         """Forget cached tokens (after GitHub answered 401 with one of them)."""
         self._cache.clear()
 
-    async def _mint(self, repositories: list[str]) -> tuple[str, datetime]:
+    async def _mint(
+        self, repositories: list[str], permissions: dict[str, str]
+    ) -> tuple[str, datetime]:
         url = f"{self._base_url}/app/installations/{self.installation_id}/access_tokens"
         headers = {**API_HEADERS, "Authorization": f"Bearer {self.app_jwt()}"}
-        body = {"repositories": repositories} if repositories else None
+        body: dict[str, object] = {}
+        if repositories:
+            body["repositories"] = repositories
+        if permissions:
+            body["permissions"] = permissions
         try:
-            response = await self._http.post(url, headers=headers, json=body)
+            response = await self._http.post(url, headers=headers, json=body or None)
         except httpx.HTTPError as exc:
             raise GitHubUnavailable(status=0, detail=type(exc).__name__) from exc
         data = response.json() if response.content else {}

@@ -322,3 +322,39 @@ async def test_a_second_sigterm_stops_the_runs_and_hands_them_back(
             [run] = await runs_of(api, task_id)
             assert run["status"] == "failed" and run["error_category"] == "lost"
             assert await task_status(api, task_id) == "queued"
+
+
+async def test_an_agent_keeps_its_identity_and_nobody_else_can_take_it(
+    coordinator: RunningCoordinator, tmp_path: Path
+) -> None:
+    url = coordinator.url
+    first = await start_daemon(agent_settings(url, tmp_path / "ws"))
+    await eventually(lambda: _async(first.daemon.registered), timeout=10)
+    token_file = tmp_path / "ws" / "state" / "agent-token"
+    token = token_file.read_text().strip()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ws" / "state").stat().st_mode & 0o777 == 0o700
+    assert await first.stop() == 0
+
+    # restarted with its state: it registers again with its own token, which stays valid
+    again = await start_daemon(agent_settings(url, tmp_path / "ws"))
+    await eventually(lambda: _async(again.daemon.registered), timeout=10)
+    assert again.daemon.registered_as is not None
+    assert again.daemon.registered_as.created is False
+    assert token_file.read_text().strip() == token
+    assert await again.stop() == 0
+
+    # another host claiming the same id with only the registration token is refused (403)
+    impostor = await start_daemon(agent_settings(url, tmp_path / "other"))
+    assert await asyncio.wait_for(impostor.task, 20) == 1
+    assert not (tmp_path / "other" / "state" / "agent-token").exists()
+    async with admin(url) as api:
+        row = (await api.get("/api/v1/agents/agent-1")).json()
+        assert row["url"] == again.daemon.settings.url  # not the impostor's
+
+        # the host was rebuilt for real: an admin resets the id, and the new host enrols
+        assert (await api.post("/api/v1/agents/agent-1/reset")).status_code == 200
+    rebuilt = await start_daemon(agent_settings(url, tmp_path / "other"))
+    await eventually(lambda: _async(rebuilt.daemon.registered), timeout=10)
+    assert (tmp_path / "other" / "state" / "agent-token").read_text().strip() != token
+    assert await rebuilt.stop() == 0

@@ -84,6 +84,10 @@ def test_agents_status_and_health(env: dict[str, str], coordinator: RunningCoord
     assert (code, out.strip()) == (0, "agent a1 draining=True")
     code, out = cli(env, "agents", "drain", "a1", "--undo")
     assert out.strip() == "agent a1 draining=False"
+    code, out = cli(env, "agents", "reset", "a1")
+    assert code == 0 and "agent a1 reset" in out
+    code, out = cli(env, "agents", "reset", "nope")
+    assert code == 1 and "agent nope not found" in out
     code, out = cli(env, "status")
     assert code == 0 and "queued 0" in out and "a1" in out
     code, out = cli(env, "health")

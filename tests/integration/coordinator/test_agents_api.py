@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REGISTRATION_TOKEN, RunningCoordinator
+from tests.conftest import ADMIN_TOKEN, REGISTRATION_TOKEN, RunningCoordinator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,24 +29,65 @@ def registration(agent_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def register(coordinator: RunningCoordinator, agent_id: str, **extra: Any) -> httpx.Response:
-    with coordinator.client(REGISTRATION_TOKEN) as client:
+def register(
+    coordinator: RunningCoordinator,
+    agent_id: str,
+    *,
+    token: str = REGISTRATION_TOKEN,
+    **extra: Any,
+) -> httpx.Response:
+    with coordinator.client(token) as client:
         return client.post("/api/v1/agents", json=registration(agent_id, **extra))
 
 
-def test_registration_is_an_upsert_with_a_fresh_token(coordinator: RunningCoordinator) -> None:
+def test_the_registration_token_enrols_new_agents_only(coordinator: RunningCoordinator) -> None:
     first = register(coordinator, "a1")
     assert first.status_code == 201
     body = first.json()
+    token = body["token"]
     assert body["agent"]["url"] == "http://127.0.0.1:9"
     assert body["agent"]["status"] == "idle"
     assert body["heartbeat_interval"] == 10
-    second = register(coordinator, "a1", max_concurrent_tasks=4)
-    assert second.status_code == 200
-    assert second.json()["agent"]["max_concurrent_tasks"] == 4
-    assert second.json()["token"] != body["token"]
-    with coordinator.client(body["token"]) as old:
+
+    # the attack: whoever holds the registration token takes over a1's URL (and its runs)
+    hijack = register(coordinator, "a1", url="http://attacker.example:8081")
+    assert hijack.status_code == 403
+    detail = hijack.json()["detail"]
+    assert "own token" in detail and "claude-cluster agents reset a1" in detail
+    # another agent's token cannot either
+    other = register(coordinator, "a2").json()["token"]
+    assert register(coordinator, "a1", token=other).status_code == 403
+    with coordinator.client(token) as agent:
+        assert agent.get("/api/v1/agents/a1").json()["url"] == "http://127.0.0.1:9"
+
+    # the agent itself, with its own token: re-registered, and the token stays valid
+    again = register(coordinator, "a1", token=token, max_concurrent_tasks=4)
+    assert again.status_code == 200
+    assert (again.json()["token"], again.json()["agent"]["max_concurrent_tasks"]) == (token, 4)
+
+    # an admin may re-register it: a new token, the old one stops working
+    admin = register(coordinator, "a1", token=ADMIN_TOKEN, url="http://10.0.0.2:8081")
+    assert admin.status_code == 200 and admin.json()["token"] != token
+    with coordinator.client(token) as old:
         assert old.get("/api/v1/agents/a1").status_code == 401
+
+
+def test_reset_lets_a_rebuilt_agent_enrol_again(coordinator: RunningCoordinator) -> None:
+    token = register(coordinator, "a1").json()["token"]
+    assert register(coordinator, "a1").status_code == 403  # the host lost its state
+    with coordinator.client(token) as agent:
+        assert agent.post("/api/v1/agents/a1/reset").status_code == 403  # admins only
+    with coordinator.client() as admin:
+        reset = admin.post("/api/v1/agents/a1/reset")
+        assert reset.status_code == 200 and reset.json()["status"] == "offline"
+        assert admin.post("/api/v1/agents/nope/reset").status_code == 404
+    with coordinator.client(token) as old:
+        assert old.get("/api/v1/agents/a1").status_code == 401  # the old token is revoked
+    again = register(coordinator, "a1")
+    assert again.status_code == 200
+    with coordinator.client(again.json()["token"]) as agent:
+        assert agent.get("/api/v1/agents/a1").status_code == 200
+    assert register(coordinator, "a1").status_code == 403  # once only
 
 
 def test_registration_needs_the_registration_token(coordinator: RunningCoordinator) -> None:
@@ -70,11 +111,11 @@ def test_bad_registration_bodies_name_the_field(coordinator: RunningCoordinator)
 
 def test_max_agents(start_coordinator: Callable[..., RunningCoordinator]) -> None:
     coordinator = start_coordinator(max_agents=1)
-    assert register(coordinator, "a1").status_code == 201
+    token = register(coordinator, "a1").json()["token"]
     refused = register(coordinator, "a2")
     assert refused.status_code == 409
     assert "MAX_AGENTS" in refused.json()["detail"]
-    assert register(coordinator, "a1").status_code == 200  # re-registering is fine
+    assert register(coordinator, "a1", token=token).status_code == 200  # re-registering is fine
 
 
 def test_an_agent_token_acts_only_for_its_agent(coordinator: RunningCoordinator) -> None:

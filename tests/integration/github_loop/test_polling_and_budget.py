@@ -3,14 +3,19 @@ settings from GITHUB_REPOSITORIES_FILE, the daily budget, and App tokens for run
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from tests.conftest import RunningCoordinator
 from tests.integration.github_loop.conftest import REPO, SECRET, TOKEN, Loop
 from tests.support.keys import rsa_keypair
+from tests.support.sim_agents import SimAgents
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,17 +158,16 @@ PRIVATE_KEY, PUBLIC_KEY = rsa_keypair()
     "loop_settings",
     [
         {
-            "github_token": None,
             "github_app_id": "4242",
             "github_app_private_key": PRIVATE_KEY,
             "github_app_installation_id": 77,
         }
     ],
     indirect=True,
-    ids=["app"],
+    ids=["app-and-pat"],
 )
 async def test_a_github_app_hands_each_run_a_narrowed_installation_token(loop: Loop) -> None:
-    from tests.support.sim_agents import SimAgents
+    """GITHUB_TOKEN is set too: with an App configured, the PAT never reaches an agent."""
 
     loop.fake.add_app("4242", PUBLIC_KEY, 77)
     async with SimAgents(loop.coordinator.url) as sims:
@@ -180,5 +184,18 @@ async def test_a_github_app_hands_each_run_a_narrowed_installation_token(loop: L
 
         body = await eventually(request, timeout=10)
     token = body["git_token"]
-    assert token.startswith("ghs_")
-    assert loop.fake.installation_tokens[token]["repositories"] == ["app"]
+    assert token.startswith("ghs_") and token != TOKEN
+    minted = loop.fake.installation_tokens[token]
+    assert minted["repositories"] == ["app"]
+    assert minted["permissions"] == {"contents": "write", "pull_requests": "write"}
+
+
+async def test_personal_token_mode_says_at_start_up_that_agents_receive_it(
+    start_coordinator: Callable[..., RunningCoordinator], loop_settings: dict[str, Any]
+) -> None:
+    with capture_logs() as logs:
+        await asyncio.to_thread(start_coordinator, **loop_settings)
+    (warning,) = [e for e in logs if e["event"] == "github_token_sent_to_agents"]
+    assert warning["log_level"] == "warning"
+    assert "every agent receives it" in warning["detail"]
+    assert TOKEN not in json.dumps(warning)  # never the secret itself

@@ -1,8 +1,9 @@
 """Dependencies of the routes: the service object and who is calling.
 
 Three kinds of bearer token: the admin token (``ADMIN_TOKEN``) or an API token for people
-and the CLI; the registration token, good only for ``POST /api/v1/agents``; and the
-per-agent token that registration returns, good only for that agent's own resources.
+and the CLI; the registration token, good only for ``POST /api/v1/agents`` of a new agent
+id; and the per-agent token that registration returns, good only for that agent's own
+resources (including registering that agent again).
 """
 
 from __future__ import annotations
@@ -64,12 +65,27 @@ async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
     return caller
 
 
-async def registration(coordinator: CoordinatorDep, credentials: Credentials) -> None:
+@dataclass(frozen=True)
+class Enroller:
+    """Who asks to register an agent: the registration token (new agent ids only), an
+    agent with its own token (itself only), or an admin (anything)."""
+
+    kind: str  # "registration", "agent" or "admin"
+    token: str
+    agent_id: str | None = None
+
+
+async def enroller(coordinator: CoordinatorDep, credentials: Credentials) -> Enroller:
     token = _token(credentials)
-    if not tokens_equal(token, coordinator.settings.agent_registration_token):
-        raise Unauthorized("invalid registration token")
+    if tokens_equal(token, coordinator.settings.agent_registration_token):
+        return Enroller("registration", token)
+    try:
+        caller = await principal(coordinator, credentials)
+    except Unauthorized:
+        raise Unauthorized("invalid registration, agent or admin token") from None
+    return Enroller(caller.kind, token, caller.agent_id)
 
 
 AnyCaller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
-Registration = Annotated[None, Depends(registration)]
+Enrolling = Annotated[Enroller, Depends(enroller)]

@@ -23,20 +23,41 @@ from claude_cluster.domain.states import (
     status_for_load,
 )
 from claude_cluster.domain.wire import AgentRegistration, Heartbeat, HeartbeatReply
-from claude_cluster.errors import Conflict
+from claude_cluster.errors import Conflict, Forbidden
+
+#: the ``token_hash`` of a reset agent: no token matches it, the registration token may
+#: enrol the id again
+RESET_TOKEN_HASH = ""
 
 
 class AgentQueries(RunEndSteps):
     @retry_conflicts
     async def register_agent(
-        self, reg: AgentRegistration, *, token_hash: str, max_agents: int, policy: RetryPolicy
+        self,
+        reg: AgentRegistration,
+        *,
+        token_hash: str,
+        max_agents: int,
+        policy: RetryPolicy,
+        replace: bool,
     ) -> tuple[Agent, bool, list[RunEnd]]:
-        """Upsert an agent. A (re)registering agent has just started, so runs the
-        coordinator still thinks it holds are lost: their endings are returned, the tasks
-        already requeued (or failed)."""
+        """Enrol or re-register an agent. A (re)registering agent has just started, so runs
+        the coordinator still thinks it holds are lost: their endings are returned, the
+        tasks already requeued (or failed).
+
+        Raises:
+            Forbidden: the id is enrolled (and not reset) and ``replace`` is false.
+        """
         async with self._tx() as s:
             now = utcnow()
             agent = await s.get(Agent, reg.id, with_for_update=self._postgres)
+            if agent is not None and agent.token_hash != RESET_TOKEN_HASH and not replace:
+                raise Forbidden(
+                    f"agent {reg.id} is already registered: the registration token enrols "
+                    "new agents only. Register again with the agent's own token (kept in "
+                    f"its state directory), or run `claude-cluster agents reset {reg.id}` "
+                    "to let it enrol again"
+                )
             created = agent is None
             if agent is None:
                 count = await s.scalar(select(func.count()).select_from(Agent))
@@ -95,7 +116,18 @@ class AgentQueries(RunEndSteps):
                 agent.active_task_count = 0
             return agent, created, lost
 
+    @retry_conflicts
+    async def reset_agent_token(self, agent_id: str) -> Agent:
+        """Revoke the agent's token; the registration token may enrol the id again."""
+        async with self._tx() as s:
+            agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
+            agent.token_hash = RESET_TOKEN_HASH
+            agent.status = AgentStatus.OFFLINE.value
+            return agent
+
     async def agent_by_token_hash(self, token_hash: str) -> Agent | None:
+        if token_hash == RESET_TOKEN_HASH:
+            return None
         async with self._sessions() as s:
             return (await s.scalars(select(Agent).where(Agent.token_hash == token_hash))).first()
 

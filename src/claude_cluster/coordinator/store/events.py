@@ -30,7 +30,7 @@ class EventQueries(StoreBase):
     @retry_conflicts
     async def add_task_event(self, task_id: int, kind: str, message: str) -> None:
         """Note something on a task's log that changes nothing else."""
-        async with self._sessions.begin() as s:
+        async with self._tx() as s:
             await get_or_raise(s, Task, task_id, "task")
             self._event(s, task_id, kind, message)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from claude_cluster.coordinator.api.deps import Admin, AnyCaller, CoordinatorDep, Registration
+from claude_cluster.coordinator.api.deps import Admin, AnyCaller, CoordinatorDep, Enrolling
 from claude_cluster.coordinator.api.schemas import (
     AgentOut,
     AssignIn,
@@ -14,18 +14,24 @@ from claude_cluster.coordinator.api.schemas import (
     TaskOut,
 )
 from claude_cluster.domain.wire import AgentRegistration, Heartbeat, HeartbeatReply
-from claude_cluster.errors import Conflict
+from claude_cluster.errors import Conflict, Forbidden
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses={200: {"model": RegistrationOut}})
 async def register_agent(
-    body: AgentRegistration, coordinator: CoordinatorDep, _: Registration, response: Response
+    body: AgentRegistration, coordinator: CoordinatorDep, caller: Enrolling, response: Response
 ) -> RegistrationOut:
-    """Register or re-register an agent (an upsert). Returns the agent's own token; runs the
-    coordinator still assigned to a re-registering agent are lost and requeued."""
-    agent, token, created = await coordinator.register_agent(body)
+    """Register a new agent (registration token) or register an agent again (its own token,
+    or an admin's). Returns the agent's own token; runs the coordinator still assigned to a
+    re-registering agent are lost and requeued."""
+    if caller.kind == "agent" and caller.agent_id != body.id:
+        raise Forbidden(f"this token belongs to agent {caller.agent_id}, not {body.id}")
+    keep = caller.token if caller.kind == "agent" else None
+    agent, token, created = await coordinator.register_agent(
+        body, replace=caller.kind != "registration", keep_token=keep
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     return RegistrationOut(
@@ -77,6 +83,13 @@ async def assign_task(
             "draining, full, or not matching its requirements)"
         )
     return TaskOut.model_validate(await coordinator.repo.get_task(body.task_id))
+
+
+@router.post("/{agent_id}/reset")
+async def reset_agent(agent_id: str, coordinator: CoordinatorDep, _: Admin) -> AgentOut:
+    """Forget the agent's token: it stops working, and the agent may enrol again with the
+    registration token (a rebuilt host that lost its state directory)."""
+    return AgentOut.model_validate(await coordinator.reset_agent(agent_id))
 
 
 @router.post("/{agent_id}/drain")

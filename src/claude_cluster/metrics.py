@@ -118,6 +118,18 @@ AGENT_TASK_DURATION = Histogram(
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
     registry=AGENT,
 )
+AGENT_READY = Gauge(
+    "claude_agent_ready",
+    "1 when the agent takes runs, 0 when its sandbox canary failed.",
+    ["agent_id"],
+    registry=AGENT,
+)
+AGENT_SANDBOX = Gauge(
+    "claude_agent_sandbox",
+    "1 when runs are confined, 0 when RUN_SANDBOX=off.",
+    ["agent_id"],
+    registry=AGENT,
+)
 WORKSPACE_DISK_USAGE = Gauge(
     "claude_workspace_disk_usage_bytes", "Bytes under WORKSPACE_PATH.", registry=AGENT
 )

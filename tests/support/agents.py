@@ -166,6 +166,10 @@ def agent_settings(coordinator_url: str, workspace: Path, **overrides: Any) -> A
         "test_timeout": 60,
         "git_user_name": "Agent",
         "git_user_email": "agent@example.invalid",
+        # these agents test reporting, leases and signals with scripts that read host
+        # paths and pids; the sandbox has tests of its own (test_sandbox_runs.py,
+        # test_sandbox_agent.py) and the Claude e2e tests run with it
+        "run_sandbox": False,
     }
     values.update(overrides)
     return AgentSettings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -194,6 +194,16 @@ class SimAgents:
         )
         response.raise_for_status()
 
+    async def git_token(
+        self, agent_id: str, run_id: int, purpose: str = "deliver"
+    ) -> httpx.Response:
+        """Ask for the run's git token the way an agent does at delivery."""
+        return await self._http.post(
+            f"/api/v1/runs/{run_id}/git-token",
+            json={"purpose": purpose},
+            headers={"Authorization": f"Bearer {self.agents[agent_id].token}"},
+        )
+
     def vanish(self, agent_id: str) -> None:
         """The agent dies: no more heartbeats, its runs silently gone."""
         agent = self.agents[agent_id]

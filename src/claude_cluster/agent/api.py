@@ -42,11 +42,17 @@ class AgentIdentity(Protocol):
     @property
     def registered(self) -> bool: ...
 
+    @property
+    def sandbox(self) -> str:
+        """``on`` or ``off`` (``RUN_SANDBOX=off``: runs are not confined)."""
+        ...
+
 
 _REFUSALS = {
     Admission.TASK_BUSY: (status.HTTP_409_CONFLICT, "another run of this task is running here"),
     Admission.FULL: (status.HTTP_503_SERVICE_UNAVAILABLE, "no free slot"),
     Admission.DRAINING: (status.HTTP_503_SERVICE_UNAVAILABLE, "the agent is draining"),
+    Admission.NOT_READY: (status.HTTP_503_SERVICE_UNAVAILABLE, "the agent is not ready"),
 }
 
 
@@ -100,6 +106,9 @@ def create_agent_app(pool: JobPool, identity: AgentIdentity) -> FastAPI:
             "version": __version__,
             "registered": identity.registered,
             "draining": pool.draining,
+            "sandbox": identity.sandbox,
+            "ready": pool.not_ready is None,
+            "not_ready_reason": pool.not_ready,
             "capacity": pool.capacity,
             "active": pool.working,
             "load": pool.load,

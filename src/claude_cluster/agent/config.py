@@ -84,6 +84,13 @@ class AgentSettings(TlsSettings):
     branch_prefix: str = "claude/"
     max_fix_rounds: int = Field(default=2, ge=0, le=10)
     test_timeout: float = Field(default=900.0, gt=0)
+    #: confine every process of a run (bubblewrap + the gateway); off only when set so
+    run_sandbox: bool = True
+    #: hosts every run may reach through the gateway besides the model API (comma list;
+    #: ``host``, ``*.domain``, optionally ``:port``; without a port only 443)
+    run_egress_allow: CommaList = Field(default_factory=list)
+    #: paths a run may not change; refused at delivery (``dir/**`` = all below ``dir``)
+    protected_paths: CommaList = Field(default_factory=lambda: [".github/workflows/**"])
     workspace_cleanup_days: float = Field(default=7.0, gt=0)
     workspace_max_size_gb: float = Field(default=100.0, gt=0)
 
@@ -107,7 +114,9 @@ class AgentSettings(TlsSettings):
     log_file: Path | None = None
     debug: bool = False
 
-    @field_validator("specialties", "capabilities", mode="before")
+    @field_validator(
+        "specialties", "capabilities", "run_egress_allow", "protected_paths", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -170,7 +179,9 @@ class AgentSettings(TlsSettings):
     def public_configuration(self) -> dict[str, Any]:
         """The settings worth showing to the coordinator: no credentials."""
         shown = ("agent_runner", "claude_model", "max_fix_rounds", "task_timeout", "branch_prefix")
-        return {name: getattr(self, name) for name in shown}
+        values = {name: getattr(self, name) for name in shown}
+        values["sandbox"] = "on" if self.run_sandbox else "off"
+        return values
 
 
 def load_agent_settings(env_file: Path | None = None, **overrides: Any) -> AgentSettings:

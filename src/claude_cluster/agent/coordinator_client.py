@@ -20,6 +20,8 @@ import httpx
 from claude_cluster.agent.identity import TokenFile
 from claude_cluster.domain.wire import (
     AgentRegistration,
+    GitTokenReply,
+    GitTokenRequest,
     Heartbeat,
     HeartbeatReply,
     RunEventBatch,
@@ -181,6 +183,16 @@ class CoordinatorClient:
             "POST", f"/api/v1/runs/{run_id}/result", "result", json=result.model_dump(mode="json")
         )
         return reply
+
+    async def git_token(self, run_id: int, purpose: str) -> str | None:
+        """A fresh git token for run ``run_id``'s ``fetch`` or ``deliver`` (None: not needed)."""
+        reply = await self._call(
+            "POST",
+            f"/api/v1/runs/{run_id}/git-token",
+            "git-token",
+            json=GitTokenRequest(purpose=purpose).model_dump(mode="json"),
+        )
+        return GitTokenReply.model_validate(reply).token
 
     async def _call(
         self,

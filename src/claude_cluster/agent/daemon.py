@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import uvicorn
 
-from claude_cluster import __version__
+from claude_cluster import __version__, metrics
 from claude_cluster.agent.api import create_agent_app
 from claude_cluster.agent.config import AgentSettings, load_agent_settings
 from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
@@ -41,11 +43,14 @@ from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpe
 from claude_cluster.agent.pool import JobPool, StopCause
 from claude_cluster.agent.registration import RegistrationConfig, register
 from claude_cluster.agent.reporter import ReporterConfig, RunReporter
+from claude_cluster.agent.runbox import GatewayConfig
+from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.wire import AgentRegistration
 from claude_cluster.errors import ConfigError
 from claude_cluster.logging import configure, get_logger
 from claude_cluster.runners import Runner, get_runner
+from claude_cluster.runners.claude_code import find_claude_cli
 from claude_cluster.tls import client_verify
 
 __all__ = ["SHUTDOWN_GRACE", "AgentDaemon", "build_runner", "main"]
@@ -72,6 +77,47 @@ def build_runner(settings: AgentSettings) -> Runner:
     if name == "command":
         return get_runner(name, command=settings.agent_command or "", kill_grace=KILL_GRACE)
     return get_runner(name, kill_grace=KILL_GRACE)
+
+
+def gateway_config(settings: AgentSettings) -> GatewayConfig:
+    """Where the runs' gateways send model requests, with which credential."""
+    credential: tuple[str, str] | None = None
+    if settings.anthropic_api_key:
+        credential = ("x-api-key", settings.anthropic_api_key)
+    elif settings.claude_code_oauth_token:
+        credential = ("authorization", f"Bearer {settings.claude_code_oauth_token}")
+    return GatewayConfig(
+        upstream=settings.anthropic_base_url or "https://api.anthropic.com",
+        credential=credential,
+        allow=tuple(settings.run_egress_allow),
+    )
+
+
+def sandbox_for(settings: AgentSettings) -> Sandbox:
+    """The runs' sandbox: the agent's interpreter and the Claude CLI readable inside."""
+    extra: list[Path] = []
+    if settings.agent_runner == "claude":
+        cli = find_claude_cli(settings.claude_code_cli_path)
+        if cli is not None:
+            extra.append(Path(cli).resolve().parent)
+    elif settings.agent_runner == "command" and settings.agent_command:
+        # the operator's command and the files it names (a script), read-only
+        words = shlex.split(settings.agent_command)
+        found = shutil.which(words[0]) if words else None
+        named = [Path(found)] if found else []
+        named += [Path(w) for w in words[1:] if w.startswith("/") and Path(w).exists()]
+        extra += [p.resolve() for p in named]
+    return Sandbox.for_agent(enabled=settings.run_sandbox, extra_readable=extra)
+
+
+#: what `claude-cluster agent` tells the operator when the canary fails
+SANDBOX_FIX = (
+    "install bubblewrap and socat (scripts/setup, or apt-get install bubblewrap socat) and "
+    "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on "
+    "Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0; under systemd do not set "
+    "RestrictNamespaces or PrivateUsers); keep the agent's .env outside WORKSPACE_PATH and "
+    "the venv; or set RUN_SANDBOX=off to run unconfined (said in every run, PR and /status)"
+)
 
 
 def runner_env(settings: AgentSettings) -> dict[str, str]:
@@ -113,8 +159,12 @@ class AgentDaemon:
         reporter_config: ReporterConfig | None = None,
         registration_config: RegistrationConfig | None = None,
         client: CoordinatorClient | None = None,
+        env_file: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.env_file = (env_file or Path(".env")).absolute()
+        self.sandbox_on = settings.run_sandbox
+        self.run_sandbox = sandbox_for(settings)
         self.agent_id = settings.agent_id
         self.secret = settings.agent_secret
         self.started_at = time.monotonic()
@@ -125,7 +175,10 @@ class AgentDaemon:
             token_file=TokenFile(settings.state_dir),
         )
         self.workspaces = WorkspaceManager(
-            settings.workspace_path, branch_prefix=settings.branch_prefix, keep=settings.debug
+            settings.workspace_path,
+            branch_prefix=settings.branch_prefix,
+            keep=settings.debug,
+            isolated=settings.run_sandbox,
         )
         self.homes_dir = settings.workspace_path / "homes"
         self.job_runner = JobRunner(
@@ -143,11 +196,16 @@ class AgentDaemon:
                 test_timeout=settings.test_timeout,
                 git_user_name=settings.git_user_name,
                 git_user_email=settings.git_user_email,
+                sandbox=self.run_sandbox if settings.run_sandbox else None,
+                gateway=gateway_config(settings),
+                state_dir=settings.workspace_path / "runs",
+                protected_paths=tuple(settings.protected_paths),
             ),
             workspaces=self.workspaces,
             runner=runner or build_runner(settings),
             open_pull_request=open_pull_request,
             github_api_url=settings.github_api_url,
+            git_tokens=self.client.git_token,
         )
         reporter_config = reporter_config or ReporterConfig()
         self.pool = JobPool(
@@ -172,6 +230,38 @@ class AgentDaemon:
     def registered(self) -> bool:
         return self.registered_as is not None
 
+    @property
+    def sandbox(self) -> str:
+        return "on" if self.sandbox_on else "off"
+
+    async def check_sandbox(self) -> bool:
+        """Run the sandbox canary; on failure the agent is not ready (no runs) and says why."""
+        metrics.AGENT_SANDBOX.labels(agent_id=self.agent_id).set(1 if self.sandbox_on else 0)
+        if not self.sandbox_on:
+            log.warning(
+                "sandbox_off",
+                agent_id=self.agent_id,
+                detail="RUN_SANDBOX=off: runs are NOT confined; they can read this agent's "
+                "files and credentials and reach the network",
+            )
+            metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1)
+            return True
+        s = self.settings
+        try:
+            await self.run_sandbox.canary(
+                secret_files=[self.env_file],
+                forbidden_dirs=[s.workspace_path, self.env_file.parent, Path(sys.prefix)],
+            )
+        except SandboxUnavailable as exc:
+            self.pool.not_ready = str(exc)
+            metrics.AGENT_READY.labels(agent_id=self.agent_id).set(0)
+            log.error("sandbox_not_ready", agent_id=self.agent_id, reason=str(exc), fix=SANDBOX_FIX)
+            return False
+        self.pool.not_ready = None
+        metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1)
+        log.info("sandbox_ready", agent_id=self.agent_id)
+        return True
+
     def registration(self) -> AgentRegistration:
         """What we tell the coordinator about ourselves."""
         s = self.settings
@@ -189,9 +279,15 @@ class AgentDaemon:
             disk_gb=s.disk_gb,
             workspace_path=str(s.workspace_path),
             version=__version__,
-            configuration=s.public_configuration(),
+            configuration={
+                **s.public_configuration(),
+                "ready": self.pool.not_ready is None,
+                "not_ready_reason": self.pool.not_ready,
+            },
             secret=s.agent_secret,
             url=s.url,
+            ready=self.pool.not_ready is None,
+            not_ready_reason=self.pool.not_ready,
         )
 
     # --- the signal ladder -----------------------------------------------------------
@@ -291,6 +387,9 @@ class AgentDaemon:
         return True
 
     async def _serve_until_stopped(self) -> int:
+        s = self.settings
+        s.workspace_path.mkdir(parents=True, exist_ok=True)
+        await self.check_sandbox()
         registered = await register(
             self.client, self.registration(), config=self.registration_config, stop=self._draining
         )
@@ -365,7 +464,7 @@ def main(env_file: Path | None = None) -> int:
         return 2
     configure(settings.log_level, service="claude-cluster-agent", log_file=settings.log_file)
     try:
-        daemon = AgentDaemon(settings)
+        daemon = AgentDaemon(settings, env_file=env_file)
     except (ConfigError, ValueError) as exc:
         print(f"claude-cluster agent: {exc}", file=sys.stderr)  # noqa: T201
         return 2

@@ -108,7 +108,7 @@ class HeartbeatLoop:
         pool = self.pool
         status = (
             AgentStatus.MAINTENANCE
-            if pool.draining or self.maintenance
+            if pool.draining or self.maintenance or pool.not_ready is not None
             else status_for_load(pool.working, pool.capacity)
         )
         return Heartbeat(

@@ -28,11 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from claude_cluster.agent.deliver import commit_and_push
+from claude_cluster.agent.coordinator_client import CoordinatorError
+from claude_cluster.agent.deliver import (
+    DEFAULT_PROTECTED_PATHS,
+    ProtectedPathError,
+    commit_and_push,
+    deliver_run_repository,
+)
 from claude_cluster.agent.git import DeliveryError, GitError, WorkspaceError, git
 from claude_cluster.agent.prompt import feedback_prompt, fix_prompt, issue_prompt
 from claude_cluster.agent.pull_request import (
@@ -43,6 +50,8 @@ from claude_cluster.agent.pull_request import (
     github_opener,
 )
 from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.runbox import GatewayConfig, RunBox
+from claude_cluster.agent.sandbox import Sandbox
 from claude_cluster.agent.verify import TestReport, run_tests
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
@@ -50,7 +59,10 @@ from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
 from claude_cluster.logging import get_logger
 from claude_cluster.runners import Runner, RunnerEvent, RunnerOutcome, RunSpec
 
-__all__ = ["JobConfig", "JobRunner", "PullRequestOpener", "PullRequestRequest"]
+__all__ = ["GitTokenSource", "JobConfig", "JobRunner", "PullRequestOpener", "PullRequestRequest"]
+
+#: asks the coordinator for a fresh git token: ``(run_id, "fetch" | "deliver") → token``
+GitTokenSource = Callable[[int, str], Awaitable[str | None]]
 
 log = get_logger(__name__)
 
@@ -77,6 +89,12 @@ class JobConfig:
         git_user_name: commit author (``GIT_USER_NAME``).
         git_user_email: commit e-mail (``GIT_USER_EMAIL``).
         git_timeout: seconds a single git command may take.
+        sandbox: the sandbox every process of a run starts in; ``None`` runs them
+            unconfined (``RUN_SANDBOX=off``, said in every run's events and PR).
+        gateway: the model API and egress allowlist of the runs' gateways.
+        state_dir: the daemon's own directory for the runs' sockets and tmp (no run sees it).
+        readable: more read-only paths every run needs (the CLI when it lives elsewhere).
+        protected_paths: paths a run may not change (refused at delivery).
     """
 
     agent_id: str
@@ -93,6 +111,11 @@ class JobConfig:
     git_user_name: str = "Claude Code Cluster"
     git_user_email: str = "claude-cluster@localhost"
     git_timeout: float = 600.0
+    sandbox: Sandbox | None = None
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    state_dir: Path | None = None
+    readable: tuple[Path, ...] = ()
+    protected_paths: tuple[str, ...] = DEFAULT_PROTECTED_PATHS
 
 
 @dataclass
@@ -180,6 +203,8 @@ class JobRunner:
         open_pull_request: opens the pull request for GitHub repositories; the default
             uses :class:`claude_cluster.github.GitHubClient` against ``github_api_url``.
         github_api_url: ``GITHUB_API_URL``, for the default opener.
+        git_tokens: asks the coordinator for a fresh git token ``(run_id, purpose)``
+            when the run fetches and when it delivers; dispatches carry none.
     """
 
     def __init__(
@@ -190,12 +215,14 @@ class JobRunner:
         runner: Runner,
         open_pull_request: PullRequestOpener | None = None,
         github_api_url: str = "https://api.github.com",
+        git_tokens: GitTokenSource | None = None,
     ) -> None:
         self.config = config
         self.workspaces = workspaces
         self.runner = runner
         self.github_api_url = github_api_url
         self._open_pull_request = open_pull_request or github_opener(github_api_url)
+        self._git_tokens = git_tokens
 
     async def run(self, request: ExecuteTaskRequest, reporter: RunReporter) -> RunResult:
         """Do the run and return its result (cancellation included: the result then says
@@ -204,6 +231,7 @@ class JobRunner:
         deadline = loop.time() + (request.timeout_seconds or self.config.task_timeout)
         progress = _Progress()
         ws: Workspace | None = None
+        box: RunBox | None = None
         try:
             reporter.event("phase", "preparing the workspace", {"phase": "workspace"})
             ws = await self._prepare(request)
@@ -213,7 +241,8 @@ class JobRunner:
                 f"worktree ready on {ws.branch} (base {ws.base_branch} {ws.base_sha[:12]})",
                 {"branch": ws.branch, "base_branch": ws.base_branch, "base_sha": ws.base_sha},
             )
-            return await self._work(request, reporter, ws, progress, deadline)
+            box = await self._open_box(request, reporter, ws)
+            return await self._work(request, reporter, ws, box, progress, deadline)
         except _Failed as failed:
             return failed.result
         except asyncio.CancelledError:
@@ -224,6 +253,8 @@ class JobRunner:
                 succeeded=False, category=ErrorCategory.CANCELLED, message="the run was stopped"
             )
         finally:
+            if box is not None:
+                await box.close()
             if ws is not None:
                 await self._release(ws)
 
@@ -239,24 +270,82 @@ class JobRunner:
                 title=request.title,
                 base_branch=request.base_branch,
                 branch=request.branch,
-                git_token=request.git_token,
+                git_token=await self._token(request, "fetch"),
             )
-        except GitError as exc:
+        except (GitError, CoordinatorError) as exc:
             raise _Failed(
                 _Progress().result(
                     succeeded=False, category=ErrorCategory.WORKSPACE_ERROR, message=str(exc)
                 )
             ) from None
 
+    async def _token(self, request: ExecuteTaskRequest, purpose: str) -> str | None:
+        """A fresh token for an http(s) repository or a pull request, from the coordinator."""
+        wanted = request.repository_url.startswith(("https://", "http://")) or (
+            purpose == "deliver" and request.open_pull_request
+        )
+        if self._git_tokens is None or not wanted:
+            return None
+        return await self._git_tokens(request.run_id, purpose)
+
+    def home_for(self, task_id: int) -> Path:
+        """The CLI's HOME for a task (kept across the task's runs, so sessions resume)."""
+        return self.config.homes_dir / f"task-{task_id}"
+
+    def egress_allowlist(self, request: ExecuteTaskRequest) -> tuple[str, ...]:
+        """Hosts this run may reach besides the model API (per repository; none yet)."""
+        del request  # the repository contract feeds this
+        return ()
+
+    async def _open_box(
+        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace
+    ) -> RunBox:
+        sandbox = self.config.sandbox
+        if sandbox is None or not sandbox.enabled:
+            reporter.event(
+                "sandbox",
+                "RUN_SANDBOX=off: this run is NOT confined (it can read the agent's files "
+                "and credentials and reach the network)",
+                {"sandbox": "off"},
+                level="warning",
+            )
+            return RunBox(None, None, None, None)
+        home = self.home_for(request.task_id)
+        home.mkdir(parents=True, exist_ok=True)
+
+        def on_event(kind: str, message: str, data: dict[str, Any], level: str) -> None:
+            reporter.event(kind, message, data, level)
+
+        state_dir = self.config.state_dir or self.config.homes_dir.parent / "runs"
+        box = await RunBox.open(
+            sandbox,
+            run_id=request.run_id,
+            state_dir=state_dir,
+            repository=ws.path,
+            home=home,
+            readable=(ws.mirror / "objects", *self.config.readable),
+            gateway=self.config.gateway,
+            allow=self.egress_allowlist(request),
+            budget_usd=request.budget_usd,
+            on_event=on_event,
+        )
+        reporter.event(
+            "sandbox",
+            "the run is confined (bubblewrap; network only through the agent's gateway)",
+            {"sandbox": "on"},
+        )
+        return box
+
     async def _work(
         self,
         request: ExecuteTaskRequest,
         reporter: RunReporter,
         ws: Workspace,
+        box: RunBox,
         progress: _Progress,
         deadline: float,
     ) -> RunResult:
-        home = self.config.homes_dir / f"task-{request.task_id}"
+        home = self.home_for(request.task_id)
         home.mkdir(parents=True, exist_ok=True)
         resume = request.resume_session_id
         if resume and not _has_transcript(home, resume):
@@ -271,9 +360,11 @@ class JobRunner:
         else:
             prompt = issue_prompt(request, specialties=self.config.specialties, worktree=ws.path)
         reporter.event("phase", "running the agent", {"phase": "agent", "runner": self.runner.name})
-        await self._run_agent(request, reporter, ws, home, progress, prompt, resume, deadline, 0)
+        await self._run_agent(
+            request, reporter, ws, box, home, progress, prompt, resume, deadline, 0
+        )
 
-        if not await _has_changes(ws):
+        if not await _has_changes(ws, box):
             return progress.result(
                 succeeded=False,
                 category=ErrorCategory.NO_CHANGES,
@@ -282,7 +373,7 @@ class JobRunner:
         rounds = self.config.max_fix_rounds
         while True:
             reporter.phase("testing")
-            report = await self._test(request, reporter, ws, deadline)
+            report = await self._test(request, reporter, ws, box, deadline)
             progress.tests = report
             if report.ok is not False or progress.fix_rounds >= rounds:
                 break
@@ -300,16 +391,17 @@ class JobRunner:
                 rounds=rounds,
             )
             await self._run_agent(
-                request, reporter, ws, home, progress, prompt, progress.session_id, deadline,
-                progress.fix_rounds,
+                request, reporter, ws, box, home, progress, prompt, progress.session_id,
+                deadline, progress.fix_rounds,
             )  # fmt: skip
-        return await self._deliver(request, reporter, ws, progress)
+        return await self._deliver(request, reporter, ws, box, progress)
 
     async def _run_agent(
         self,
         request: ExecuteTaskRequest,
         reporter: RunReporter,
         ws: Workspace,
+        box: RunBox,
         home: Path,
         progress: _Progress,
         prompt: str,
@@ -330,7 +422,7 @@ class JobRunner:
             prompt=prompt,
             cwd=ws.path,
             home=home,
-            env=self._runner_env(request, ws, fix_round),
+            env=box.agent_env(self._runner_env(request, ws, fix_round)),
             model=self.config.model,
             max_turns=self.config.max_turns,
             budget_usd=_remaining_budget(request.budget_usd, progress.cost_usd),
@@ -338,6 +430,7 @@ class JobRunner:
             wall_timeout=remaining,
             idle_timeout=self.config.stall_timeout,
             result_grace=self.config.result_grace,
+            wrap=box.wrap if box.confined else None,
         )
 
         async def forward(event: RunnerEvent) -> None:
@@ -358,6 +451,14 @@ class JobRunner:
             },
             level="info" if outcome.succeeded else "warning",
         )
+        if box.gateway is not None and box.gateway.over_budget:
+            raise _Failed(
+                progress.result(
+                    succeeded=False,
+                    category=ErrorCategory.BUDGET_EXCEEDED,
+                    message=f"the gateway cut the run off at its budget of ${request.budget_usd:g}",
+                )
+            )
         if not outcome.succeeded:
             raise _Failed(
                 progress.result(
@@ -369,12 +470,21 @@ class JobRunner:
             )
 
     async def _test(
-        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace, deadline: float
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        box: RunBox,
+        deadline: float,
     ) -> TestReport:
         remaining = max(1.0, deadline - asyncio.get_running_loop().time())
         reporter.event("phase", "running the tests", {"phase": "tests"})
         report = await run_tests(
-            ws.path, command=request.test_command, timeout=min(self.config.test_timeout, remaining)
+            ws.path,
+            command=request.test_command,
+            timeout=min(self.config.test_timeout, remaining),
+            env=box.tool_env(),
+            wrap=box.wrap if box.confined else None,
         )
         reporter.event(
             "tests",
@@ -400,22 +510,51 @@ class JobRunner:
         request: ExecuteTaskRequest,
         reporter: RunReporter,
         ws: Workspace,
+        box: RunBox,
         progress: _Progress,
     ) -> RunResult:
         reporter.event("phase", "committing and pushing", {"phase": "deliver"})
         title = " ".join(request.title.split())
+        summary = f"Resolve issue #{request.github_issue_number}: {title}"[:120]
+        tokens: list[str | None] = []
+
+        async def token() -> str | None:
+            tokens.append(await self._token(request, "deliver"))
+            return tokens[-1]
+
         try:
-            delivery = await commit_and_push(
-                ws,
-                task_id=request.task_id,
-                summary=f"Resolve issue #{request.github_issue_number}: {title}"[:120],
-                author_name=self.config.git_user_name,
-                author_email=self.config.git_user_email,
-                remote_url=request.repository_url,
-                git_token=request.git_token,
-                timeout=self.config.git_timeout,
+            if box.confined:
+                delivery = await deliver_run_repository(
+                    ws,
+                    box,
+                    run_id=request.run_id,
+                    task_id=request.task_id,
+                    summary=summary,
+                    author_name=self.config.git_user_name,
+                    author_email=self.config.git_user_email,
+                    remote_url=request.repository_url,
+                    git_token=token,
+                    mirror_lock=lambda: self.workspaces.mirrors.locked(ws.mirror),
+                    protected=self.config.protected_paths,
+                    timeout=self.config.git_timeout,
+                )
+            else:
+                delivery = await commit_and_push(
+                    ws,
+                    task_id=request.task_id,
+                    summary=summary,
+                    author_name=self.config.git_user_name,
+                    author_email=self.config.git_user_email,
+                    remote_url=request.repository_url,
+                    git_token=await token(),
+                    timeout=self.config.git_timeout,
+                )
+        except ProtectedPathError as exc:
+            reporter.event("delivery_refused", str(exc), {}, level="error")
+            return progress.result(
+                succeeded=False, category=ErrorCategory.EXECUTION_ERROR, message=str(exc)
             )
-        except DeliveryError as exc:
+        except (DeliveryError, CoordinatorError) as exc:
             return progress.result(
                 succeeded=False, category=ErrorCategory.DELIVERY_ERROR, message=str(exc)
             )
@@ -444,8 +583,9 @@ class JobRunner:
                 message=f"tests still fail after {progress.fix_rounds} fix round(s): "
                 f"{tests.summary}; the branch {delivery.branch} was pushed for inspection",
             )
-        if request.open_pull_request and request.git_token:
-            failure = await self._pull_request(request, reporter, ws, progress)
+        pr_token = tokens[-1] if tokens else None
+        if request.open_pull_request and pr_token:
+            failure = await self._pull_request(request, reporter, ws, progress, pr_token, box)
             if failure is not None:
                 return failure
         where = f"pull request {progress.pr_url}" if progress.pr_url else f"branch {ws.branch}"
@@ -460,6 +600,8 @@ class JobRunner:
         reporter: RunReporter,
         ws: Workspace,
         progress: _Progress,
+        token: str,
+        box: RunBox,
     ) -> RunResult | None:
         from claude_cluster.github import GitHubError  # only runs opening a PR load GitHub
 
@@ -480,6 +622,8 @@ class JobRunner:
             figures=figures,
             agent_id=self.config.agent_id,
             model=self.config.model,
+            token=token,
+            confined=box.confined,
         )
         try:
             number, url = await self._open_pull_request(pr)
@@ -529,8 +673,22 @@ class JobRunner:
             log.warning("workspace_release_failed", path=str(ws.path), error=str(exc))
 
 
-async def _has_changes(ws: Workspace) -> bool:
+async def _has_changes(ws: Workspace, box: RunBox) -> bool:
     """Whether the worktree differs from where the run started (files or commits)."""
+    if box.confined:
+        # the run's repository is the run's: its git config may hold any command, so git
+        # reads it only inside the box
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LC_ALL": "C"}  # noqa: S108
+        code, out = await box.run(
+            ["sh", "-c", "git status --porcelain --untracked-files=all; git rev-parse HEAD"],
+            cwd=ws.path,
+            env=env,
+            timeout=120,
+        )
+        if code != 0:
+            return True  # let the delivery step find out and say what is wrong
+        lines = out.splitlines() or [""]
+        return len(lines) > 1 or lines[-1].strip() != ws.start_sha
     try:
         status = await git("status", "--porcelain", "--untracked-files=all", cwd=ws.path)
         head = await git("rev-parse", "HEAD", cwd=ws.path)

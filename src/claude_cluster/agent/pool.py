@@ -44,6 +44,7 @@ class Admission(StrEnum):
     TASK_BUSY = "task_busy"  #: another run of the same task is held
     FULL = "full"  #: no free slot
     DRAINING = "draining"  #: shutting down: no new work
+    NOT_READY = "not_ready"  #: the sandbox canary failed: no work at all
 
 
 class StopCause(StrEnum):
@@ -106,6 +107,8 @@ class JobPool:
         self.agent_id = agent_id
         self.jobs: dict[int, Job] = {}
         self.draining = False
+        #: why the agent takes no runs (the sandbox canary failed), or None
+        self.not_ready: str | None = None
         self.last_completed_at: datetime | None = None
         #: seconds a stopped run's reports get to go out during shutdown
         self.report_timeout: float | None = None
@@ -137,6 +140,8 @@ class JobPool:
             return Admission.DUPLICATE
         if self.draining:
             return Admission.DRAINING
+        if self.not_ready is not None:
+            return Admission.NOT_READY
         if any(job.request.task_id == request.task_id for job in self.jobs.values()):
             return Admission.TASK_BUSY
         if self.working >= self.capacity:

@@ -48,6 +48,13 @@ class RunFigures:
     cache_creation_tokens: int
 
 
+#: the head of the pull request body of a run that was not sandboxed
+UNCONFINED_NOTE = (
+    "> [!WARNING]\n> This run was **not sandboxed** (`RUN_SANDBOX=off` on agent {agent}): "
+    "the agent and the tests ran with the agent's own permissions and network.\n\n"
+)
+
+
 def describe(
     request: ExecuteTaskRequest,
     *,
@@ -56,8 +63,14 @@ def describe(
     figures: RunFigures,
     agent_id: str,
     model: str | None,
+    token: str,
+    confined: bool = True,
 ) -> PullRequestRequest:
-    """The pull request of ``request``'s run from ``head`` into ``base``."""
+    """The pull request of ``request``'s run from ``head`` into ``base``.
+
+    ``token`` is the one asked for at delivery; ``confined=False`` (``RUN_SANDBOX=off``)
+    puts a warning at the top of the body.
+    """
     from claude_cluster.github import PullRequestInfo, TestResults, Usage, pr_title, render_pr_body
 
     tests = figures.tests
@@ -96,8 +109,9 @@ def describe(
         head=head,
         base=base,
         title=pr_title(request.github_issue_number, request.title),
-        body=render_pr_body(info),
-        token=request.git_token or "",
+        body=(UNCONFINED_NOTE.format(agent=agent_id) if not confined else "")
+        + render_pr_body(info),
+        token=token,
     )
 
 

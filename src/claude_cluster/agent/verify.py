@@ -29,7 +29,7 @@ import re
 import shlex
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -144,6 +144,7 @@ async def run_tests(
     env: Mapping[str, str] | None = None,
     python: str | None = None,
     tail_chars: int = 20_000,
+    wrap: Callable[[Sequence[str], Path], list[str]] | None = None,
 ) -> TestReport:
     """Run the repository's tests in ``cwd``.
 
@@ -154,6 +155,7 @@ async def run_tests(
         env: Variables for the tests, on top of a trimmed copy of the agent's environment.
         python: Interpreter for a detected pytest run.
         tail_chars: How much of the end of the output to keep in the report.
+        wrap: Turns the command line into the sandboxed one (the run's box).
 
     Returns:
         The report; it never raises for a failing, missing or hanging test command.
@@ -182,7 +184,7 @@ async def run_tests(
 
     try:
         outcome = await run_process(
-            argv,
+            argv if wrap is None else wrap(argv, cwd),
             cwd=cwd,
             env=_test_env(env),
             on_line=on_line,

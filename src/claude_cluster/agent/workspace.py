@@ -109,6 +109,11 @@ class WorkspaceManager:
         keep: Leave worktrees in place after the run (``DEBUG``); implies fresh worktrees.
         reuse_slots: Reset a per-repository slot worktree instead of creating one per run.
         git_timeout: Seconds any single git command may take.
+        isolated: Give each run a repository of its own instead of a worktree of the
+            mirror (the sandbox's mode): ``git clone --shared`` of the mirror, so the
+            run's config, hooks and refs are its own and the mirror is only read (its
+            object store, through ``objects/info/alternates``). Implies fresh directories:
+            a repository a run has written is never used again by anyone.
     """
 
     def __init__(
@@ -119,13 +124,15 @@ class WorkspaceManager:
         keep: bool = False,
         reuse_slots: bool = True,
         git_timeout: float = 600,
+        isolated: bool = False,
     ) -> None:
         if _BAD_REF.search(branch_prefix.removesuffix("/") or "x"):
             raise ValueError(f"branch prefix {branch_prefix!r} is not valid in a git ref")
         self.root = root
         self.branch_prefix = branch_prefix
         self.keep = keep
-        self.reuse_slots = reuse_slots and not keep
+        self.isolated = isolated
+        self.reuse_slots = reuse_slots and not keep and not isolated
         self.git_timeout = git_timeout
         self.mirrors = MirrorCache(root / "cache" / "mirrors", git_timeout=git_timeout)
         self.tasks_dir = root / "tasks"
@@ -210,6 +217,10 @@ class WorkspaceManager:
         pushed).
         """
         try:
+            if self.isolated:
+                if not self.keep:
+                    await asyncio.to_thread(force_rmtree, ws.path)
+                return
             if ws.slot or self.keep:
                 await self._detach(ws.path)
             else:
@@ -243,7 +254,10 @@ class WorkspaceManager:
     ) -> tuple[FileLock, Path]:
         """Lock the directory the run will use: a free slot, or its own task directory."""
         if not self.reuse_slots:
-            path = self.tasks_dir / f"task-{task_id}-a{attempt}"
+            # isolated: one path per task, so that the CLI finds the session of an earlier
+            # attempt (its transcripts are keyed by the working directory)
+            name = f"task-{task_id}" if self.isolated else f"task-{task_id}-a{attempt}"
+            path = self.tasks_dir / name
             lock = FileLock(path.with_name(path.name + ".lock"))
             try:
                 await lock.acquire(timeout=30)
@@ -267,6 +281,8 @@ class WorkspaceManager:
         Returns the part that writes the files, which runs after the lock is released so
         that concurrent runs of one repository do not wait for each other's checkouts.
         """
+        if self.isolated:
+            return await self._clone(mirror, path, branch, start)
         if self.reuse_slots and _is_worktree(path):
             _clear_operation_state(path)
             # --ignore-other-worktrees: a crashed run's worktree may still name the branch;
@@ -289,6 +305,27 @@ class WorkspaceManager:
             cwd=mirror, timeout=self.git_timeout,
         )  # fmt: skip
         return lambda: self._git_quiet(path, "reset", "--hard", "--quiet")
+
+    async def _clone(
+        self, mirror: Path, path: Path, branch: str, start: str
+    ) -> Callable[[], Awaitable[None]]:
+        """A repository of the run's own that borrows the mirror's objects (read-only)."""
+        if path.exists():
+            await asyncio.to_thread(force_rmtree, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await git(
+            "clone", "--quiet", "--shared", "--no-checkout", "--no-tags", str(mirror), str(path),
+            timeout=self.git_timeout,
+        )  # fmt: skip
+        # the run needs no remote: it must not learn where the mirror's refs live
+        await git("remote", "remove", "origin", cwd=path, check=False)
+        exclude = mirror / "info" / "exclude"
+        if exclude.is_file():
+            (path / ".git" / "info").mkdir(exist_ok=True)
+            (path / ".git" / "info" / "exclude").write_text(exclude.read_text())
+        return lambda: self._git_quiet(
+            path, "checkout", "--quiet", "--force", "--no-track", "-B", branch, start
+        )
 
     async def _git_quiet(self, path: Path, *args: str) -> None:
         await git(*args, cwd=path, timeout=self.git_timeout)

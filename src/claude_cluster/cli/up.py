@@ -75,6 +75,34 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
                 proc.wait(timeout=max(0.05, deadline - time.monotonic()))
 
 
+def _sandbox_mode(data_dir: Path) -> str:
+    """``RUN_SANDBOX`` for the agents: as set, else ``on`` when the canary passes here.
+
+    Says which, and why not, so nobody runs unconfined without knowing it.
+    """
+    if os.environ.get("RUN_SANDBOX"):
+        return os.environ["RUN_SANDBOX"]
+    import asyncio
+
+    from claude_cluster.agent.daemon import SANDBOX_FIX
+    from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        asyncio.run(
+            Sandbox.for_agent(enabled=True).canary(
+                secret_files=[data_dir / "admin-token"], forbidden_dirs=[data_dir]
+            )
+        )
+    except SandboxUnavailable as exc:
+        out.print(
+            f"[bold red]runs are NOT confined[/bold red]: {exc}. The agents run with "
+            f"RUN_SANDBOX=off. To confine them: {SANDBOX_FIX}."
+        )
+        return "off"
+    out.print("runs are confined: bubblewrap sandbox, network only through each agent's gateway")
+    return "on"
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     """SIGTERM stops `up` the way Ctrl-C does."""
     raise KeyboardInterrupt
@@ -119,6 +147,7 @@ def up(
     agents_procs: list[subprocess.Popen[bytes]] = []
     try:
         _wait_healthy(url, coordinator, timeout=60)
+        sandbox = _sandbox_mode(data_dir)
         for i in range(agents):
             agent_id = f"local-{i + 1}"
             env = {
@@ -131,6 +160,7 @@ def up(
                 "COORDINATOR_URL": url,
                 "REGISTRATION_TOKEN": base_env["AGENT_REGISTRATION_TOKEN"],
                 "WORKSPACE_PATH": str(data_dir / "agents" / agent_id),
+                "RUN_SANDBOX": sandbox,
             }
             if runner:
                 env["AGENT_RUNNER"] = runner

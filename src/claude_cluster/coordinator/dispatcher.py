@@ -119,7 +119,6 @@ class Dispatcher:
         task, run, agent = claim.task, claim.run, claim.agent
         bound = log.bind(task_id=task.id, run_id=run.id, agent_id=agent.id)
         is_github = bool(GITHUB_REPO.match(task.github_repository))
-        token = await self._tokens(task.github_repository) if is_github else None
         request = ExecuteTaskRequest(
             run_id=run.id,
             task_id=task.id,
@@ -138,8 +137,8 @@ class Dispatcher:
             budget_usd=task.budget_usd,
             test_command=task.test_command,
             timeout_seconds=int(self._task_timeout),
-            git_token=token,
-            open_pull_request=is_github and token is not None,
+            # no token: the agent asks for one when it fetches and when it delivers
+            open_pull_request=is_github and self._tokens is not no_token,
         )
         try:
             await self._client.execute(agent, request)

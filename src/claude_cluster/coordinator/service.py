@@ -29,15 +29,16 @@ from claude_cluster.coordinator.store.repository import NewTask, Repository, Ret
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
 from claude_cluster.coordinator.store.transitions import StatusChange
 from claude_cluster.domain.analysis import analyse
-from claude_cluster.domain.states import Priority, TaskStatus
+from claude_cluster.domain.states import Priority, RunStatus, TaskStatus
 from claude_cluster.domain.wire import (
     AgentRegistration,
+    GitTokenReply,
     Heartbeat,
     HeartbeatReply,
     RunEvent,
     RunResult,
 )
-from claude_cluster.errors import ConfigError, Conflict
+from claude_cluster.errors import ConfigError, Conflict, Forbidden
 from claude_cluster.logging import get_logger
 
 log = get_logger(__name__)
@@ -107,6 +108,7 @@ class Coordinator:
         self.repo = repo
         self.bus = bus
         self.client = client
+        self._tokens = token_provider
         self.policy = RetryPolicy(
             max_retries=settings.task_retry_attempts,
             base_seconds=settings.retry_base_seconds,
@@ -358,6 +360,26 @@ class Coordinator:
         task = await self.repo.set_phase(run_id, agent_id, phase)
         await self._notify(TaskChange("phase", task))
         return task
+
+    async def git_token(self, run_id: int, agent_id: str, purpose: str) -> GitTokenReply:
+        """A fresh token for one git operation of an active run (``fetch`` or ``deliver``).
+
+        Asked for when it is needed, never carried by the dispatch: a run of any length
+        pushes with a token minted moments before. Only the run's own agent gets one, and
+        only while the run is active.
+        """
+        run = await self.repo.get_run(run_id)
+        if run.agent_id != agent_id:
+            raise Forbidden(f"run {run_id} is not run by agent {agent_id}")
+        if run.status not in (RunStatus.DISPATCHING, RunStatus.RUNNING):
+            raise Conflict(f"run {run_id} is {run.status}, not active: no token")
+        task = await self.repo.get_task(run.task_id)
+        token = None
+        if GITHUB_REPO.match(task.github_repository):
+            token = await self._tokens(task.github_repository)
+        log.info("git_token_issued", run_id=run_id, agent_id=agent_id, purpose=purpose,
+                 repository=task.github_repository, issued=token is not None)  # fmt: skip
+        return GitTokenReply(token=token)
 
     async def finish_run(self, run_id: int, agent_id: str, result: RunResult) -> RunEnd:
         end = await self.repo.finish_run(run_id, agent_id, result, self.policy)

@@ -43,6 +43,10 @@ class AgentRegistration(_Wire):
     secret: str | None = Field(default=None, min_length=16, max_length=256)
     #: base URL to reach the agent; default ``http://{ip_address}:{port}``
     url: str | None = None
+    #: False when the agent cannot confine runs (its sandbox canary failed): it is
+    #: registered in ``maintenance`` and gets no work
+    ready: bool = True
+    not_ready_reason: str | None = Field(default=None, max_length=2000)
 
 
 class Heartbeat(_Wire):
@@ -82,6 +86,17 @@ class RunPhase(_Wire):
     """Body of ``POST /api/v1/runs/{id}/phase``: the task moves with it."""
 
     phase: str = Field(pattern=r"^(in_progress|testing)$")
+
+
+class GitTokenRequest(_Wire):
+    """Body of ``POST /api/v1/runs/{id}/git-token``: what the token is for."""
+
+    purpose: str = Field(pattern=r"^(fetch|deliver)$")
+
+
+class GitTokenReply(_Wire):
+    #: a short-lived token narrowed to the run's repository; None when it needs none
+    token: str | None = None
 
 
 class RunResult(_Wire):
@@ -141,8 +156,6 @@ class ExecuteTaskRequest(_Wire):
     #: the repository's configured test command (operator text, split with shlex, no shell)
     test_command: str | None = None
     timeout_seconds: int | None = Field(default=None, gt=0)
-    #: short-lived GitHub token for push and pull request; never stored by the agent
-    git_token: str | None = None
     #: open a pull request (GitHub repositories) or only push the branch
     open_pull_request: bool = False
     issue_comments: list[str] = Field(default_factory=list)

@@ -64,6 +64,8 @@ class RunSpec:
         wall_timeout: seconds the whole run may take.
         idle_timeout: seconds the CLI may stay silent (no stdout or stderr).
         result_grace: seconds the CLI gets to exit after its final ``result`` line.
+        wrap: turns the command line into the sandboxed one (``argv, cwd → argv``); every
+            runner's CLI starts through it. ``None``: unconfined (``RUN_SANDBOX=off``).
     """
 
     prompt: str
@@ -77,6 +79,7 @@ class RunSpec:
     wall_timeout: float = 3600.0
     idle_timeout: float = 300.0
     result_grace: float = 10.0
+    wrap: Callable[[Sequence[str], Path], list[str]] | None = None
 
     def watchdogs(self, kill_grace: float) -> Watchdogs:
         return Watchdogs(self.wall_timeout, self.idle_timeout, self.result_grace, kill_grace)
@@ -248,7 +251,7 @@ async def run_cli(
     spec.home.mkdir(parents=True, exist_ok=True)
     try:
         process = await run_process(
-            argv,
+            argv if spec.wrap is None else spec.wrap(argv, spec.cwd),
             cwd=spec.cwd,
             env=scrubbed_env(spec) if env is None else env,
             on_line=on_line,

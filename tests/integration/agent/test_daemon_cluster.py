@@ -74,6 +74,8 @@ def command_env(url: str, tmp_path: Path, script: Path, **extra: str) -> dict[st
         AGENT_RUNNER="command",
         AGENT_COMMAND=f"{sys.executable} {script}",
         AGENT_SPECIALTY=",".join(ALL_SPECIALTIES),
+        # these tests watch the runner's pid from the host (a sandbox has its own pids)
+        RUN_SANDBOX="off",
         **extra,
     )
 

@@ -199,10 +199,16 @@ async def test_a_pull_request_is_opened_with_the_measured_results(
         opened.append(pr)
         return 12, "https://github.example/octo/app/pull/12"
 
-    job = make_job_runner(tmp_path, ScriptedRunner([writes(CALC_FIXED)]), open_pull_request=opener)
-    req = request(
-        origin, github_repository="octo/app", open_pull_request=True, git_token="ghs_token"
+    asked: list[tuple[int, str]] = []
+
+    async def tokens(run_id: int, purpose: str) -> str:
+        asked.append((run_id, purpose))
+        return "ghs_token"
+
+    job = make_job_runner(
+        tmp_path, ScriptedRunner([writes(CALC_FIXED)]), open_pull_request=opener, git_tokens=tokens
     )
+    req = request(origin, github_repository="octo/app", open_pull_request=True)
     result = await job.run(req, reporter())
 
     assert result.succeeded and result.pr_number == 12 and result.pr_url
@@ -210,6 +216,7 @@ async def test_a_pull_request_is_opened_with_the_measured_results(
     assert (pr.repository, pr.head, pr.base) == ("octo/app", result.branch, "main")
     assert "2 passed, 0 failed" in pr.body and "Closes #3" in pr.body and "Task ID: 7" in pr.body
     assert "$0.0100" in pr.body
+    assert pr.token == "ghs_token" and asked == [(1, "deliver")], "asked for at delivery"
 
 
 async def test_cancelling_reports_cancelled_and_releases_the_worktree(
@@ -244,8 +251,17 @@ async def test_the_default_opener_opens_the_pull_request_on_github(
     with FakeGitHub() as gh:
         token = gh.add_token("ghs_run_token")
         gh.add_repo("octo/app")
-        job = make_job_runner(tmp_path, ScriptedRunner([writes(CALC_FIXED)]), github_api_url=gh.url)
-        req = request(origin, github_repository="octo/app", open_pull_request=True, git_token=token)
+
+        async def tokens(run_id: int, purpose: str) -> str:
+            return token
+
+        job = make_job_runner(
+            tmp_path,
+            ScriptedRunner([writes(CALC_FIXED)]),
+            github_api_url=gh.url,
+            git_tokens=tokens,
+        )
+        req = request(origin, **_pr())
         result = await job.run(req, reporter())
         assert result.succeeded, result.message
         [pr] = gh.pull_requests("octo/app")
@@ -253,10 +269,10 @@ async def test_the_default_opener_opens_the_pull_request_on_github(
         assert pr["head"]["ref"] == result.branch and pr["base"]["ref"] == "main"
         assert "2 passed, 0 failed" in pr["body"]
 
-        again = await job.run(request(origin, run_id=2, attempt=2, **_pr(token)), reporter())
+        again = await job.run(request(origin, run_id=2, attempt=2, **_pr()), reporter())
         assert again.succeeded and again.pr_number == pr["number"]  # updated, not a second PR
         assert len(gh.pull_requests("octo/app")) == 1
 
 
-def _pr(token: str) -> dict[str, Any]:
-    return {"github_repository": "octo/app", "open_pull_request": True, "git_token": token}
+def _pr() -> dict[str, Any]:
+    return {"github_repository": "octo/app", "open_pull_request": True}

@@ -183,7 +183,18 @@ async def test_a_github_app_hands_each_run_a_narrowed_installation_token(loop: L
             return next(iter(agent.held.values()), None)
 
         body = await eventually(request, timeout=10)
-    token = body["git_token"]
+        assert "git_token" not in body, "a dispatch carries no token"
+        # the run's agent asks for it at delivery; another agent and a finished run cannot
+        answer = await sims.git_token("a1", body["run_id"])
+        assert answer.status_code == 200
+        other = await sims.add("a2", behaviour="hold")
+        assert other.token
+        refused = await sims.git_token("a2", body["run_id"])
+        assert refused.status_code == 403
+        await sims.finish("a1", body["run_id"])
+        late = await sims.git_token("a1", body["run_id"])
+        assert late.status_code == 409 and "not active" in late.json()["detail"]
+    token = answer.json()["token"]
     assert token.startswith("ghs_") and token != TOKEN
     minted = loop.fake.installation_tokens[token]
     assert minted["repositories"] == ["app"]

@@ -90,7 +90,9 @@ async def test_run_pull_request_review_follow_up_and_merge(loop: Loop) -> None:
         agent = await sims.add("a1", behaviour="hold")
         task_id, issue = await labelled_task(loop)
         run_id, request = await next_run(agent)
-        assert request["git_token"] == TOKEN and request["open_pull_request"] is True
+        assert "git_token" not in request and request["open_pull_request"] is True
+        token = await sims.git_token("a1", run_id)  # asked for at delivery, not dispatched
+        assert token.status_code == 200 and token.json()["token"] == TOKEN
         assert request["repository_url"] == f"https://github.com/{REPO}.git"
         assert request["branch"] is None and request["feedback"] is None
         await loop.comments(issue, "started working on this issue")

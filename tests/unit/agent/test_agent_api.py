@@ -27,6 +27,7 @@ class Identity:
     secret: str = SECRET
     started_at: float = field(default_factory=time.monotonic)
     registered: bool = True
+    sandbox: str = "on"
 
 
 class BlockingJobRunner:

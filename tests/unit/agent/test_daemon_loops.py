@@ -81,6 +81,7 @@ class FakePool:
     def __init__(self) -> None:
         self.stopped: list[tuple[int | None, StopCause]] = []
         self.draining = False
+        self.not_ready: str | None = None
         self.working = 1
         self.capacity = 2
         self.load = 0.5

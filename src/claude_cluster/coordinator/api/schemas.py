@@ -159,6 +159,9 @@ class AgentOut(BaseModel):
     workspace_path: str
     version: str
     draining: bool
+    #: what the agent told about itself at registration (runner, model, ``sandbox``,
+    #: ``ready``, ``not_ready_reason``); never credentials
+    configuration: dict[str, Any] = {}
 
 
 class RegistrationOut(BaseModel):

@@ -92,7 +92,8 @@ class AgentQueries(RunEndSteps):
             agent.meta = reg.metadata
             agent.token_hash = token_hash
             agent.call_secret = reg.secret
-            agent.status = AgentStatus.IDLE.value
+            # an agent that cannot confine runs is registered but never dispatched to
+            agent.status = (AgentStatus.IDLE if reg.ready else AgentStatus.MAINTENANCE).value
             agent.current_load = 0.0
             agent.last_heartbeat = now
             agent.cooldown_until = None

@@ -6,7 +6,13 @@ from fastapi import APIRouter
 
 from claude_cluster.coordinator.api.deps import AnyCaller, CoordinatorDep
 from claude_cluster.coordinator.api.schemas import RunOut
-from claude_cluster.domain.wire import RunEventBatch, RunPhase, RunResult
+from claude_cluster.domain.wire import (
+    GitTokenReply,
+    GitTokenRequest,
+    RunEventBatch,
+    RunPhase,
+    RunResult,
+)
 from claude_cluster.errors import Forbidden
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
@@ -40,6 +46,14 @@ async def report_phase(
 ) -> dict[str, str]:
     task = await coordinator.set_phase(run_id, _agent_of(caller), body.phase)
     return {"task_status": task.status}
+
+
+@router.post("/{run_id}/git-token")
+async def git_token(
+    run_id: int, body: GitTokenRequest, coordinator: CoordinatorDep, caller: AnyCaller
+) -> GitTokenReply:
+    """A fresh git token for the run's fetch or delivery; only for its agent, while active."""
+    return await coordinator.git_token(run_id, _agent_of(caller), body.purpose)
 
 
 @router.post("/{run_id}/result")

@@ -255,6 +255,10 @@ def test_both_agents_registered_and_healthy(cluster: Cluster) -> None:
     for name in AGENTS:
         assert agents[name]["status"] not in ("offline", "error"), agents[name]
         assert agents[name]["last_heartbeat"]
+        # the sandbox canary passed on the booted host, as the agent user under the unit
+        configuration = agents[name]["configuration"]
+        assert configuration["sandbox"] == "on" and configuration["ready"] is True, configuration
+        assert agents[name]["status"] != "maintenance", agents[name]
     for name, (ip, _, _) in AGENTS.items():
         proc = cluster.ssh("h1", f"curl -fsS -m 5 http://{ip}:8081/health")
         assert proc.returncode == 0, f"{name}: {proc.stdout}"
@@ -345,10 +349,15 @@ def test_deployed_settings_are_private_and_agents_unprivileged(cluster: Cluster)
     coordinator_env = cluster.ssh("h1", "stat -c '%a %U' /opt/coordinator/.env").stdout.split()
     assert coordinator_env == ["600", "coordinator"]
     for _, host, _ in AGENTS.values():
-        assert cluster.ssh(host, "stat -c '%a %U' /opt/agent/.env").stdout.split() == [
-            "600",
+        assert cluster.ssh(host, "stat -c '%a %U %G' /opt/agent/.env").stdout.split() == [
+            "640",
+            "root",
             "agent",
         ]
+        # the agent user cannot change its code, venv or settings
+        for path in ("/opt/agent", "/opt/agent/venv", "/opt/agent/.env"):
+            probe = cluster.ssh(host, f"runuser -u agent -- test -w {path} && echo writable")
+            assert "writable" not in probe.stdout, path
         groups = cluster.ssh(host, "id -nG agent").stdout.split()
         assert "docker" not in groups, groups
         unit = cluster.ssh(
@@ -356,6 +365,10 @@ def test_deployed_settings_are_private_and_agents_unprivileged(cluster: Cluster)
         ).stdout
         assert "KillMode=mixed" in unit
         assert "TimeoutStopUSec=infinity" not in unit
+        hardening = cluster.ssh(
+            host, "systemctl show claude-agent -p ProtectSystem -p ProtectHome -p NoNewPrivileges"
+        ).stdout
+        assert "ProtectSystem=strict" in hardening and "NoNewPrivileges=yes" in hardening
         assert cluster.ssh(host, "systemctl is-active claude-agent").stdout.strip() == "active"
 
 

@@ -1,5 +1,9 @@
-"""Structured JSON logs (structlog). Every line carries ``service`` and whatever context is
-bound: ``task_id``, ``run_id``, ``agent_id``, ``repository``, ``issue``."""
+"""Structured logs (structlog). Every line carries ``service`` and whatever context is
+bound: ``task_id``, ``run_id``, ``agent_id``, ``repository``, ``issue``.
+
+``LOG_FORMAT`` picks the rendering: ``json`` (one JSON object a line, for machines and
+files), ``console`` (one readable line per event) or ``color`` (the same with colours,
+which ``claude-cluster up`` asks for on a terminal)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
 _SECRET_KEYS = ("token", "secret", "password", "api_key", "authorization")
 
@@ -22,20 +27,53 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure(level: str = "INFO", *, service: str, log_file: Path | None = None) -> None:
+_SHORT_SERVICE = {"coordinator": "coord", "claude-cluster-agent": "agent"}
+
+
+def _service_first(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """On a console the process is the line's first word, not a trailing ``service=``."""
+    service = str(event.pop("service", ""))
+    if service:
+        event["event"] = f"{_SHORT_SERVICE.get(service, service):<5} {event.get('event', '')}"
+    return event
+
+
+def _renderer(fmt: str) -> Any:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer(
+        colors=fmt == "color", exception_formatter=structlog.dev.plain_traceback, sort_keys=False
+    )
+
+
+def configure(
+    level: str = "INFO", *, service: str, log_file: Path | None = None, fmt: str = "json"
+) -> None:
     stream = sys.stderr if log_file is None else log_file.open("a", encoding="utf-8")
-    logging.basicConfig(level=level.upper(), stream=stream, format="%(message)s", force=True)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso" if fmt == "json" else "%H:%M:%S", utc=True),
+        _redact,
+    ]
+    finish: list[Processor] = (
+        [structlog.processors.format_exc_info, _renderer(fmt)]
+        if fmt == "json"
+        else [_service_first, _renderer(fmt)]
+    )
+    # Other libraries' logging (uvicorn, alembic) goes out in the same format.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
+        )
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs every request at INFO; the services log what matters themselves
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, *finish],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,

@@ -179,17 +179,21 @@ def test_watch_a_run_log_grow_live(page: Any, cluster: Cluster) -> None:
     shoot(page, "task-finished")
 
 
-def test_cancel_a_task(page: Any, cluster: Cluster) -> None:
+def test_cancel_a_task_with_the_keyboard(page: Any, cluster: Cluster) -> None:
     task_id, _run_id = _running_task(cluster)
     sign_in(page, f"/tasks/{task_id}")
-    page.get_by_text("Cancel task…").click()
+    page.get_by_text("Cancel task…").focus()
+    page.keyboard.press("Enter")  # the disclosure opens from the keyboard
     button = page.get_by_role("button", name="Cancel task")
-    button.click()  # the confirmation box is required: nothing is sent
+    button.focus()
+    page.keyboard.press("Enter")  # the confirmation box is required: nothing is sent
     assert page.url.endswith(f"/tasks/{task_id}")
     assert page.locator("#status").inner_text() == "in_progress"
-    page.get_by_label(f"yes, cancel task {task_id} and stop its run").check()
-    button.click()
-    assert page.get_by_role("status").filter(has_text="cancelled").is_visible()
+    page.get_by_label(f"yes, cancel task {task_id} and stop its run").focus()
+    page.keyboard.press("Space")
+    button.focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("status").filter(has_text="cancelled").wait_for()
     assert page.locator("#status").inner_text() == "cancelled"
     _wait(lambda: not cluster.agents.held("alpha"))  # the agent was told to stop
     page.get_by_text("Cancel task…").click()

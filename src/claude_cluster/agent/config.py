@@ -13,7 +13,7 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -111,6 +111,8 @@ class AgentSettings(TlsSettings):
     disk_gb: float | None = Field(default=None, gt=0)
 
     log_level: str = "INFO"
+    #: json (machines, files), console (one readable line per event) or color
+    log_format: Literal["json", "console", "color"] = "json"
     log_file: Path | None = None
     debug: bool = False
 

@@ -462,7 +462,12 @@ def main(env_file: Path | None = None) -> int:
     except ConfigError as exc:
         print(f"claude-cluster agent: {exc}", file=sys.stderr)  # noqa: T201 - before logging exists
         return 2
-    configure(settings.log_level, service="claude-cluster-agent", log_file=settings.log_file)
+    configure(
+        settings.log_level,
+        service="claude-cluster-agent",
+        log_file=settings.log_file,
+        fmt=settings.log_format,
+    )
     try:
         daemon = AgentDaemon(settings, env_file=env_file)
     except (ConfigError, ValueError) as exc:

@@ -28,7 +28,12 @@ def agent(
 
     try:
         settings = load_agent_settings(env_file)
-        configure(settings.log_level, service="claude-cluster-agent", log_file=settings.log_file)
+        configure(
+            settings.log_level,
+            service="claude-cluster-agent",
+            log_file=settings.log_file,
+            fmt=settings.log_format,
+        )
         daemon = AgentDaemon(settings)
     except ConfigError as exc:
         typer.echo(f"claude-cluster agent: {exc}", err=True)

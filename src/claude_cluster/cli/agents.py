@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -9,16 +10,32 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_cluster.cli.client import call
+from claude_cluster.humanize import ago, parse_time
 
 app = typer.Typer(help="Look at, drain and reset agents.", no_args_is_help=True)
 out = Console()
 
 
 @app.command("list")
-def list_() -> None:
+def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Registered agents."""
-    table = Table("id", "status", "slots", "load", "specialties", "done", "failed", "url", "drain")
-    for a in call("GET", "/api/v1/agents"):
+    agents = call("GET", "/api/v1/agents")
+    if as_json:
+        typer.echo(json.dumps(agents, indent=2))
+        return
+    table = Table(
+        "id",
+        "status",
+        "slots",
+        "load",
+        "specialties",
+        "done",
+        "failed",
+        "heartbeat",
+        "url",
+        "drain",
+    )
+    for a in agents:
         table.add_row(
             a["id"],
             a["status"],
@@ -27,7 +44,7 @@ def list_() -> None:
             ",".join(a["specialties"]),
             str(a["total_tasks_completed"]),
             str(a["total_tasks_failed"]),
-            a["url"],
+            ago(parse_time(a["last_heartbeat"])),
             "yes" if a["draining"] else "",
         )
     out.print(table)

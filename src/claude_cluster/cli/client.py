@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 err = Console(stderr=True)
 
@@ -34,6 +35,20 @@ def coordinator_url() -> str:
     return os.environ.get("COORDINATOR_URL", DEFAULT_URL).rstrip("/")
 
 
+def _fix(response: httpx.Response) -> str:
+    """What to do about a refusal, when the status says more than the detail."""
+    if response.status_code == 401:
+        return (
+            ": set ADMIN_TOKEN to the coordinator's admin token ('claude-cluster up' keeps it "
+            "in .data/admin-token)"
+        )
+    if response.status_code == 403:
+        return ": this token may not do that; use the admin token or an admin API token"
+    if response.status_code == 404:
+        return ": 'claude-cluster task list' and 'claude-cluster agents list' show what exists"
+    return ""
+
+
 def call(method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
     url = coordinator_url()
     try:
@@ -43,8 +58,8 @@ def call(method: str, path: str, *, json: Any = None, params: Any = None) -> Any
             response = client.request(method, path, json=json, params=params)
     except httpx.HTTPError as exc:
         err.print(
-            f"[red]cannot reach the coordinator at {url}[/red] ({type(exc).__name__}); "
-            "set COORDINATOR_URL"
+            f"[red]cannot reach the coordinator at {url}[/red] ({type(exc).__name__}): "
+            "start one with 'claude-cluster up', or set COORDINATOR_URL to where it runs"
         )
         raise typer.Exit(3) from None
     if response.status_code >= 400:
@@ -52,6 +67,6 @@ def call(method: str, path: str, *, json: Any = None, params: Any = None) -> Any
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        err.print(f"[red]{response.status_code}[/red] {detail}")
+        err.print(Text.assemble((f"{response.status_code} ", "red"), str(detail), _fix(response)))
         raise typer.Exit(1)
     return response.json()

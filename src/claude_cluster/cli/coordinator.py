@@ -40,6 +40,7 @@ def coordinator(
         workers=n_workers,
         log_level=settings.log_level.lower(),
         access_log=settings.debug,
+        log_config=None,  # uvicorn's lines go through our logging (LOG_FORMAT)
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
         # Idle keep-alive TLS connections would otherwise hold a stop for 30 s each.

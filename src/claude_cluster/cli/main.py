@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from claude_cluster.cli.client import call, coordinator_url
 from claude_cluster.cli.coordinator import coordinator
 from claude_cluster.cli.doctor import doctor
 from claude_cluster.cli.up import up
+from claude_cluster.humanize import ago, parse_time
 
 app = typer.Typer(
     help="claude-cluster: turn GitHub issues into tested pull requests.",
@@ -45,9 +47,13 @@ def agent(
 
 
 @app.command()
-def status() -> None:
+def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Queue and agents at a glance."""
     queue = call("GET", "/api/v1/queue/status")
+    agents = call("GET", "/api/v1/agents")
+    if as_json:
+        typer.echo(json.dumps({"queue": queue, "agents": agents}, indent=2))
+        return
     out.print(
         f"queued {queue['pending_tasks']}  active {queue['active_tasks']}  completed "
         f"{queue['completed_tasks']}  failed {queue['failed_tasks']}  agents available "
@@ -55,12 +61,12 @@ def status() -> None:
         f"{queue['total_capacity']} slots"
     )
     table = Table("agent", "status", "slots", "last heartbeat")
-    for a in call("GET", "/api/v1/agents"):
+    for a in agents:
         table.add_row(
             a["id"],
             a["status"] + (" (draining)" if a["draining"] else ""),
             f"{a['active_task_count']}/{a['max_concurrent_tasks']}",
-            a["last_heartbeat"] or "",
+            ago(parse_time(a["last_heartbeat"])),
         )
     out.print(table)
 

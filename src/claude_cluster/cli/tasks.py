@@ -9,8 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from claude_cluster.cli.client import call
+from claude_cluster.cli.log_view import render
+from claude_cluster.humanize import ago, money, parse_time
+from claude_cluster.run_log import log_item
 
 app = typer.Typer(help="Submit and follow tasks.", no_args_is_help=True)
 out = Console()
@@ -86,6 +90,7 @@ def list_(
     status: Annotated[str | None, typer.Option(help="only tasks in this status")] = None,
     repository: Annotated[str | None, typer.Option(help="only this repository")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List tasks, newest first."""
     params = {
@@ -93,17 +98,21 @@ def list_(
         **({"status": status} if status else {}),
         **({"repository": repository} if repository else {}),
     }
-    table = Table("id", "status", "priority", "repository", "issue", "agent", "cost", "title")
-    for t in call("GET", "/api/v1/tasks", params=params):
+    tasks = call("GET", "/api/v1/tasks", params=params)
+    if as_json:
+        typer.echo(json.dumps(tasks, indent=2))
+        return
+    table = Table("id", "status", "issue", "agent", "cost", "updated")
+    table.add_column("title", min_width=16, overflow="fold")
+    for t in tasks:
         table.add_row(
             str(t["id"]),
             t["status"],
-            t["priority"],
-            t["github_repository"],
-            str(t["github_issue_number"]),
+            Text(f"{t['github_repository']}#{t['github_issue_number']}"),
             t["assigned_agent_id"] or "",
-            f"${t['cost_usd']:.4f}",
-            t["title"][:60],
+            money(t["cost_usd"]),
+            ago(parse_time(t["updated_at"])),
+            Text(t["title"][:60]),
         )
     out.print(table)
 
@@ -116,14 +125,16 @@ def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False)
     if as_json:
         out.print_json(json.dumps({**task, "runs": runs}))
         return
-    out.print(f"[bold]task {task['id']}[/bold] {task['status']}  {task['title']}")
+    out.print(Text.assemble((f"task {task['id']}", "bold"), f" {task['status']}  {task['title']}"))
     out.print(
         f"  {task['github_repository']}#{task['github_issue_number']}  priority "
         f"{task['priority']}  attempts {task['attempts']}  cost ${task['cost_usd']:.4f}"
     )
     if task["error_message"]:
-        out.print(f"  [red]{task['error_message']}[/red]")
-    table = Table("run", "attempt", "agent", "status", "category", "tests", "cost", "branch")
+        out.print(Text(f"  {task['error_message']}", style="red"))
+    table = Table(
+        "run", "attempt", "agent", "status", "category", "tests", "cost", "started", "branch"
+    )
     for r in runs:
         tests = (
             ""
@@ -137,7 +148,8 @@ def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False)
             r["status"],
             r["error_category"] or "",
             tests,
-            f"${r['cost_usd']:.4f}",
+            money(r["cost_usd"]),
+            ago(parse_time(r["started_at"])),
             r["branch"] or "",
         )
     out.print(table)
@@ -147,19 +159,33 @@ def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False)
 def logs(
     task_id: int,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="keep printing new events")
+        bool, typer.Option("--follow", "-f", help="keep printing new events until the task ends")
     ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="tool inputs and whole results, not previews")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON event a line")] = False,
 ) -> None:
-    """The task's events and run logs."""
+    """The task's log as the dashboard shows it: assistant text, tool calls, results,
+    tests, fix rounds and cost."""
     after = 0
     while True:
-        for e in call("GET", f"/api/v1/tasks/{task_id}/events", params={"after": after}):
-            after = e["id"]
-            run = f"run {e['run_id']} " if e["run_id"] else ""
-            out.print(f"{e['timestamp']} {run}{e['kind']}: {e['message']}", markup=False)
+        while True:
+            events = call("GET", f"/api/v1/tasks/{task_id}/events", params={"after": after})
+            for e in events:
+                after = e["id"]
+                if as_json:
+                    typer.echo(json.dumps(e))
+                else:
+                    out.print(render(log_item(e), full=full))
+            if not events:
+                break
         if not follow:
             return
-        if call("GET", f"/api/v1/tasks/{task_id}")["status"] in TERMINAL:
+        status = call("GET", f"/api/v1/tasks/{task_id}")["status"]
+        if status in TERMINAL:
+            if not as_json:
+                out.print(Text(f"task {task_id} {status}", style="bold"))
             return
         time.sleep(1)
 

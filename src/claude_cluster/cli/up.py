@@ -4,6 +4,11 @@ The coordinator on SQLite (a file in the data directory, in-process bus) and N l
 on 127.0.0.1:8081.., each a child process of this one. Secrets are made on the first run
 and kept in the data directory (mode 0600). Ctrl-C (or SIGTERM) stops everything: agents
 first, so that their runs end, then the coordinator.
+
+Before starting anything it checks that the ports are free and that the runner has its
+credentials (exit 2 naming the fix). On a terminal the children's logs are one coloured
+line per event under a live status line; elsewhere (or with ``--json-logs``) they are
+JSON lines. The banner appears once the coordinator answers and every agent registered.
 """
 
 from __future__ import annotations
@@ -14,17 +19,26 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-out = Console()
+from claude_cluster.cli.preflight import preflight
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # a message is one line
 #: how long each stop step waits for the children
 STOP_GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 60.0
 
 
 def _secret(path: Path) -> str:
@@ -36,20 +50,51 @@ def _secret(path: Path) -> str:
     return value
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out.print(f"[red]the coordinator exited with {proc.returncode}[/red]")
-            raise typer.Exit(1)
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    out.print(f"[red]the coordinator did not become healthy at {url} in {timeout:.0f} s[/red]")
-    raise typer.Exit(1)
+class Children:
+    """The processes `up` started, by name, and (on a terminal) the relay of their output."""
+
+    def __init__(self, relay: Console | None) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._relay = relay
+        self._threads: list[threading.Thread] = []
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        # Own session: a Ctrl-C in the terminal reaches only `up`, which then stops each
+        # child with one SIGTERM (two signals would make an agent hand its runs back at once).
+        piped = self._relay is not None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "claude_cluster", *args],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None,
+        )
+        self.procs[name] = proc
+        if piped and proc.stdout is not None:
+            thread = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        assert self._relay is not None
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line:
+                self._relay.print(Text.from_ansi(line))
+
+    def exited(self) -> tuple[str, int] | None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop(self, grace: float) -> None:
+        """Agents first (they report to the coordinator), then the coordinator."""
+        agents = [p for name, p in self.procs.items() if name != "coordinator"]
+        _stop(agents, grace)
+        _stop([p for name, p in self.procs.items() if name == "coordinator"], grace)
+        for thread in self._threads:
+            thread.join(timeout=2)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -104,30 +149,75 @@ def _sandbox_mode(data_dir: Path) -> str:
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM stops `up` the way Ctrl-C does."""
+    """SIGTERM, and SIGHUP (the terminal closed), stop `up` the way Ctrl-C does: the
+    children live in sessions of their own, so nothing else would stop them."""
     raise KeyboardInterrupt
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Own session: a Ctrl-C in the terminal reaches only `up`, which then stops each child
-    # with one SIGTERM (two signals would make an agent hand its runs back at once).
-    return subprocess.Popen(
-        [sys.executable, "-m", "claude_cluster", *args], env=env, start_new_session=True
+def _wait_for(what: str, probe: Callable[[], bool], children: Children, timeout: float) -> None:
+    """Poll ``probe`` until it holds; a child exiting or the timeout ends `up` (exit 1)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gone = children.exited()
+        if gone:
+            err.print(
+                f"[red]the {gone[0]} exited with {gone[1]}[/red] before {what}; its log is above"
+            )
+            raise typer.Exit(1)
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if probe():
+                return
+        time.sleep(0.2)
+    err.print(f"[red]{what} did not happen within {timeout:.0f} s[/red]; the logs above say why")
+    raise typer.Exit(1)
+
+
+def _status_line(api: httpx.Client, url: str, agent_ids: list[str]) -> Text:
+    try:
+        queue = api.get("/api/v1/queue/status").json()
+        online = [
+            a
+            for a in api.get("/api/v1/agents").json()
+            if a["id"] in agent_ids and a["status"] != "offline"
+        ]
+    except (httpx.HTTPError, ValueError):
+        return Text(f"● coordinator at {url} not answering", style="red")
+    return Text.assemble(
+        ("● ", "green"),
+        f"{url}/  ·  agents {len(online)}/{len(agent_ids)}  ·  queued {queue['pending_tasks']}"
+        f"  ·  running {queue['active_tasks']}  ·  completed {queue['completed_tasks']}"
+        f"  ·  failed {queue['failed_tasks']}  ·  Ctrl-C stops",
     )
 
 
 def up(
     agents: Annotated[int, typer.Option(min=0, max=32, help="local agents to start")] = 2,
-    port: Annotated[int, typer.Option(help="coordinator port")] = 8080,
-    agent_port: Annotated[int, typer.Option(help="first agent port")] = 8081,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="coordinator port")] = 8080,
+    agent_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="first agent port (then +1 per agent)")
+    ] = 8081,
     data_dir: Annotated[
         Path, typer.Option(help="where the database, secrets and workspaces live")
     ] = Path(".data"),
     runner: Annotated[
-        str, typer.Option(help="agent runner: claude, codex, aider or command [env: AGENT_RUNNER]")
+        str,
+        typer.Option(
+            help="agent runner: claude, codex, aider or command [env: AGENT_RUNNER]",
+            autocompletion=lambda: ["claude", "codex", "aider", "command"],
+        ),
     ] = "",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="JSON log lines even on a terminal")
+    ] = False,
 ) -> None:
     """Run the coordinator on SQLite and N local agents until interrupted."""
+    runner = runner or os.environ.get("AGENT_RUNNER", "claude")
+    problems = preflight(port=port, agent_port=agent_port, agents=agents, runner=runner)
+    if problems:
+        for problem in problems:
+            err.print(f"[red]cannot start:[/red] {problem}")
+        raise typer.Exit(2)
+    terminal = out.is_terminal and not json_logs
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     admin = _secret(data_dir / "admin-token")
@@ -141,15 +231,25 @@ def up(
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "WORKERS": "1",
+        "LOG_FORMAT": "color" if terminal else "json",
     }
     url = f"http://127.0.0.1:{port}"
-    coordinator = _spawn(["coordinator", "--migrate"], base_env)
-    agents_procs: list[subprocess.Popen[bytes]] = []
+    children = Children(out if terminal else None)
+    agent_ids = [f"local-{i + 1}" for i in range(agents)]
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=5)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
-        _wait_healthy(url, coordinator, timeout=60)
+        children.spawn("coordinator", ["coordinator", "--migrate"], base_env)
+        _wait_for(
+            f"the coordinator answering {url}/health",
+            lambda: api.get("/health").status_code == 200,
+            children,
+            START_TIMEOUT_SECONDS,
+        )
         sandbox = _sandbox_mode(data_dir)
-        for i in range(agents):
-            agent_id = f"local-{i + 1}"
+        started = datetime.now(UTC)
+        for i, agent_id in enumerate(agent_ids):
             env = {
                 **base_env,
                 "AGENT_ID": agent_id,
@@ -160,32 +260,61 @@ def up(
                 "COORDINATOR_URL": url,
                 "REGISTRATION_TOKEN": base_env["AGENT_REGISTRATION_TOKEN"],
                 "WORKSPACE_PATH": str(data_dir / "agents" / agent_id),
+                "AGENT_RUNNER": runner,
                 "RUN_SANDBOX": sandbox,
             }
-            if runner:
-                env["AGENT_RUNNER"] = runner
-            agents_procs.append(_spawn(["agent"], env))
-        out.print(
-            f"[bold green]claude-cluster is up[/bold green]: dashboard {url}/ , API docs "
-            f"{url}/docs, {agents} agent(s) from 127.0.0.1:{agent_port}"
-        )
-        out.print(f"admin token (also in {data_dir / 'admin-token'}): {admin}")
-        out.print(
-            "submit work:  claude-cluster task submit --repository /path/to/repo "
-            "--issue 1 --title 'Fix the failing test'"
-        )
+            children.spawn(f"agent {agent_id}", ["agent"], env)
+
+        def registered() -> bool:
+            # registering stamps last_heartbeat; a row left from an earlier run is older
+            seen = {
+                a["id"]
+                for a in api.get("/api/v1/agents").json()
+                if a["last_heartbeat"] and datetime.fromisoformat(a["last_heartbeat"]) >= started
+            }
+            return set(agent_ids) <= seen
+
+        _wait_for(f"{agents} agent(s) registering", registered, children, START_TIMEOUT_SECONDS)
+        _banner(url, agents, agent_port, data_dir, admin)
         signal.signal(signal.SIGTERM, _interrupt)
-        names = {coordinator.pid: "coordinator"} | {
-            p.pid: f"agent local-{i + 1}" for i, p in enumerate(agents_procs)
-        }
-        while True:
-            for proc in [*agents_procs, coordinator]:
-                if proc.poll() is not None:
-                    out.print(f"[red]the {names[proc.pid]} exited with {proc.returncode}[/red]")
-                    raise typer.Exit(1)
-            time.sleep(0.5)
+        _watch(children, api, url, agent_ids, terminal)
     except KeyboardInterrupt:
         out.print("stopping…")
     finally:
-        _stop(agents_procs, STOP_GRACE_SECONDS)  # agents first: they report to the coordinator
-        _stop([coordinator], STOP_GRACE_SECONDS)
+        api.close()
+        children.stop(STOP_GRACE_SECONDS)
+
+
+def _banner(url: str, agents: int, agent_port: int, data_dir: Path, admin: str) -> None:
+    agents_at = f"from 127.0.0.1:{agent_port}" if agents else ""
+    out.print(
+        f"[bold green]claude-cluster is up[/bold green]: dashboard {url}/ , API docs "
+        f"{url}/docs, {agents} agent(s) {agents_at}".rstrip()
+    )
+    out.print(f"admin token (also in {data_dir / 'admin-token'}): {admin}")
+    out.print(
+        "submit work:  claude-cluster task submit --repository /path/to/repo "
+        "--issue 1 --title 'Fix the failing test'"
+    )
+
+
+def _watch(
+    children: Children, api: httpx.Client, url: str, agent_ids: list[str], terminal: bool
+) -> None:
+    """Until a child exits (exit 1) or Ctrl-C: on a terminal, a live status line."""
+    live: Any = (
+        Live(_status_line(api, url, agent_ids), console=out, auto_refresh=False, transient=True)
+        if terminal
+        else contextlib.nullcontext()
+    )
+    with live:
+        last = 0.0
+        while True:
+            gone = children.exited()
+            if gone:
+                err.print(f"[red]the {gone[0]} exited with {gone[1]}[/red]; its log is above")
+                raise typer.Exit(1)
+            if terminal and time.monotonic() - last >= 2:
+                live.update(_status_line(api, url, agent_ids), refresh=True)
+                last = time.monotonic()
+            time.sleep(0.25)

@@ -9,5 +9,7 @@ from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.logging import configure
 
 settings = load(CoordinatorSettings)
-configure(settings.log_level, service="coordinator", log_file=settings.log_file)
+configure(
+    settings.log_level, service="coordinator", log_file=settings.log_file, fmt=settings.log_format
+)
 app = create_app(settings)

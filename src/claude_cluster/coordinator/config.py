@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -69,6 +69,8 @@ class CoordinatorSettings(TlsSettings):
     github_trigger_on_opened: bool = False
 
     log_level: str = "INFO"
+    #: json (machines, files), console (one readable line per event) or color
+    log_format: Literal["json", "console", "color"] = "json"
     log_file: Path | None = None
     metrics_port: int | None = None  # kept for the seed; metrics are served on PORT at /metrics
 

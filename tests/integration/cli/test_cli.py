@@ -49,18 +49,22 @@ def test_task_commands(env: dict[str, str], coordinator: RunningCoordinator) -> 
     assert f"task {task['id']} queued" in out  # the same open task
     code, out = cli(env, "task", "list", "--status", "queued")
     assert code == 0
-    assert "Fix the API" in out
+    assert "Fix the API" in out and "acme/app#7" in out and "s ago" in out
+    code, out = cli(env, "task", "list", "--json")
+    assert [t["id"] for t in json.loads(out)] == [task["id"]]
     code, out = cli(env, "task", "show", str(task["id"]), "--json")
     assert json.loads(out)["runs"] == []
     code, out = cli(env, "task", "logs", str(task["id"]))
     assert "created: queued with priority urgent" in out
+    code, out = cli(env, "task", "logs", str(task["id"]), "--json")
+    assert json.loads(out.splitlines()[0])["kind"] == "created"
     code, out = cli(env, "task", "cancel", str(task["id"]))
     assert (code, out.strip()) == (0, f"task {task['id']} cancelled")
     code, out = cli(env, "task", "cancel", str(task["id"]))
     assert code == 1
     assert "409" in out and "cancelled" in out
     code, out = cli(env, "task", "show", "999")
-    assert code == 1 and "404" in out
+    assert code == 1 and "404" in out and "claude-cluster task list" in out
 
 
 def test_bad_options_are_named(env: dict[str, str]) -> None:
@@ -79,7 +83,9 @@ def test_agents_status_and_health(env: dict[str, str], coordinator: RunningCoord
         json={"id": "a1", "name": "a1", "port": 9, "secret": "agent-secret-0123456789"},
     ).raise_for_status()
     code, out = cli(env, "agents", "list")
-    assert code == 0 and "a1" in out
+    assert code == 0 and "a1" in out and "s ago" in out
+    code, out = cli(env, "agents", "list", "--json")
+    assert [a["id"] for a in json.loads(out)] == ["a1"]
     code, out = cli(env, "agents", "drain", "a1")
     assert (code, out.strip()) == (0, "agent a1 draining=True")
     code, out = cli(env, "agents", "drain", "a1", "--undo")
@@ -90,6 +96,9 @@ def test_agents_status_and_health(env: dict[str, str], coordinator: RunningCoord
     assert code == 1 and "agent nope not found" in out
     code, out = cli(env, "status")
     assert code == 0 and "queued 0" in out and "a1" in out
+    code, out = cli(env, "status", "--json")
+    status = json.loads(out)
+    assert status["queue"]["pending_tasks"] == 0 and status["agents"][0]["id"] == "a1"
     code, out = cli(env, "health")
     assert code == 0 and '"healthy"' in out
 
@@ -101,10 +110,10 @@ def test_missing_token_and_unreachable_coordinator(
     code, out = cli({**env, "ADMIN_TOKEN": ""}, "task", "list")
     assert code == 2 and "ADMIN_TOKEN" in out
     code, out = cli({**env, "ADMIN_TOKEN": "wrong"}, "task", "list")
-    assert code == 1 and "401" in out
+    assert code == 1 and "401" in out and "set ADMIN_TOKEN" in out
     down = {**env, "COORDINATOR_URL": f"http://127.0.0.1:{free_port()}"}
     code, out = cli(down, "task", "list")
-    assert code == 3 and "cannot reach the coordinator" in out
+    assert code == 3 and "cannot reach the coordinator" in out and "claude-cluster up" in out
     code, out = cli(down, "health")
     assert code == 3
 

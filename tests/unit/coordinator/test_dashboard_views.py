@@ -9,7 +9,8 @@ from claude_cluster.coordinator.store.overview import RepositoryCost
 from claude_cluster.coordinator.store.tables import Agent
 from claude_cluster.coordinator.web import csrf
 from claude_cluster.coordinator.web.access import may_act
-from claude_cluster.coordinator.web.views import ago, cost_chart, duration, readiness
+from claude_cluster.coordinator.web.views import cost_chart, readiness
+from claude_cluster.humanize import ago, duration
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
-"""View helpers of the dashboard's templates: relative times, durations and money, links
-that are only links when they point where they should, an agent's readiness, and the
-geometry of the cost chart.
+"""View helpers of the dashboard's templates (times and money are in
+:mod:`claude_cluster.humanize`): links that are only links when they point where they
+should, an agent's readiness, and the geometry of the cost chart.
 """
 
 from __future__ import annotations
@@ -13,36 +13,10 @@ from urllib.parse import quote, urlsplit
 
 from claude_cluster.coordinator.store.overview import RepositoryCost
 from claude_cluster.coordinator.store.tables import Agent, TaskEvent
+from claude_cluster.humanize import ago
 from claude_cluster.run_log import LogItem, log_item
 
 _OWNER_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
-
-
-def ago(moment: datetime | None, now: datetime | None = None) -> str:
-    """``12 s ago``, ``3 min ago``, ``2 h ago``, ``4 d ago``; ``never`` for ``None``."""
-    if moment is None:
-        return "never"
-    seconds = ((now or datetime.now(UTC)) - moment).total_seconds()
-    if seconds < 0:
-        return "in " + duration(-seconds)
-    return duration(seconds) + " ago"
-
-
-def duration(seconds: float) -> str:
-    """``45 s``, ``3 min``, ``1 h 5 min``, ``2 d 3 h``."""
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
-
-
-def money(dollars: float | None) -> str:
-    value = dollars or 0.0
-    return f"${value:.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def safe_href(url: str | None, web_url: str) -> str | None:

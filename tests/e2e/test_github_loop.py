@@ -101,6 +101,7 @@ def test_label_to_merged_pull_request(
                 GITHUB_WEBHOOK_SECRET=SECRET.decode(),
                 GITHUB_REPOSITORIES=REPO,
                 GITHUB_WEB_URL=git_http.base_url,
+                GITHUB_PROGRESS_INTERVAL="0.5",
             )
         )
         url = coordinator.url
@@ -156,9 +157,11 @@ def test_label_to_merged_pull_request(
         assert f"Task ID: {task['id']}" in body and f"Closes #{number}" in body
         assert branch_file(bare, branch, "calc.py") == CALC_FIXED
         first_head = head_of(bare, branch)
-        wait_for(lambda: comments(number, "started working"), "the start comment", 15)
         (done,) = wait_for(lambda: comments(number, "opened a pull request"), "success", 15)
         assert pr["html_url"] in done and "2 passed, 0 failed" in done and "USD" in done
+        # one progress comment, edited through the steps the real agent reported
+        edits = [body for _, body in fake_github.comment_edits]
+        assert any("⏳ Agent working" in body for body in edits), edits
 
         # 3. the reviewer asks for a test; a follow-up run resumes and pushes to the branch
         fake_github.submit_review(

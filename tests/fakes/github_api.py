@@ -127,6 +127,8 @@ class FakeGitHub:
         }
         self.requests: list[dict[str, Any]] = []  # method, path, query, if_none_match
         self.deliveries: list[Delivery] = []
+        #: every comment edit, in order: (comment id, new body)
+        self.comment_edits: list[tuple[int, str]] = []
         self.hook: tuple[str, bytes] | None = None
         self.hook_id = 42_000_001
         self._limits = _Limiter()

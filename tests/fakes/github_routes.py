@@ -216,6 +216,21 @@ def build_router(fake: FakeGitHub) -> APIRouter:
             )
         return _json(comment, 201, {"Location": comment["url"]})
 
+    @router.patch("/repos/{owner}/{name}/issues/comments/{comment_id}")
+    async def edit_comment(owner: str, name: str, comment_id: int, request: Request) -> Response:
+        data = _body(await request.body())
+        with fake._lock:
+            repo = repo_of(owner, name)
+            for comments in repo.comments.values():
+                for comment in comments:
+                    if comment["id"] == comment_id:
+                        if comment["user"]["login"] != login_of(request):
+                            raise GitHubHTTPError(403, "Resource not accessible by integration")
+                        comment.update(body=data.get("body", ""), updated_at=fake._now())
+                        fake.comment_edits.append((comment_id, comment["body"]))
+                        return _json(comment)
+        raise GitHubHTTPError(404, "Not Found")
+
     @router.post("/repos/{owner}/{name}/issues/{number}/labels")
     async def add_labels(owner: str, name: str, number: int, request: Request) -> Response:
         data = _body(await request.body())

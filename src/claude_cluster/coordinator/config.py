@@ -67,6 +67,8 @@ class CoordinatorSettings(TlsSettings):
     github_poll_interval: float = Field(default=0.0, ge=0)
     #: an issue opened without a trigger label starts a task too (default for every repo)
     github_trigger_on_opened: bool = False
+    #: seconds between two edits of one task's progress comment (GitHub's secondary limits)
+    github_progress_interval: float = Field(default=10.0, ge=0)
 
     log_level: str = "INFO"
     #: json (machines, files), console (one readable line per event) or color

@@ -1,17 +1,25 @@
-"""What the cluster tells an issue: work started, a pull request with its real test results
-and cost, or why it failed.
+"""What the cluster tells an issue: one progress comment per task, kept up to date.
 
-:class:`IssueCommenter` is a coordinator observer (it hears every committed
-:class:`~claude_cluster.coordinator.service.TaskChange`) plus a small sweep for the start
-comment: the dispatcher reports no change when an agent accepts a run, so the sweep looks
-for tasks of watched repositories that are running and have not been announced. Each
-announcement is claimed with a ``github_started`` task event before it is posted, so
-several replicas and restarts post it at most once.
+:class:`IssueCommenter` is a coordinator observer: every committed change of a task of a
+watched repository (created, claimed, accepted, a new step reported by the agent, a run's
+end, a retry, cancel, merge) asks for the task's progress comment to be brought up to
+date. The body is always rendered from the database's current state
+(:func:`~claude_cluster.github.progress.render_progress`), so an edit can never show an
+older state than the one before it, whichever replica makes it.
+
+- **Once**: the comment is created by the first change (claimed with a task event, so
+  replicas and restarts create it at most once); its id is kept as a task event too.
+- **Rate-limited**: edits of one comment are at least ``interval`` seconds apart
+  (``GITHUB_PROGRESS_INTERVAL``, GitHub's secondary limits); changes in between collapse
+  into the next edit, which shows the newest state. The final state is always written.
+- **The coordinator writes it**, never the model: the result, the tests and the cost come
+  from the run's report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from claude_cluster import metrics
 from claude_cluster.coordinator.service import Coordinator, TaskChange
@@ -20,20 +28,19 @@ from claude_cluster.domain.states import TaskStatus
 from claude_cluster.github import (
     GitHubClient,
     GitHubError,
+    Progress,
     RepositoryConfigs,
     TestResults,
     Usage,
-    render_failure_comment,
-    render_start_comment,
-    render_success_comment,
+    render_progress,
 )
 from claude_cluster.logging import get_logger
 
 log = get_logger(__name__)
 
-STARTED = "github_started"
-#: statuses in which the agent has accepted the run
-_WORKING = (TaskStatus.IN_PROGRESS, TaskStatus.TESTING)
+#: task events: the claim to create the comment, and the created comment's id
+CLAIMED = "github_progress"
+COMMENT_ID = "github_progress_comment"
 
 
 async def count_pull_request(coordinator: Coordinator, task_id: int, number: int) -> None:
@@ -62,80 +69,113 @@ def usage_of(run: TaskRun) -> Usage:
 
 
 class IssueCommenter:
-    """Comments on the issues of watched repositories as their tasks move."""
+    """Keeps each task's progress comment on its issue up to date."""
 
     def __init__(
-        self, coordinator: Coordinator, github: GitHubClient, repositories: RepositoryConfigs
+        self,
+        coordinator: Coordinator,
+        github: GitHubClient,
+        repositories: RepositoryConfigs,
+        *,
+        interval: float = 10.0,
     ) -> None:
         self.coordinator = coordinator
         self.github = github
         self.repositories = repositories
+        self.interval = interval
+        self._pending: set[int] = set()
+        self._writers: dict[int, asyncio.Task[None]] = {}
+        self._last_edit: dict[int, float] = {}
+        self._bodies: dict[int, str] = {}
 
     def watched(self, task: Task) -> str | None:
         cfg = self.repositories.get(task.github_repository)
         return cfg.full_name if cfg else None
 
     async def __call__(self, change: TaskChange) -> None:
-        """The observer: the start comment when an agent accepts a run, a comment when a
-        run ends, and the deferred feedback's turn."""
-        repo = self.watched(change.task)
-        if repo is not None and change.kind == "accepted":
-            await self.announce_started()
+        """The observer: bring the comment up to date, and count pull requests and start
+        deferred feedback when a run ends."""
+        if self.watched(change.task) is None:
             return
-        if repo is None or change.run_end is None:
-            return
-        task, run = change.task, change.run_end.run
-        if change.kind == "run_succeeded":
-            if run.pr_number:
-                await count_pull_request(self.coordinator, task.id, run.pr_number)
-            if run.pr_url:
-                body = render_success_comment(
-                    task.id, pr_url=run.pr_url, tests=tests_of(run), usage=usage_of(run)
-                )
-            else:
-                body = (
-                    f"✅ Claude Code Cluster pushed branch `{run.branch}`.\n\n"
-                    f"**Cost:** {usage_of(run).line()}\n\nTask ID: {task.id}"
-                )
-            await self._comment(repo, task.github_issue_number, body)
-            if task.status == TaskStatus.REVIEW.value:
+        self.refresh(change.task.id)
+        end = change.run_end
+        if change.kind == "run_succeeded" and end is not None:
+            if end.run.pr_number:
+                await count_pull_request(self.coordinator, change.task.id, end.run.pr_number)
+            if change.task.status == TaskStatus.REVIEW.value:
                 # feedback that arrived during this run gets its follow-up now
-                await self.coordinator.queue_deferred_feedback(task.id)
-        elif change.kind == "run_failed" and task.status == TaskStatus.FAILED.value:
-            reason = task.error_message or run.message or "the run failed"
-            body = render_failure_comment(task.id, reason=reason, branch=run.branch)
-            await self._comment(repo, task.github_issue_number, body)
+                await self.coordinator.queue_deferred_feedback(change.task.id)
 
-    async def announce_started(self) -> int:
-        """Post the start comment of every newly running task; returns how many."""
-        tasks = await self.coordinator.repo.tasks_without_event(
-            _WORKING, STARTED, repositories=list(self.repositories)
+    def refresh(self, task_id: int) -> None:
+        """Ask for an edit; it happens now or when the interval allows, with the newest state."""
+        self._pending.add(task_id)
+        writer = self._writers.get(task_id)
+        if writer is None or writer.done():
+            self._writers[task_id] = asyncio.create_task(self._write(task_id))
+
+    async def settle(self) -> None:
+        """Wait for the edits asked for so far (tests, shutdown)."""
+        while writers := [w for w in self._writers.values() if not w.done()]:
+            await asyncio.gather(*writers, return_exceptions=True)
+
+    async def _write(self, task_id: int) -> None:
+        while task_id in self._pending:
+            wait = self._last_edit.get(task_id, 0.0) + self.interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._pending.discard(task_id)
+            try:
+                await self._update(task_id)
+            except GitHubError as exc:
+                # a lost edit must not undo the change it reports; the next change retries
+                log.warning("github_progress_failed", task_id=task_id, error=str(exc))
+            except Exception:
+                log.exception("github_progress_failed", task_id=task_id)
+            self._last_edit[task_id] = time.monotonic()
+
+    async def _update(self, task_id: int) -> None:
+        repo = self.coordinator.repo
+        task = await repo.get_task(task_id)
+        body = render_progress(await self._progress(task))
+        if self._bodies.get(task_id) == body:
+            return
+        full_name = self.watched(task)
+        if full_name is None:
+            return
+        comment_id = await repo.latest_event_message(task_id, COMMENT_ID)
+        if comment_id is None:
+            if not await repo.mark_once(task_id, CLAIMED, "progress comment claimed"):
+                return  # another replica is creating it; it renders the newest state
+            comment = await self.github.comment(full_name, task.github_issue_number, body)
+            await repo.add_task_event(task_id, COMMENT_ID, str(comment.id))
+            self._bodies[task_id] = body
+            # a change may have landed while the comment was being created
+            self._pending.add(task_id)
+            return
+        await self.github.edit_comment(full_name, int(comment_id), body)
+        self._bodies[task_id] = body
+
+    async def _progress(self, task: Task) -> Progress:
+        runs = await self.coordinator.repo.list_runs(task.id)
+        run = max(runs, key=lambda r: r.attempt) if runs else None
+        ended = run is not None and run.ended_at is not None
+        phase = await self.coordinator.repo.run_phase(run.id) if run is not None else None
+        retrying = ended and task.status == TaskStatus.QUEUED.value and run is not None
+        reason = None
+        if task.status == TaskStatus.FAILED.value:
+            reason = task.error_message or (run.message if run else None) or "the run failed"
+        elif retrying and run is not None:
+            reason = f"{run.error_category or 'error'}: {run.message or 'no message'}"
+        return Progress(
+            task_id=task.id,
+            status=task.status,
+            phase=None if retrying else phase,
+            attempt=run.attempt if run else 0,
+            agent=run.agent_id if run else None,
+            usage=usage_of(run) if ended and run is not None else None,
+            tests=tests_of(run) if ended and run is not None else None,
+            pr_url=(run.pr_url if run else None) or None,
+            branch=run.branch if run else None,
+            reason=reason,
+            retrying=bool(retrying),
         )
-        posted = 0
-        for task in tasks:
-            if not await self.coordinator.repo.mark_once(task.id, STARTED, "start announced"):
-                continue  # another replica took it
-            body = render_start_comment(
-                task.id, agent=task.assigned_agent_id, attempt=max(1, task.attempts)
-            )
-            await self._comment(task.github_repository, task.github_issue_number, body)
-            posted += 1
-        return posted
-
-    async def run_announcer(self, stop: asyncio.Event, interval: float) -> None:
-        while not stop.is_set():
-            try:
-                await self.announce_started()
-            except Exception:  # a database hiccup must not end the sweep
-                log.exception("github_announce_failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                continue
-
-    async def _comment(self, repo: str, number: int, body: str) -> None:
-        try:
-            await self.github.comment(repo, number, body)
-        except GitHubError as exc:
-            # a lost comment must not undo the task change it reports
-            log.warning("github_comment_failed", repository=repo, issue=number, error=str(exc))

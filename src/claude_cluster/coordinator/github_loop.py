@@ -132,16 +132,19 @@ class GitHubLoop:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self, coordinator: Coordinator) -> None:
-        """Attach to the coordinator: observer, start-comment sweep, poller."""
+        """Attach to the coordinator: the progress comments, the poller."""
         self._coordinator = coordinator
         self.client = GitHubClient(
             self.auth, base_url=self.settings.github_api_url, on_api_call=record_api_call
         )
         self.handler = EventHandler(coordinator, self.client, self.repositories)
-        self.commenter = IssueCommenter(coordinator, self.client, self.repositories)
+        self.commenter = IssueCommenter(
+            coordinator,
+            self.client,
+            self.repositories,
+            interval=self.settings.github_progress_interval,
+        )
         coordinator.observers.append(self.commenter)
-        interval = max(0.5, self.settings.sweep_interval)
-        self._spawn(self.commenter.run_announcer(self._stop, interval))
         if self.settings.github_poll_interval > 0:
             poller = IssuePoller(
                 self.client,
@@ -172,6 +175,12 @@ class GitHubLoop:
             for job in pending:
                 job.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.commenter is not None:
+            # the final state of a task reaches its issue before the coordinator stops
+            try:
+                await asyncio.wait_for(self.commenter.settle(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("github_progress_unsent")
         if self._coordinator is not None and self.commenter in self._coordinator.observers:
             self._coordinator.observers.remove(self.commenter)
         if self.client is not None:

@@ -354,6 +354,9 @@ class Coordinator:
         count, stored = await self.repo.record_events(run_id, agent_id, events)
         for event in stored:
             await self.bus.publish(f"task:{event.task_id}", _event_message(event))
+        # a new step of the run (workspace, setup, agent, tests, deliver) is news for observers
+        for task_id in {event.task_id for event in stored if event.kind == "phase"}:
+            await self._notify(TaskChange("progress", await self.repo.get_task(task_id)))
         return count
 
     async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:

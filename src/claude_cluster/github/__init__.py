@@ -47,11 +47,9 @@ from claude_cluster.github.pr import (
     Usage,
     pr_title,
     render_completed_comment,
-    render_failure_comment,
     render_pr_body,
-    render_start_comment,
-    render_success_comment,
 )
+from claude_cluster.github.progress import Progress, render_progress
 from claude_cluster.github.repos import (
     ASSIGNED_LABEL,
     DEFAULT_EXCLUSION_LABELS,
@@ -109,6 +107,7 @@ __all__ = [
     "PersonalToken",
     "PingEvent",
     "PollReport",
+    "Progress",
     "PullRequest",
     "PullRequestEvent",
     "PullRequestExists",
@@ -133,10 +132,8 @@ __all__ = [
     "parse_repository_names",
     "pr_title",
     "render_completed_comment",
-    "render_failure_comment",
     "render_pr_body",
-    "render_start_comment",
-    "render_success_comment",
+    "render_progress",
     "should_trigger",
     "sign",
     "token_provider",

@@ -213,6 +213,16 @@ class GitHubClient:
         )
         return IssueComment.model_validate(response.data)
 
+    async def edit_comment(self, repo: str, comment_id: int, body: str) -> IssueComment:
+        """Replace the body of an issue or pull request comment."""
+        response = await self._rest.request(
+            "PATCH",
+            f"/repos/{check_repo(repo)}/issues/comments/{int(comment_id)}",
+            endpoint="PATCH /repos/{owner}/{repo}/issues/comments/{id}",
+            json={"body": body},
+        )
+        return IssueComment.model_validate(response.data)
+
     async def close_issue(self, repo: str, number: int, *, reason: str = "completed") -> Issue:
         """Close an issue with ``state_reason`` ``completed`` or ``not_planned``."""
         response = await self._rest.request(

@@ -136,31 +136,6 @@ def render_test_results(tests: TestResults | None) -> str:
     return text
 
 
-def render_start_comment(task_id: int, *, agent: str | None = None, attempt: int = 1) -> str:
-    where = f" on agent `{agent}`" if agent else ""
-    again = f" (attempt {attempt})" if attempt > 1 else ""
-    text = f"🤖 Claude Code Cluster started working on this issue{again}{where}."
-    return f"{text}\n\nTask ID: {task_id}"
-
-
-def render_success_comment(
-    task_id: int, *, pr_url: str, tests: TestResults | None, usage: Usage | None
-) -> str:
-    cost = usage.line() if usage else "not reported"
-    return (
-        f"✅ Claude Code Cluster opened a pull request: {pr_url}\n\n"
-        f"**Tests:** {render_test_results(tests)}\n\n**Cost:** {cost}\n\nTask ID: {task_id}"
-    )
-
-
-def render_failure_comment(task_id: int, *, reason: str, branch: str | None = None) -> str:
-    text = "❌ Claude Code Cluster could not complete this issue.\n\n**Reason:**\n\n"
-    text += _fence(reason)
-    if branch:
-        text += f"\n\nThe work so far is on branch `{branch}`."
-    return text + f"\n\nTask ID: {task_id}"
-
-
 def render_completed_comment(task_id: int, *, pr_number: int) -> str:
     return f"🎉 Completed by Claude Code Cluster: #{pr_number} was merged.\n\nTask ID: {task_id}"
 

@@ -125,6 +125,7 @@ def loop_settings(fake_github: FakeGitHub) -> dict[str, Any]:
         "github_token": TOKEN,
         "github_webhook_secret": SECRET.decode(),
         "github_repositories": REPO,
+        "github_progress_interval": 0.2,
     }
 
 

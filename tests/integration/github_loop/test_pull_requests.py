@@ -95,7 +95,7 @@ async def test_run_pull_request_review_follow_up_and_merge(loop: Loop) -> None:
         assert token.status_code == 200 and token.json()["token"] == TOKEN
         assert request["repository_url"] == f"https://github.com/{REPO}.git"
         assert request["branch"] is None and request["feedback"] is None
-        await loop.comments(issue, "started working on this issue")
+        await loop.comments(issue, "- ⏳ Workspace on `a1`")
 
         branch = f"claude/issue-{issue}-crash"
         pr = await open_pr(loop, task_id, issue, branch)
@@ -107,6 +107,11 @@ async def test_run_pull_request_review_follow_up_and_merge(loop: Loop) -> None:
         assert task["github_pr_number"] == pr["number"]
         (done,) = await loop.comments(issue, "opened a pull request")
         assert pr["html_url"] in done and "3 passed, 0 failed" in done and "$0.4200" in done
+        # one comment per task, edited as it moved, never a trail of comments
+        ours = [c for c in loop.fake.comments(REPO, issue) if "Task ID:" in c["body"]]
+        assert len(ours) == 1
+        edits = [body for cid, body in loop.fake.comment_edits if cid == ours[0]["id"]]
+        assert edits and "⏳ Workspace on `a1`" in edits[0]
 
         await loop.act(
             loop.fake.submit_review, REPO, pr["number"], "changes_requested", "Add a test"
@@ -167,7 +172,7 @@ async def test_closed_unmerged_fails_and_failures_are_explained(loop: Loop) -> N
         await sims.finish("a1", run_id, **result(None, branch, pr_url=None))
         # no pull request: the run delivered a branch only, the task is complete
         await loop.task(task_id, "completed")
-        await loop.comments(issue, f"pushed branch `{branch}`")
+        await loop.comments(issue, f"**Branch:** `{branch}`")
 
         second_task, second = await labelled_task(loop, "Second")
         run_id, _ = await next_run(agent, after=run_id)

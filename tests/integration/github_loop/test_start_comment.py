@@ -1,4 +1,5 @@
-"""The start comment follows the agent's acceptance at once, not the next sweep."""
+"""The progress comment: created when the task is queued, then edited as it moves, no
+more often than the interval allows, and always to the newest state."""
 
 from __future__ import annotations
 
@@ -6,19 +7,43 @@ from typing import Any
 
 import pytest
 
-from tests.integration.github_loop.conftest import Loop
+from tests.integration.github_loop.conftest import REPO, Loop
 from tests.integration.github_loop.test_pull_requests import labelled_task
 from tests.support.sim_agents import SimAgents
 
 
 @pytest.fixture
 def loop_settings(loop_settings: dict[str, Any]) -> dict[str, Any]:
-    # with a one-minute sweep, only the acceptance itself can post the comment in time
-    return {**loop_settings, "sweep_interval": 60.0}
+    # with a one-minute sweep, only the changes themselves can update the comment in time
+    return {**loop_settings, "sweep_interval": 60.0, "github_progress_interval": 1.0}
 
 
-async def test_the_start_comment_does_not_wait_for_the_sweep(loop: Loop) -> None:
+async def test_one_comment_follows_the_task_step_by_step(loop: Loop) -> None:
     async with SimAgents(loop.coordinator.url) as sims:
-        await sims.add("a1", behaviour="hold")
-        _, issue = await labelled_task(loop)
-        await loop.comments(issue, "started working on this issue", timeout=10)
+        agent = await sims.add("a1", behaviour="hold")
+        task_id, issue = await labelled_task(loop)
+        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
+        run_id = next(iter(agent.held))
+        steps = ("workspace", "setup", "agent", "tests")
+        for seq, step in enumerate(steps):
+            phase = {"kind": "phase", "message": step, "data": {"phase": step}}
+            await sims.report("a1", run_id, [phase], first_seq=seq)
+        # the steps arrived faster than the interval: they collapse into the newest
+        (body,) = await loop.comments(issue, "- ⏳ Tests on `a1`", timeout=10)
+        assert body.count("✅") == 4
+        await sims.finish(
+            "a1",
+            run_id,
+            succeeded=False,
+            error_category="tests_failed",
+            message="tests still fail",
+            branch=f"claude/issue-{issue}-x",
+        )
+        (final,) = await loop.comments(issue, "could not complete", timeout=10)
+        assert "tests still fail" in final
+        ours = [c for c in loop.fake.comments(REPO, issue) if f"Task ID: {task_id}" in c["body"]]
+        assert len(ours) == 1
+        edits = [body for cid, body in loop.fake.comment_edits if cid == ours[0]["id"]]
+        # created, then at most one edit per step seen, each at least a second apart
+        assert 2 <= len(edits) <= 6
+        assert edits[-1] == final

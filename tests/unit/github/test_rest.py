@@ -84,5 +84,16 @@ def test_link_header() -> None:
 
 def test_all_is_complete() -> None:
     public = {name for name in vars(github) if not name.startswith("_")}
-    modules = {"auth", "client", "errors", "models", "poller", "pr", "repos", "trust", "webhooks"}
+    modules = {
+        "auth",
+        "client",
+        "errors",
+        "models",
+        "poller",
+        "pr",
+        "progress",
+        "repos",
+        "trust",
+        "webhooks",
+    }
     assert set(github.__all__) == public - modules

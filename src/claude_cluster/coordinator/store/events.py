@@ -53,6 +53,30 @@ class EventQueries(StoreBase):
             self._event(s, task.id, kind, message)
             return True
 
+    async def latest_event_message(self, task_id: int, kind: str) -> str | None:
+        """The message of the task's newest ``kind`` event (a progress comment's id)."""
+        query = (
+            select(TaskEvent.message)
+            .where(TaskEvent.task_id == task_id, TaskEvent.kind == kind)
+            .order_by(TaskEvent.id.desc())
+            .limit(1)
+        )
+        async with self._sessions() as s:
+            return await s.scalar(query)
+
+    async def run_phase(self, run_id: int) -> str | None:
+        """The step a run last reported (its newest ``phase`` event), or None."""
+        query = (
+            select(TaskEvent.details)
+            .where(TaskEvent.run_id == run_id, TaskEvent.kind == "phase")
+            .order_by(TaskEvent.id.desc())
+            .limit(1)
+        )
+        async with self._sessions() as s:
+            details = await s.scalar(query)
+        phase = (details or {}).get("phase")
+        return phase if isinstance(phase, str) else None
+
     async def tasks_without_event(
         self,
         statuses: Sequence[TaskStatus],

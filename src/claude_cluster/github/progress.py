@@ -1,0 +1,88 @@
+"""The one progress comment a task keeps on its issue, as text.
+
+:func:`render_progress` turns a :class:`Progress` (what the coordinator knows now) into the
+comment's body; the coordinator edits the same comment as the task moves, so the issue
+shows one up-to-date account instead of a trail of comments:
+queued → workspace → setup → agent → tests → delivery, then the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from claude_cluster.github.pr import TestResults, Usage, _fence, render_test_results
+
+__all__ = ["STEPS", "Progress", "render_progress"]
+
+#: the steps of a run, in order, as the agent's ``phase`` events name them
+STEPS: tuple[tuple[str, str], ...] = (
+    ("queued", "Queued"),
+    ("workspace", "Workspace"),
+    ("setup", "Test environment"),
+    ("agent", "Agent working"),
+    ("tests", "Tests"),
+    ("deliver", "Branch and pull request"),
+)
+_DONE, _NOW, _TODO = "✅", "⏳", "⬜"
+
+
+@dataclass(frozen=True)
+class Progress:
+    task_id: int
+    #: the task's status (``queued``, ``in_progress``, ``review``, ``failed``, …)
+    status: str
+    #: the latest run's current step (an entry of :data:`STEPS`), None before a run
+    phase: str | None = None
+    attempt: int = 0
+    agent: str | None = None
+    #: the latest run's cost and tests, when it has ended
+    usage: Usage | None = None
+    tests: TestResults | None = None
+    pr_url: str | None = None
+    branch: str | None = None
+    #: why the task failed, or why the last attempt will be retried
+    reason: str | None = None
+    retrying: bool = False
+
+
+def render_progress(p: Progress) -> str:
+    """The comment's body for the task's state ``p``."""
+    head = {
+        "completed": "✅ **Claude Code Cluster finished this issue.**",
+        "review": "✅ **Claude Code Cluster opened a pull request.**",
+        "failed": "❌ **Claude Code Cluster could not complete this issue.**",
+        "cancelled": "⏹️ **Claude Code Cluster stopped: the task was cancelled.**",
+    }.get(p.status, "🤖 **Claude Code Cluster is working on this issue.**")
+    lines = [head, ""]
+    current = _step_index(p)
+    for index, (_, label) in enumerate(STEPS):
+        mark = _DONE if index < current else (_NOW if index == current else _TODO)
+        detail = ""
+        if index == current and index > 0 and p.agent:
+            detail = f" on `{p.agent}`" + (f" (attempt {p.attempt})" if p.attempt > 1 else "")
+        lines.append(f"- {mark} {label}{detail}")
+    lines.append("")
+    if p.pr_url:
+        lines.append(f"**Pull request:** {p.pr_url}")
+    elif p.branch and p.status == "completed":
+        lines.append(f"**Branch:** `{p.branch}`")
+    if p.tests is not None:
+        lines.append(f"**Tests:** {render_test_results(p.tests)}")
+    if p.usage is not None:
+        lines.append(f"**Cost:** {p.usage.line()}")
+    if p.reason:
+        what = "Attempt failed, retrying" if p.retrying else "Reason"
+        lines += [f"**{what}:**", "", _fence(p.reason)]
+        if p.branch and p.status == "failed":
+            lines.append(f"\nThe work so far is on branch `{p.branch}`.")
+    return "\n".join([*lines, "", f"Task ID: {p.task_id}"]).replace("\n\n\n", "\n\n")
+
+
+def _step_index(p: Progress) -> int:
+    """Steps before this index are done; a finished task has them all done."""
+    if p.status in ("completed", "review"):
+        return len(STEPS)
+    names = [name for name, _ in STEPS]
+    if p.phase in names:
+        return names.index(p.phase)
+    return 0 if p.status in ("queued", "pending", "analyzing", "assigned") else 1

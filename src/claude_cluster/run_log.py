@@ -1,5 +1,5 @@
 """A task's event log as people read it: one :class:`LogItem` per stored event, and a
-:class:`RunTally` per run (messages, tool calls, fix rounds, cost so far).
+:class:`RunTally` per run (messages, tool calls, turns, fix rounds, cost so far).
 
 The dashboard's live view and ``claude-cluster task logs`` both render these, so the two
 show the same structure: assistant text, tool calls collapsed with their input, tool
@@ -51,6 +51,8 @@ class LogItem:
     timestamp: str = ""
     #: dollars this event adds to the run's cost so far
     cost_usd: float = 0.0
+    #: model turns this event adds (an agent round that finished)
+    turns: int = 0
 
 
 def _preview(text: str) -> tuple[str, str]:
@@ -125,6 +127,7 @@ def log_item(event: Mapping[str, Any]) -> LogItem:
             style=style,
             title=title,
             cost_usd=float(cost) if isinstance(cost, int | float) and kind != "usage" else 0.0,
+            turns=int(turns) if isinstance(turns, int) and kind == "runner_finished" else 0,
         )
     name = kind.replace("_", " ")
     if "\n" not in message and len(message) <= 200:  # a notice reads as one line
@@ -139,6 +142,7 @@ class RunTally:
 
     messages: int = 0
     tool_calls: int = 0
+    turns: int = 0
     fix_rounds: int = 0
     cost_usd: float = 0.0
     tests: str = ""
@@ -153,6 +157,7 @@ class RunTally:
         elif item.kind == "tests":
             self.tests = item.title.removeprefix("tests: ")
         self.cost_usd += item.cost_usd
+        self.turns += item.turns
 
 
 def tally(items: Iterable[LogItem]) -> dict[int, RunTally]:

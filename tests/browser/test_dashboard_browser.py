@@ -145,12 +145,18 @@ def test_watch_a_run_log_grow_live(page: Any, cluster: Cluster) -> None:
     assert run.locator('[data-tally="tools"]').inner_text() == "1"
     assert run.locator('[data-tally="fixes"]').inner_text() == "1"
     assert run.locator('[data-tally="cost"]').inner_text() == "$0.1200"
+    assert run.locator('[data-tally="turns"]').inner_text() == "5"
 
     # more arrives: the counters and the log grow
-    more = [{"kind": "assistant_text", "message": "The sleep is too short; fixing it."}]
+    more = [
+        {"kind": "assistant_text", "message": "The sleep is too short; fixing it."},
+        {"kind": "runner_finished", "message": "done", "data": {"cost_usd": 0.05, "num_turns": 2}},
+    ]
     cluster.agents.run(cluster.agents.sims.report("alpha", run_id, more, first_seq=len(RUN_EVENTS)))
     page.get_by_text("The sleep is too short").wait_for()
     assert run.locator('[data-tally="messages"]').inner_text() == "2"
+    run.locator('[data-tally="turns"]', has_text="7").wait_for()  # cost and turns grow
+    assert run.locator('[data-tally="cost"]').inner_text() == "$0.1700"
     shoot(page, "task-live-run", phone=True)
 
     # the run ends: the status and the timeline follow

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_TOKEN, RunningCoordinator
 from tests.support.sim_agents import SimAgents
@@ -79,7 +80,8 @@ def test_overview_task_and_agent_pages(coordinator: RunningCoordinator, api: htt
         page = browser.get(f"/tasks/{task['id']}")
         assert page.status_code == 200
         assert "queued with priority" in page.text
-        assert browser.get("/tasks/999").status_code == 404
+        missing = browser.get("/tasks/999")
+        assert missing.status_code == 404 and "task 999" in missing.text and "<html" in missing.text
         assert browser.get("/agents/nobody").status_code == 404
         assert browser.get("/static/dashboard.js").status_code == 200
         browser.post("/logout")
@@ -356,3 +358,23 @@ def test_log_items_render_tools_results_and_tests() -> None:
     t = tally([tool, long, tests, fix, cost, said])[7]
     assert (t.messages, t.tool_calls, t.fix_rounds, t.cost_usd) == (1, 1, 1, 0.5)
     assert t.tests == "3 passed, 1 failed (pytest)"
+
+
+def test_a_caller_who_may_not_act_sees_the_actions_disabled_and_is_refused(
+    coordinator: RunningCoordinator, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``may_act`` is the one decision: a viewer role plugs in there."""
+    from claude_cluster.coordinator.web import access
+
+    task = api.post("/api/v1/tasks", json=TASK).json()
+    monkeypatch.setattr(access, "may_act", lambda principal: False)
+    with _signed_in(coordinator) as browser:
+        html = browser.get(f"/tasks/{task['id']}").text
+        assert "You may look but not act" in html and "(read only)" in html
+        buttons = re.findall(r"<button[^>]*>", html.split('aria-label="Actions"')[1])
+        assert buttons and all("disabled" in b for b in buttons)
+        refused = browser.post(
+            f"/tasks/{task['id']}/cancel", data={"csrf_token": _csrf(html), "confirm": "yes"}
+        )
+        assert refused.status_code == 403 and "ask an admin" in refused.text
+    assert api.get(f"/api/v1/tasks/{task['id']}").json()["status"] == "queued"

@@ -37,6 +37,8 @@ function followTask(root) {
     if (kind === "assistant_text") bump("messages", 1);
     if (kind === "tool_use") bump("tools", 1);
     if (item.classList.contains("fix")) bump("fixes", 1);
+    const turns = Number(item.dataset.turns || "0");
+    if (turns) bump("turns", turns);
     const cost = parseFloat(item.dataset.cost || "0");
     if (cost) bump("cost", cost);
   }

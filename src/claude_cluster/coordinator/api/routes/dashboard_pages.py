@@ -21,6 +21,7 @@ from claude_cluster.coordinator.web import csrf, views
 from claude_cluster.coordinator.web.access import DashboardUser
 from claude_cluster.coordinator.web.templating import templates
 from claude_cluster.domain.states import TaskStatus
+from claude_cluster.errors import NotFound
 from claude_cluster.run_log import tally
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -189,7 +190,10 @@ async def task_page(
     if user is None:
         return login_page(request)
     web_url = coordinator.settings.github_web_url
-    task = await coordinator.repo.get_task(task_id)
+    try:
+        task = await coordinator.repo.get_task(task_id)
+    except NotFound as exc:
+        return page(request, "error.html", user, coordinator, status_code=404, message=exc.message)
     runs = await coordinator.repo.list_runs(task_id)
     events = await coordinator.events(task_id)
     items = [views.item_of(e) for e in events]
@@ -217,7 +221,10 @@ async def agent_page(
 ) -> Response:
     if user is None:
         return login_page(request)
-    agent = await coordinator.repo.get_agent(agent_id)
+    try:
+        agent = await coordinator.repo.get_agent(agent_id)
+    except NotFound as exc:
+        return page(request, "error.html", user, coordinator, status_code=404, message=exc.message)
     return page(
         request,
         "agent.html",

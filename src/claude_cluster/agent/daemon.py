@@ -36,6 +36,7 @@ from claude_cluster import __version__, metrics
 from claude_cluster.agent.api import create_agent_app
 from claude_cluster.agent.config import AgentSettings, load_agent_settings
 from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
+from claude_cluster.agent.git import count_operations_as
 from claude_cluster.agent.heartbeat import HeartbeatConfig, HeartbeatLoop
 from claude_cluster.agent.housekeeping import HousekeepingConfig, HousekeepingLoop
 from claude_cluster.agent.identity import TokenFile
@@ -166,6 +167,7 @@ class AgentDaemon:
         self.sandbox_on = settings.run_sandbox
         self.run_sandbox = sandbox_for(settings)
         self.agent_id = settings.agent_id
+        count_operations_as(settings.agent_id)
         self.secret = settings.agent_secret
         self.started_at = time.monotonic()
         self.client = client or CoordinatorClient(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from claude_cluster import metrics
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.errors import ClusterError
 
@@ -146,6 +147,29 @@ def _base_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+#: the agent id ``claude_git_operations_total`` is counted under (one agent per process)
+_metrics_agent_id = ""
+
+
+def count_operations_as(agent_id: str) -> None:
+    """Count every later git command in ``claude_git_operations_total`` for ``agent_id``."""
+    global _metrics_agent_id
+    _metrics_agent_id = agent_id
+
+
+def operation_of(args: Sequence[str]) -> str:
+    """The git subcommand of ``args`` (``fetch`` for ``-c k=v fetch origin``)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-c", "-C", "--git-dir", "--work-tree"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return "git"
+
+
 async def git(
     *args: str,
     cwd: Path | None = None,
@@ -186,6 +210,8 @@ async def git(
         )
     except OSError as exc:
         raise error(command=command, detail=f"cannot start git: {exc}") from exc
+    if _metrics_agent_id:
+        metrics.GIT_OPERATIONS.labels(_metrics_agent_id, operation_of(args)).inc()
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:

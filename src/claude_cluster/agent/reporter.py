@@ -93,10 +93,6 @@ class RunReporter:
         """Reports not acknowledged yet."""
         return len(self._events) + len(self._control)
 
-    @property
-    def next_seq(self) -> int:
-        return self._next_seq
-
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._send_loop(), name=f"reporter-{self.run_id}")

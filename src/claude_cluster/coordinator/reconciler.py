@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 
 from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
-from claude_cluster.coordinator.store.repository import Repository, RetryPolicy, RunEnd
+from claude_cluster.coordinator.store.repository import Repository, RunEnd
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.logging import get_logger
 
 log = get_logger(__name__)

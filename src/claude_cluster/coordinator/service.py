@@ -25,10 +25,11 @@ from claude_cluster.coordinator.bus import WAKE, Bus
 from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, TokenProvider, no_token
 from claude_cluster.coordinator.reconciler import Reconciler
-from claude_cluster.coordinator.store.repository import NewTask, Repository, RetryPolicy, RunEnd
+from claude_cluster.coordinator.store.repository import NewTask, Repository, RunEnd
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
 from claude_cluster.coordinator.store.transitions import StatusChange
 from claude_cluster.domain.analysis import analyse
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import Priority, RunStatus, TaskStatus
 from claude_cluster.domain.wire import (
     AgentRegistration,

@@ -13,6 +13,28 @@ def backoff_seconds(retry_number: int, *, base: float = 10.0, cap: float = 300.0
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How many retries a task gets and how long each waits (``TASK_RETRY_ATTEMPTS``,
+    ``RETRY_BASE_SECONDS``, ``RETRY_MAX_SECONDS``)."""
+
+    max_retries: int = 3
+    base_seconds: float = 10.0
+    cap_seconds: float = 300.0
+
+    def decide(
+        self, category: ErrorCategory | None, *, retries_so_far: int, retry_after: float | None
+    ) -> RetryDecision:
+        return decide(
+            category,
+            retries_so_far=retries_so_far,
+            max_retries=self.max_retries,
+            retry_after=retry_after,
+            base=self.base_seconds,
+            cap=self.cap_seconds,
+        )
+
+
+@dataclass(frozen=True)
 class RetryDecision:
     retry: bool
     delay_seconds: float = 0.0

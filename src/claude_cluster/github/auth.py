@@ -160,10 +160,6 @@ class GitHubApp:
             raise error_for_response(response.status_code, response.headers, data)
         return {str(k): str(v) for k, v in (data.get("permissions") or {}).items()}
 
-    def invalidate(self) -> None:
-        """Forget cached tokens (after GitHub answered 401 with one of them)."""
-        self._cache.clear()
-
     async def _mint(
         self, repositories: list[str], permissions: dict[str, str]
     ) -> tuple[str, datetime]:

@@ -47,3 +47,15 @@ def test_a_known_rate_limit_reset_wins_when_later() -> None:
         ).delay_seconds
         == 10
     )
+
+
+def test_the_policy_applies_its_settings_to_the_rule() -> None:
+    from claude_cluster.domain.retry import RetryPolicy
+
+    policy = RetryPolicy(max_retries=2, base_seconds=1.0, cap_seconds=3.0)
+    assert policy.decide(ErrorCategory.LOST, retries_so_far=0, retry_after=None).delay_seconds == 1
+    assert policy.decide(ErrorCategory.LOST, retries_so_far=1, retry_after=None).delay_seconds == 2
+    assert not policy.decide(ErrorCategory.LOST, retries_so_far=2, retry_after=None).retry
+    later = policy.decide(ErrorCategory.RATE_LIMITED, retries_so_far=0, retry_after=30.0)
+    assert later.delay_seconds == 30
+    assert not policy.decide(ErrorCategory.TESTS_FAILED, retries_so_far=0, retry_after=None).retry

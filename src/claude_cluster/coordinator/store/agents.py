@@ -14,8 +14,9 @@ from claude_cluster.coordinator.store.common import (
     retry_conflicts,
     utcnow,
 )
-from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, TaskRun
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     ONLINE_AGENT_STATUSES,
     AgentStatus,

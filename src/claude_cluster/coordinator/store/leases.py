@@ -9,8 +9,9 @@ from datetime import timedelta
 from sqlalchemy import and_, or_, select
 
 from claude_cluster.coordinator.store.common import ACTIVE_RUNS, retry_conflicts, utcnow
-from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, TaskRun
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import AgentStatus, ErrorCategory, RunStatus
 
 

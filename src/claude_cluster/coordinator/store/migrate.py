@@ -63,7 +63,3 @@ def current_revision(url: str) -> str | None:
             await engine.dispose()
 
     return asyncio.run(read())
-
-
-async def upgrade_async(url: str, revision: str = "head") -> None:
-    await asyncio.to_thread(upgrade, url, revision)

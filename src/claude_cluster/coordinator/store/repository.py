@@ -33,7 +33,7 @@ from claude_cluster.coordinator.store.feedback import FeedbackQueries
 from claude_cluster.coordinator.store.leases import LeaseQueries
 from claude_cluster.coordinator.store.overview import OverviewQueries
 from claude_cluster.coordinator.store.queue_status import QueueQueries, QueueStatus
-from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd
+from claude_cluster.coordinator.store.run_end import RunEnd
 from claude_cluster.coordinator.store.runs import Claim, RunQueries
 from claude_cluster.coordinator.store.tasks import NewTask, TaskQueries
 from claude_cluster.coordinator.store.tokens import TokenQueries
@@ -44,7 +44,6 @@ __all__ = [
     "NewTask",
     "QueueStatus",
     "Repository",
-    "RetryPolicy",
     "RunEnd",
     "retry_conflicts",
     "utcnow",

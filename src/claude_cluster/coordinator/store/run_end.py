@@ -15,6 +15,7 @@ from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import ONLINE_AGENTS, StoreBase
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
 from claude_cluster.domain import retry
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     AgentStatus,
@@ -22,13 +23,6 @@ from claude_cluster.domain.states import (
     RunStatus,
     TaskStatus,
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 3
-    base_seconds: float = 10.0
-    cap_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -129,14 +123,7 @@ class RunEndSteps(StoreBase):
         """Requeue with back-off or fail the task; the retry counter always increments."""
         if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
             return retry.RetryDecision(False, reason=f"task is {task.status}")
-        decision = retry.decide(
-            category,
-            retries_so_far=task.retry_count,
-            max_retries=policy.max_retries,
-            retry_after=retry_after,
-            base=policy.base_seconds,
-            cap=policy.cap_seconds,
-        )
+        decision = policy.decide(category, retries_so_far=task.retry_count, retry_after=retry_after)
         task.assigned_agent_id = None
         if decision.retry:
             task.retry_count += 1

@@ -26,9 +26,10 @@ from claude_cluster.coordinator.store.common import (
     retry_conflicts,
     utcnow,
 )
-from claude_cluster.coordinator.store.run_end import RetryPolicy, RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
 from claude_cluster.domain import scoring
+from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     AgentStatus,

@@ -1,5 +1,5 @@
 """Tables of the coordinator. SPEC.md §3 describes them; migrations must match them
-(``tests/integration/test_migrations.py`` runs ``alembic check``)."""
+(``tests/integration/coordinator/test_migrations.py`` runs ``alembic check``)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ class Agent(Base):
     capabilities: Mapped[list[str]] = mapped_column(default=list)
     max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=3)
     status: Mapped[str] = mapped_column(String(20), default="idle")
-    #: slots taken by active runs; owned by the coordinator (claim and result)
+    #: slots taken by active runs; owned by the coordinator (taken by a claim, given back
+    #: when a run ends)
     active_task_count: Mapped[int] = mapped_column(Integer, default=0)
     #: load the agent reported, 0–1
     current_load: Mapped[float] = mapped_column(Float, default=0.0)
@@ -245,7 +246,7 @@ class WebhookDelivery(Base):
     action: Mapped[str | None] = mapped_column(String(50))
     repository: Mapped[str | None] = mapped_column(String(500))
     received_at: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(20))  #: received, processed, ignored, error
+    status: Mapped[str] = mapped_column(String(20))  #: received, processed, ignored, error, refused
     reason: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[int | None] = mapped_column(Integer)
 

@@ -102,7 +102,8 @@ class Load:
         return int(status["completed_tasks"])
 
 
-async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
+async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> dict[str, float]:
+    """Prints the figures and returns them (``bench/peers.py`` compares them)."""
     async with (
         SimAgents(url, heartbeat_interval=5.0) as sims,
         httpx.AsyncClient(
@@ -122,6 +123,7 @@ async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
         while await load.completed() < paced:
             await asyncio.sleep(0.1)
         lat = load.latencies_ms(range(1, paced + 1))
+        figures = {"paced_p50": pct(lat, 0.5), "paced_p99": pct(lat, 0.99)}
         print(
             f"paced ({paced} tasks, one every 20 ms): created → /execute_task "
             f"p50 {pct(lat, 0.5):.1f} ms  p90 {pct(lat, 0.9):.1f} ms  p99 {pct(lat, 0.99):.1f} ms"
@@ -141,6 +143,7 @@ async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         lat = load.latencies_ms(range(first, first + tasks))
+        figures["flood_per_s"] = tasks / elapsed
         print(
             f"flood ({tasks} tasks, 32 submitters): submitted in {submitted:.1f} s, all "
             f"completed in {elapsed:.1f} s → {tasks / elapsed:.0f} completed tasks/s "
@@ -152,7 +155,82 @@ async def paced_and_flood(url: str, pid: int, tasks: int, agents: int) -> None:
             f"(mean {statistics.fmean(lat):.1f} ms)"
         )
         now, peak = rss_mb(pid)
+        figures["rss_mb"] = peak
         print(f"coordinator RSS: {now:.0f} MB now, {peak:.0f} MB peak (all its processes)")
+        return figures
+
+
+def _buckets(metrics_text: str, name: str) -> list[tuple[float, float]]:
+    buckets: list[tuple[float, float]] = []
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    return buckets
+
+
+def histogram_quantile(after: str, before: str, name: str, q: float) -> tuple[float, float]:
+    """The ``q`` quantile of a Prometheus histogram between two scrapes, as the upper
+    bound of its bucket, and the number of observations."""
+    earlier = dict(_buckets(before, name))
+    buckets = [(bound, count - earlier.get(bound, 0.0)) for bound, count in _buckets(after, name)]
+    total = buckets[-1][1] if buckets else 0
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound, total
+    return float("nan"), total
+
+
+async def backlog(url: str, pid: int, agents: int, backlog_tasks: int, seconds: float) -> None:
+    """``agents`` agents draining a backlog of ``backlog_tasks``: the coordinator's RSS and
+    the claim transaction's p50/p99 (``claude_claim_duration_seconds``) while it does."""
+    async with (
+        SimAgents(url, heartbeat_interval=10.0) as sims,
+        httpx.AsyncClient(
+            base_url=url,
+            headers=HEADERS,
+            timeout=60,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        ) as api,
+    ):
+        for i in range(agents):
+            await sims.add(f"backlog-{i:03d}", behaviour="hold", capacity=1)
+        load = Load(api, sims)
+        semaphore = asyncio.Semaphore(32)
+
+        async def one() -> None:
+            async with semaphore:
+                await load.submit()
+
+        started = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(backlog_tasks)))
+        print(
+            f"backlog: {backlog_tasks} tasks submitted in {time.monotonic() - started:.1f} s; "
+            f"{agents} agents",
+            file=sys.stderr,
+        )
+        before = (await api.get("/metrics")).text
+        # agents finish what they hold and take the next, with the backlog still queued
+        deadline = time.monotonic() + seconds
+        finished = 0
+        while time.monotonic() < deadline:
+            for agent_id, agent in sims.agents.items():
+                for run_id in list(agent.held):
+                    await sims.finish(agent_id, run_id)
+                    finished += 1
+            await asyncio.sleep(0.05)
+        text = (await api.get("/metrics")).text
+        queued = (await api.get("/api/v1/queue/status")).json()["pending_tasks"]
+        now, peak = rss_mb(pid)
+        name = "claude_claim_duration_seconds"
+        p50, count = histogram_quantile(text, before, name, 0.5)
+        p99, _ = histogram_quantile(text, before, name, 0.99)
+        print(
+            f"backlog ({agents} agents, {backlog_tasks} tasks, {queued} still queued): "
+            f"{finished} runs finished in {seconds:.0f} s; {count:.0f} claims, "
+            f"claim p50 ≤ {p50 * 1000:.0f} ms, p99 ≤ {p99 * 1000:.0f} ms (bucket bounds); "
+            f"coordinator RSS {now:.0f} MB now, {peak:.0f} MB peak"
+        )
 
 
 async def death_to_requeue(url: str) -> None:
@@ -195,7 +273,17 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--skip-death", action="store_true", help="skip the 30 s lease measurement")
     parser.add_argument("--workers", type=int, default=1, help="coordinator worker processes")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="instead: this many queued tasks drained by --agents agents (RSS, claim p99)",
+    )
+    parser.add_argument("--seconds", type=float, default=20, help="how long to drain the backlog")
     args = parser.parse_args()
+    if args.backlog:
+        run_backlog(args)
+        return
     databases.make_pg_template()
     name, url = databases.new_pg_database()
     try:
@@ -218,6 +306,28 @@ def main() -> None:
                         asyncio.run(death_to_requeue(proc.url))
                 finally:
                     databases.drop_pg_database(name2)
+    finally:
+        databases.drop_pg_database(name)
+        databases.drop_pg_template()
+
+
+def run_backlog(args: argparse.Namespace) -> None:
+    databases.make_pg_template()
+    name, url = databases.new_pg_database()
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            coordinator_process(
+                url,
+                log=Path(tmp) / "coordinator.log",
+                SWEEP_INTERVAL="2",
+                LOG_LEVEL="WARNING",
+                MAX_CONCURRENT_TASKS="1000",
+                MAX_AGENTS=str(args.agents + 10),
+                WORKERS=str(args.workers),
+            ) as proc,
+        ):
+            asyncio.run(backlog(proc.url, proc.pid, args.agents, args.backlog, args.seconds))
     finally:
         databases.drop_pg_database(name)
         databases.drop_pg_template()

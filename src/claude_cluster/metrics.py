@@ -45,6 +45,12 @@ DISPATCH_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=COORDINATOR,
 )
+CLAIM_DURATION = Histogram(
+    "claude_claim_duration_seconds",
+    "One claim transaction of the dispatcher (read, score, take slots, insert runs).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1),
+    registry=COORDINATOR,
+)
 AGENTS_TOTAL = Gauge("claude_agents_total", "Registered agents.", registry=COORDINATOR)
 AGENTS_AVAILABLE = Gauge(
     "claude_agents_available", "Online agents with a free slot.", registry=COORDINATOR

@@ -93,12 +93,14 @@ class Dispatcher:
         """Claim and push until nothing more can be claimed; returns how many were claimed."""
         total = 0
         while True:
+            started = time.perf_counter()
             claims = await self._repo.claim(
                 max_active=self._max_active,
                 batch=CLAIM_BATCH,
                 only_task=only_task,
                 only_agent=only_agent,
             )
+            metrics.CLAIM_DURATION.observe(time.perf_counter() - started)
             if not claims:
                 return total
             total += len(claims)

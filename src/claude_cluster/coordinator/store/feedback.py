@@ -33,7 +33,7 @@ class FeedbackQueries(StoreBase):
                 raise Conflict(f"task {task_id} is {task.status}; feedback is not taken")
             now = utcnow()
             if status == TaskStatus.REVIEW:
-                self._queue_feedback(s, task, feedback, now)
+                await self._queue_feedback(s, task, feedback, now)
                 return task, "queued"
             if status == TaskStatus.QUEUED and task.feedback:
                 task.feedback = f"{task.feedback}\n\n{feedback}"
@@ -81,13 +81,15 @@ class FeedbackQueries(StoreBase):
             texts = [t for t in texts if t]
             if not texts:
                 return None
-            self._queue_feedback(s, task, "\n\n".join(texts), utcnow())
+            await self._queue_feedback(s, task, "\n\n".join(texts), utcnow())
             return task
 
-    def _queue_feedback(self, s: AsyncSession, task: Task, feedback: str, now: datetime) -> None:
+    async def _queue_feedback(
+        self, s: AsyncSession, task: Task, feedback: str, now: datetime
+    ) -> None:
         task.feedback = feedback
         task.not_before = None
-        transitions.move_task(
+        await transitions.move_task(
             s,
             task,
             TaskStatus.QUEUED,

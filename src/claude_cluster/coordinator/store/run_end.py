@@ -48,12 +48,17 @@ class RunEndSteps(StoreBase):
         *,
         category: ErrorCategory | None = None,
         message: str | None = None,
+        figures: dict[str, Any] | None = None,
+        cooldown_until: datetime | None = None,
     ) -> Agent:
-        """End a run and give its agent slot back (with the agent's statistics).
+        """End a run (with the figures it reported) and give its agent slot back, with the
+        agent's statistics; ``cooldown_until`` also counts a failed push against the agent.
 
         One ``UPDATE … RETURNING`` on the agent row: the hottest rows of the schema are
         locked for as short a time as a statement allows."""
-        transitions.move_run(run, status, now, category=category, message=message)
+        await transitions.move_run(
+            s, run, status, now, category=category, message=message, **(figures or {})
+        )
         active = case((Agent.active_task_count > 0, Agent.active_task_count - 1), else_=0)
         values: dict[str, Any] = {
             "active_task_count": active,
@@ -79,16 +84,19 @@ class RunEndSteps(StoreBase):
             ) / (Agent.total_tasks_completed + 1)
         elif status in (RunStatus.FAILED, RunStatus.LOST):
             values["total_tasks_failed"] = Agent.total_tasks_failed + 1
-        agent = (
-            await s.execute(
+        if cooldown_until is not None:
+            values["dispatch_failures"] = Agent.dispatch_failures + 1
+            values["cooldown_until"] = cooldown_until
+        conn = await transitions.connection(s)
+        row = (
+            await conn.execute(
                 update(Agent)
                 .where(Agent.id == run.agent_id)
                 .values(**values)
-                .returning(Agent)
-                .execution_options(populate_existing=True)
+                .returning(*transitions.row_columns(Agent))
             )
-        ).scalar_one()
-        return agent
+        ).one()
+        return transitions.snapshot(Agent, row)
 
     async def _lose_run(
         self,
@@ -119,17 +127,20 @@ class RunEndSteps(StoreBase):
         retry_after: float | None,
         policy: RetryPolicy,
         now: datetime,
+        changes: dict[str, Any] | None = None,
     ) -> retry.RetryDecision:
-        """Requeue with back-off or fail the task; the retry counter always increments."""
+        """Requeue with back-off or fail the task; the retry counter always increments.
+        ``changes`` are other columns of the task written with the move (the run's cost)."""
+        changes = dict(changes or {})
         if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+            await self._change_task(s, task, changes)
             return retry.RetryDecision(False, reason=f"task is {task.status}")
         decision = policy.decide(category, retries_so_far=task.retry_count, retry_after=retry_after)
-        task.assigned_agent_id = None
+        changes["assigned_agent_id"] = None
         if decision.retry:
-            task.retry_count += 1
             ready = now + timedelta(seconds=decision.delay_seconds)
-            task.not_before = ready
-            transitions.move_task(
+            changes.update(retry_count=task.retry_count + 1, not_before=ready)
+            await transitions.move_task(
                 s,
                 task,
                 TaskStatus.QUEUED,
@@ -140,18 +151,26 @@ class RunEndSteps(StoreBase):
                 details={"category": category.value},
                 run_id=run.id,
                 queued_at=ready,
+                **changes,
             )
         else:
-            task.error_message = f"{category.value}: {message}" if message else category.value
-            transitions.move_task(
+            error = f"{category.value}: {message}" if message else category.value
+            await transitions.move_task(
                 s,
                 task,
                 TaskStatus.FAILED,
                 now,
                 kind="failed",
-                message=task.error_message,
+                message=error,
+                error_message=error,
+                **changes,
                 details={"category": category.value, "reason": decision.reason},
                 run_id=run.id,
                 level="error",
             )
         return decision
+
+    @staticmethod
+    async def _change_task(s: AsyncSession, task: Task, changes: dict[str, Any]) -> None:
+        """Write columns of a task other than its status (a snapshot or a tracked row)."""
+        await transitions.change_task(s, task, changes)

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, insert, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import (
     ACTIVE_RUNS,
     ONLINE_AGENTS,
+    M,
     get_or_raise,
     retry_conflicts,
     utcnow,
@@ -38,7 +38,7 @@ from claude_cluster.domain.states import (
     TaskStatus,
 )
 from claude_cluster.domain.wire import RunEvent, RunResult
-from claude_cluster.errors import Conflict, Forbidden
+from claude_cluster.errors import Conflict, Forbidden, NotFound
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,17 @@ class RunQueries(RunEndSteps):
         only_task: int | None = None,
         only_agent: str | None = None,
     ) -> list[Claim]:
-        """Claim up to ``batch`` ready tasks for the best agents, in one transaction."""
+        """Claim up to ``batch`` ready tasks for the best agents, in one transaction.
+
+        SQLAlchemy Core throughout (rows, not ORM objects): count the active runs, read
+        the candidate agents and the ready tasks (``SKIP LOCKED``), score, take the slots
+        with conditional updates, insert the runs and move the tasks in one statement each.
+        """
         async with self._tx() as s:
+            conn = await s.connection()
             now = utcnow()
             active = (
-                await s.scalar(
+                await conn.scalar(
                     select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(ACTIVE_RUNS))
                 )
                 or 0
@@ -74,7 +80,7 @@ class RunQueries(RunEndSteps):
             room = min(batch, max_active - active)
             if room <= 0:
                 return []
-            agent_query = select(Agent).where(
+            agent_query = transitions.select_rows(Agent).where(
                 Agent.status.in_(ONLINE_AGENTS),
                 Agent.draining.is_(False),
                 Agent.active_task_count < Agent.max_concurrent_tasks,
@@ -82,11 +88,16 @@ class RunQueries(RunEndSteps):
             )
             if only_agent is not None:
                 agent_query = agent_query.where(Agent.id == only_agent)
-            agents = {a.id: a for a in (await s.scalars(agent_query)).all()}
+            agents = {
+                a.id: a
+                for a in (
+                    transitions.snapshot(Agent, row) for row in await conn.execute(agent_query)
+                )
+            }
             if not agents:
                 return []
             task_query = (
-                select(Task)
+                transitions.select_rows(Task)
                 .where(
                     Task.status == TaskStatus.QUEUED.value,
                     or_(Task.not_before.is_(None), Task.not_before <= now),
@@ -98,91 +109,101 @@ class RunQueries(RunEndSteps):
                 task_query = task_query.where(Task.id == only_task)
             if self._postgres:
                 task_query = task_query.with_for_update(skip_locked=True)
-            tasks = (await s.scalars(task_query)).all()
-            views = {a.id: _view(a) for a in agents.values()}
-            chosen: list[tuple[Task, Agent]] = []
-            for task in tasks:
-                if len(chosen) >= room:
-                    break
-                best = scoring.pick(
-                    list(views.values()),
-                    task.requirements,
-                    task.estimated_duration_minutes,
-                    require_match=only_agent is None,
-                )
-                if not best:
-                    continue
-                pick = best[0]
-                chosen.append((task, agents[pick.id]))
-                views[pick.id] = _view(agents[pick.id], extra=_taken(chosen, pick.id))
+            tasks = [transitions.snapshot(Task, row) for row in await conn.execute(task_query)]
+            chosen = _choose(tasks, agents, room, require_match=only_agent is None)
             if not chosen:
                 return []
-            # Take the slots with conditional updates: another coordinator may have taken
-            # some since we read them; tasks whose agent has no room left stay queued.
-            taken: dict[str, int] = {}
-            for _, agent in chosen:
-                taken[agent.id] = taken.get(agent.id, 0) + 1
-            granted: set[str] = set()
-            for agent_id, n in sorted(taken.items()):  # one lock order across replicas
-                after = Agent.active_task_count + n
-                taken_now = (
-                    await s.execute(
-                        update(Agent)
-                        .where(Agent.id == agent_id, after <= Agent.max_concurrent_tasks)
-                        .values(
-                            active_task_count=after,
-                            # candidates are online, so the status follows the new load
-                            status=case(
-                                (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
-                                else_=AgentStatus.BUSY.value,
-                            ),
-                        )
-                        .returning(Agent.active_task_count, Agent.status)
-                        .execution_options(synchronize_session=False)
-                    )
-                ).first()
-                if taken_now is not None:
-                    granted.add(agent_id)
-                    # the row is written; keep the loaded object in step without a re-read
-                    set_committed_value(agents[agent_id], "active_task_count", taken_now[0])
-                    set_committed_value(agents[agent_id], "status", taken_now[1])
-            claims: list[Claim] = []
-            for task, agent in chosen:
-                if agent.id not in granted:
-                    continue
-                run = transitions.new_run(task, agent.id, now)
-                s.add(run)
-                task.assigned_agent_id = agent.id
-                claims.append(Claim(task=task, run=run, agent=agent))
-            await s.flush()
-            for c in claims:
-                transitions.move_task(
-                    s,
-                    c.task,
-                    TaskStatus.ASSIGNED,
-                    now,
-                    kind="assigned",
-                    message=f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
-                    details={"run_id": c.run.id, "agent_id": c.agent.id},
-                    run_id=c.run.id,
+            granted = await self._take_slots(conn, chosen)
+            chosen = [(task, agent) for task, agent in chosen if agent.id in granted]
+            if not chosen:
+                return []
+            runs = [transitions.new_run(task, agent.id, now) for task, agent in chosen]
+            ids = (
+                await conn.execute(
+                    insert(TaskRun).returning(TaskRun.id, sort_by_parameter_order=True),
+                    [transitions.values_of(run) for run in runs],
                 )
+            ).scalars()
+            for run, run_id in zip(runs, ids, strict=True):
+                run.id = run_id
+            claims = [
+                Claim(task=task, run=run, agent=agent)
+                for (task, agent), run in zip(chosen, runs, strict=True)
+            ]
+            await transitions.move_tasks(
+                s,
+                [
+                    transitions.Move(
+                        c.task,
+                        TaskStatus.ASSIGNED,
+                        "assigned",
+                        f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
+                        {"run_id": c.run.id, "agent_id": c.agent.id},
+                        run_id=c.run.id,
+                        fields={"attempts": c.task.attempts, "assigned_agent_id": c.agent.id},
+                    )
+                    for c in claims
+                ],
+                now,
+            )
             return claims
+
+    @staticmethod
+    async def _take_slots(conn: AsyncConnection, chosen: list[tuple[Task, Agent]]) -> set[str]:
+        """Take the agents' slots with conditional updates: another coordinator may have
+        taken some since they were read; tasks whose agent has no room left stay queued."""
+        taken: dict[str, int] = {}
+        agents: dict[str, Agent] = {}
+        for _, agent in chosen:
+            taken[agent.id] = taken.get(agent.id, 0) + 1
+            agents[agent.id] = agent
+        granted: set[str] = set()
+        for agent_id, n in sorted(taken.items()):  # one lock order across replicas
+            after = Agent.active_task_count + n
+            row = (
+                await conn.execute(
+                    update(Agent)
+                    .where(Agent.id == agent_id, after <= Agent.max_concurrent_tasks)
+                    .values(
+                        active_task_count=after,
+                        # candidates are online, so the status follows the new load
+                        status=case(
+                            (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                            else_=AgentStatus.BUSY.value,
+                        ),
+                    )
+                    .returning(Agent.active_task_count, Agent.status)
+                )
+            ).first()
+            if row is not None:
+                granted.add(agent_id)
+                agent = agents[agent_id]
+                agent.active_task_count, agent.status = row
+        return granted
 
     @retry_conflicts
     async def mark_accepted(self, run_id: int) -> Task | None:
         """The agent took the run: run ``running``, task ``in_progress``; returns the task
         when this call moved it (``None`` when a report or a sweep got there first)."""
         async with self._tx() as s:
-            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            run = await self._snapshot(s, TaskRun, run_id)
             if run is None or run.status != RunStatus.DISPATCHING.value:
                 return None
             return await self._start_running(s, run, utcnow())
 
+    async def _snapshot(self, s: AsyncSession, model: type[M], ident: int | str) -> M | None:
+        """The row ``ident`` of ``model`` as a snapshot, locked on PostgreSQL."""
+        query = transitions.select_rows(model).where(inspect(model).primary_key[0] == ident)
+        if self._postgres:
+            query = query.with_for_update()
+        row = (await (await s.connection()).execute(query)).first()
+        return None if row is None else transitions.snapshot(model, row)
+
     async def _start_running(self, s: AsyncSession, run: TaskRun, now: datetime) -> Task | None:
-        transitions.move_run(run, RunStatus.RUNNING, now)
-        task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+        await transitions.move_run(s, run, RunStatus.RUNNING, now)
+        task = await self._snapshot(s, Task, run.task_id)
         if task is not None and task.status == TaskStatus.ASSIGNED.value:
-            transitions.move_task(
+            await transitions.move_task(
                 s,
                 task,
                 TaskStatus.IN_PROGRESS,
@@ -201,20 +222,23 @@ class RunQueries(RunEndSteps):
         """The push failed: the run is lost, the task goes back to ``queued`` at once
         (the agent's fault, not the task's: no retry is counted) and the agent cools down."""
         async with self._tx() as s:
-            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            run = await self._snapshot(s, TaskRun, run_id)
             if run is None or run.status not in ACTIVE_RUNS:
                 return None
             now = utcnow()
-            task = await s.get(Task, run.task_id, with_for_update=self._postgres)  # before agent
+            task = await self._snapshot(s, Task, run.task_id)  # before the agent
             agent = await self._end_run(
-                s, run, RunStatus.LOST, now, category=ErrorCategory.DISPATCH_FAILED, message=reason
+                s,
+                run,
+                RunStatus.LOST,
+                now,
+                category=ErrorCategory.DISPATCH_FAILED,
+                message=reason,
+                cooldown_until=now + timedelta(seconds=cooldown_seconds),
             )
-            agent.dispatch_failures += 1
-            agent.cooldown_until = now + timedelta(seconds=cooldown_seconds)
             if task is None or TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
                 return task
-            task.assigned_agent_id = None
-            transitions.move_task(
+            await transitions.move_task(
                 s,
                 task,
                 TaskStatus.QUEUED,
@@ -223,6 +247,7 @@ class RunQueries(RunEndSteps):
                 message=reason,
                 details={"agent_id": agent.id},
                 run_id=run.id,
+                assigned_agent_id=None,
             )
             return task
 
@@ -292,7 +317,7 @@ class RunQueries(RunEndSteps):
             assert task is not None
             target = TaskStatus(phase)
             if task.status != target.value and TaskStatus(task.status) in RUNNING_TASK_STATUSES:
-                transitions.move_task(
+                await transitions.move_task(
                     s, task, target, now, kind="phase", message=phase, run_id=run.id
                 )
             return task
@@ -301,57 +326,44 @@ class RunQueries(RunEndSteps):
     async def finish_run(
         self, run_id: int, agent_id: str, result: RunResult, policy: RetryPolicy
     ) -> RunEnd:
-        """Record a run's result and move its task. Finishing twice is a no-op."""
+        """Record a run's result and move its task. Finishing twice is a no-op.
+
+        Core statements on locked snapshots: the run (with its figures), the agent's slot
+        and statistics, the task, and the event, one statement each."""
         async with self._tx() as s:
-            run = await self._run_of_agent(s, run_id, agent_id)
-            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
-            assert task is not None
+            run = await self._snapshot(s, TaskRun, run_id)
+            if run is None:
+                raise NotFound(kind="run", id=run_id)
+            if run.agent_id != agent_id:
+                raise Forbidden(f"run {run_id} belongs to another agent")
             if run.status not in ACTIVE_RUNS:
+                task = await self._snapshot(s, Task, run.task_id)
+                assert task is not None
                 return RunEnd(task=task, run=run, already_finished=True)
             now = utcnow()
             if run.status == RunStatus.DISPATCHING.value:
                 # the agent reports before its answer to the push was recorded: it took the run
                 await self._start_running(s, run, now)
-            for name in (
-                "cost_usd",
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "cache_creation_tokens",
-                "num_turns",
-                "session_id",
-                "branch",
-                "commit_sha",
-                "pr_number",
-                "pr_url",
-                "tests_command",
-                "tests_passed",
-                "tests_failed",
-                "tests_ok",
-                "fix_rounds",
-                "changed_files",
-                "log_excerpt",
-            ):
-                setattr(run, name, getattr(result, name))
-            task.cost_usd = (task.cost_usd or 0.0) + result.cost_usd
+            task = await self._snapshot(s, Task, run.task_id)
+            assert task is not None
+            figures = {name: getattr(result, name) for name in RUN_FIGURES}
+            changes: dict[str, Any] = {"cost_usd": (task.cost_usd or 0.0) + result.cost_usd}
             if result.session_id:
-                task.session_id = result.session_id
+                changes["session_id"] = result.session_id
             if result.branch:
-                task.github_branch = result.branch
+                changes["github_branch"] = result.branch
             if result.succeeded:
-                await self._end_run(s, run, RunStatus.SUCCEEDED, now, message=result.message)
-                task.feedback = None
-                task.result_data = _result_data(result)
-                task.error_message = None
+                await self._end_run(
+                    s, run, RunStatus.SUCCEEDED, now, message=result.message, figures=figures
+                )
+                changes.update(feedback=None, result_data=_result_data(result), error_message=None)
+                target = TaskStatus.COMPLETED
                 if result.pr_url:
-                    task.github_pr_number = result.pr_number
-                    task.github_pr_url = result.pr_url
+                    changes.update(github_pr_number=result.pr_number, github_pr_url=result.pr_url)
                     target = TaskStatus.REVIEW
-                else:
-                    target = TaskStatus.COMPLETED
                 message = result.message or "run succeeded"
                 if TaskStatus(task.status) in RUNNING_TASK_STATUSES:
-                    transitions.move_task(
+                    await transitions.move_task(
                         s,
                         task,
                         target,
@@ -360,8 +372,10 @@ class RunQueries(RunEndSteps):
                         message=message,
                         details=_result_data(result),
                         run_id=run.id,
+                        **changes,
                     )
                 else:
+                    await self._change_task(s, task, changes)
                     self._event(
                         s, task.id, "run_succeeded", message, _result_data(result), run_id=run.id
                     )
@@ -369,14 +383,35 @@ class RunQueries(RunEndSteps):
             category = result.error_category or ErrorCategory.EXECUTION_ERROR
             if category == ErrorCategory.CANCELLED:
                 await self._end_run(
-                    s, run, RunStatus.CANCELLED, now, category=category, message=result.message
+                    s,
+                    run,
+                    RunStatus.CANCELLED,
+                    now,
+                    category=category,
+                    message=result.message,
+                    figures=figures,
                 )
+                await self._change_task(s, task, changes)
                 return RunEnd(task=task, run=run)
             await self._end_run(
-                s, run, RunStatus.FAILED, now, category=category, message=result.message
+                s,
+                run,
+                RunStatus.FAILED,
+                now,
+                category=category,
+                message=result.message,
+                figures=figures,
             )
             decision = await self._after_failure(
-                s, task, run, category, result.message, result.retry_after_seconds, policy, now
+                s,
+                task,
+                run,
+                category,
+                result.message,
+                result.retry_after_seconds,
+                policy,
+                now,
+                changes,
             )
             return RunEnd(
                 task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds
@@ -395,6 +430,29 @@ class RunQueries(RunEndSteps):
             return float(total or 0.0)
 
 
+#: what a run's result reports, stored on the run as it is
+RUN_FIGURES = (
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "num_turns",
+    "session_id",
+    "branch",
+    "commit_sha",
+    "pr_number",
+    "pr_url",
+    "tests_command",
+    "tests_passed",
+    "tests_failed",
+    "tests_ok",
+    "fix_rounds",
+    "changed_files",
+    "log_excerpt",
+)
+
+
 def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
     return scoring.AgentView(
         id=agent.id,
@@ -408,8 +466,29 @@ def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
     )
 
 
-def _taken(chosen: list[tuple[Task, Agent]], agent_id: str) -> int:
-    return sum(1 for _, a in chosen if a.id == agent_id)
+def _choose(
+    tasks: list[Task], agents: dict[str, Agent], room: int, *, require_match: bool
+) -> list[tuple[Task, Agent]]:
+    """The best agent for each task in queue order, counting the slots taken so far."""
+    views = {a.id: _view(a) for a in agents.values()}
+    taken: dict[str, int] = {}
+    chosen: list[tuple[Task, Agent]] = []
+    for task in tasks:
+        if len(chosen) >= room:
+            break
+        best = scoring.pick(
+            list(views.values()),
+            task.requirements,
+            task.estimated_duration_minutes,
+            require_match=require_match,
+        )
+        if not best:
+            continue
+        pick = best[0]
+        chosen.append((task, agents[pick.id]))
+        taken[pick.id] = taken.get(pick.id, 0) + 1
+        views[pick.id] = _view(agents[pick.id], extra=taken[pick.id])
+    return chosen
 
 
 def _result_data(result: RunResult) -> dict[str, Any]:

@@ -55,16 +55,24 @@ class TaskQueries(RunEndSteps):
     async def create_task(self, new: NewTask) -> tuple[Task, bool]:
         """Insert a queued task, or return the open task of the same issue (``created`` False).
 
-        Two racing creators both pass the lookup; the partial unique index stops the second,
-        which then returns the winner's row."""
+        One transaction of Core statements: the lookup, the insert, its event. Two racing
+        creators both pass the lookup; the partial unique index stops the second, which
+        then returns the winner's row."""
         for _ in range(3):
-            existing = await self._open_task_for_issue(
-                new.github_repository, new.github_issue_number
-            )
-            if existing is not None:
-                return existing, False
             try:
                 async with self._tx() as s:
+                    conn = await s.connection()
+                    found = (
+                        await conn.execute(
+                            transitions.select_rows(Task).where(
+                                Task.github_repository == new.github_repository,
+                                Task.github_issue_number == new.github_issue_number,
+                                Task.status.not_in(TERMINAL_TASKS),
+                            )
+                        )
+                    ).first()
+                    if found is not None:
+                        return transitions.snapshot(Task, found), False
                     now = utcnow()
                     task = Task(
                         title=new.title,
@@ -84,10 +92,9 @@ class TaskQueries(RunEndSteps):
                         result_data={},
                         created_at=now,
                     )
-                    transitions.queue_new_task(s, task, now)
-                    s.add(task)
-                    await s.flush()
-                    transitions.created(
+                    transitions.queue_new_task(task, now)
+                    task = await transitions.insert_task(s, task)
+                    await transitions.created(
                         s,
                         task,
                         now,
@@ -176,7 +183,7 @@ class TaskQueries(RunEndSteps):
                 )
                 to_stop = (run, agent)
             task.error_message = reason
-            transitions.move_task(
+            await transitions.move_task(
                 s, task, TaskStatus.CANCELLED, now, kind="cancelled", message=reason
             )
             return task, to_stop
@@ -220,7 +227,7 @@ class TaskQueries(RunEndSteps):
             )
             task.assigned_agent_id = None
             task.not_before = None
-            transitions.move_task(
+            await transitions.move_task(
                 s,
                 task,
                 TaskStatus.QUEUED,
@@ -260,7 +267,7 @@ class TaskQueries(RunEndSteps):
                 setattr(task, key, value)
             if target == TaskStatus.FAILED:
                 task.error_message = message
-            transitions.move_task(s, task, target, now, kind=target.value, message=message)
+            await transitions.move_task(s, task, target, now, kind=target.value, message=message)
             return task, to_stop
 
     async def list_runs(self, task_id: int) -> Sequence[TaskRun]:
@@ -332,7 +339,7 @@ class TaskQueries(RunEndSteps):
                 TaskStatus(task.status) in RUNNING_TASK_STATUSES
                 and await self._active_run(s, task.id) is None
             ):
-                transitions.move_task(
+                await transitions.move_task(
                     s,
                     task,
                     TaskStatus.REVIEW,

@@ -8,17 +8,25 @@ status carries, records the task event and notes a :class:`StatusChange` on the 
 helper (:meth:`~claude_cluster.coordinator.store.common.StoreBase._tx`) hands the noted
 changes to the coordinator service once the transaction has committed, so every change is
 counted and published exactly once whichever query made it.
+
+A move applies to a row the session tracks (an ORM object: the flush writes it) or to a
+snapshot (:func:`snapshot`, read with SQLAlchemy Core on the hot paths: claim, accept,
+finish): then the move is one ``UPDATE`` of the changed columns, guarded by the status it
+was read in, and several moves share one ``executemany``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select, bindparam, insert, inspect, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from claude_cluster.coordinator.store.tables import Task, TaskEvent, TaskRun
+from claude_cluster.coordinator.store.tables import Base, Task, TaskEvent, TaskRun
 from claude_cluster.domain.states import (
     ErrorCategory,
     RunStatus,
@@ -26,6 +34,8 @@ from claude_cluster.domain.states import (
     check_run_transition,
     check_transition,
 )
+
+M = TypeVar("M", bound=Base)
 
 #: where a transaction keeps the changes it made until it commits
 CHANGES_KEY = "claude_cluster.status_changes"
@@ -51,8 +61,64 @@ _STAMPS = {
 }
 
 
+_COLUMNS: dict[type[Base], list[Any]] = {}
+
+
+def row_columns(model: type[Base]) -> list[Any]:
+    """Every column of ``model``, labelled with its attribute name (for ``RETURNING``)."""
+    cols = _COLUMNS.get(model)
+    if cols is None:
+        cols = _COLUMNS[model] = [
+            attr.columns[0].label(attr.key) for attr in inspect(model).column_attrs
+        ]
+    return cols
+
+
+def select_rows(model: type[M]) -> Select[Any]:
+    """``SELECT`` every column of ``model`` as plain rows (no ORM identity, no flush)."""
+    return select(*row_columns(model))
+
+
+def snapshot(model: type[M], row: Row[Any]) -> M:
+    """A detached ``model`` holding ``row``: read like an ORM object, written by a move."""
+    return model(**row._mapping)
+
+
+async def connection(s: AsyncSession) -> AsyncConnection:
+    """The transaction's connection, after writing what the session holds (Core statements
+    on the connection skip the session's autoflush)."""
+    if s.new or s.dirty or s.deleted:
+        await s.flush()
+    return await s.connection()
+
+
+def _tracked(obj: Base) -> bool:
+    return inspect(obj).session is not None
+
+
 def note_change(s: AsyncSession, change: StatusChange) -> None:
     s.info.setdefault(CHANGES_KEY, []).append(change)
+
+
+def _event_row(
+    task_id: int,
+    kind: str,
+    message: str,
+    details: dict[str, Any] | None,
+    run_id: int | None,
+    level: str,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "run_id": run_id,
+        "seq": None,
+        "timestamp": now,
+        "kind": kind,
+        "level": level,
+        "message": message,
+        "details": details or {},
+    }
 
 
 def add_event(
@@ -67,34 +133,92 @@ def add_event(
     now: datetime,
 ) -> None:
     """Record a coordinator event (``seq`` is only set on the agent's own events)."""
-    s.add(
-        TaskEvent(
-            task_id=task_id,
-            run_id=run_id,
-            seq=None,
-            timestamp=now,
-            kind=kind,
-            level=level,
-            message=message,
-            details=details or {},
-        )
-    )
+    s.add(TaskEvent(**_event_row(task_id, kind, message, details, run_id, level, now)))
 
 
-def queue_new_task(s: AsyncSession, task: Task, now: datetime) -> None:
-    """A task being created enters the queue (before its insert is flushed)."""
+def queue_new_task(task: Task, now: datetime) -> None:
+    """A task being created enters the queue (before it is inserted)."""
     task.status = TaskStatus.QUEUED.value
     task.queued_at = now
     task.updated_at = now
 
 
-def created(s: AsyncSession, task: Task, now: datetime, details: dict[str, Any]) -> None:
-    """Record the creation of a flushed task (it has its id now)."""
-    add_event(s, task.id, "created", f"queued with priority {task.priority}", details, now=now)
+async def created(s: AsyncSession, task: Task, now: datetime, details: dict[str, Any]) -> None:
+    """Record the creation of an inserted task (it has its id now)."""
+    message = f"queued with priority {task.priority}"
+    conn = await connection(s)
+    await conn.execute(
+        insert(TaskEvent), [_event_row(task.id, "created", message, details, None, "info", now)]
+    )
     note_change(s, StatusChange(task.id, None, task.status, task.priority))
 
 
-def move_task(
+@dataclass
+class Move:
+    """One task move: ``task`` to ``target``, logged as ``kind``/``message``, with other
+    columns of the task changed in the same statement (``fields``)."""
+
+    task: Task
+    target: TaskStatus
+    kind: str
+    message: str
+    details: dict[str, Any] | None = None
+    run_id: int | None = None
+    level: str = "info"
+    queued_at: datetime | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+async def move_tasks(s: AsyncSession, moves: Sequence[Move], now: datetime) -> None:
+    """Apply ``moves``: each checked against ``TRANSITIONS``, stamped, logged and noted.
+
+    Snapshots are written with one ``executemany`` per set of columns, each ``UPDATE``
+    guarded by the status the task was read in (rows are locked by then: the guard only
+    makes a stale snapshot fail loudly instead of writing over a newer status).
+    Raises :class:`~claude_cluster.errors.IllegalTransition` for a move the table forbids.
+    """
+    batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    events = []
+    for move in moves:
+        task = move.task
+        previous = TaskStatus(task.status)
+        check_transition(previous, move.target)
+        values: dict[str, Any] = {
+            **move.fields,
+            "status": move.target.value,
+            "updated_at": now,
+        }
+        if move.target == TaskStatus.IN_PROGRESS:
+            values["started_at"] = task.started_at or now
+        elif move.target in _STAMPS:
+            values[_STAMPS[move.target]] = move.queued_at or now
+        for key, value in values.items():
+            setattr(task, key, value)
+        if not _tracked(task):
+            params = {f"v_{k}": v for k, v in values.items()}
+            params["k_id"], params["k_status"] = task.id, previous.value
+            batches.setdefault(tuple(sorted(values)), []).append(params)
+        events.append(
+            _event_row(task.id, move.kind, move.message, move.details, move.run_id, move.level, now)
+        )
+        note_change(s, StatusChange(task.id, previous.value, move.target.value, task.priority))
+    conn = await connection(s)
+    for keys, rows in batches.items():
+        stmt = (
+            update(Task)
+            .where(Task.id == bindparam("k_id"), Task.status == bindparam("k_status"))
+            .values({k: bindparam(f"v_{k}") for k in keys})
+        )
+        done = await conn.execute(stmt, rows)
+        if (len(rows) == 1 or conn.dialect.supports_sane_multi_rowcount) and done.rowcount != len(
+            rows
+        ):
+            raise RuntimeError("a task changed under a locked snapshot")
+    if events:
+        await conn.execute(insert(TaskEvent), events)
+
+
+async def move_task(
     s: AsyncSession,
     task: Task,
     target: TaskStatus,
@@ -106,22 +230,24 @@ def move_task(
     run_id: int | None = None,
     level: str = "info",
     queued_at: datetime | None = None,
+    **fields: Any,
 ) -> None:
-    """Move ``task`` to ``target``: checked, stamped, logged and noted for the service.
+    """Move one task (see :func:`move_tasks`); ``queued_at`` overrides the queue stamp (a
+    retry is queued from the end of its back-off)."""
+    await move_tasks(
+        s, [Move(task, target, kind, message, details, run_id, level, queued_at, fields)], now
+    )
 
-    ``queued_at`` overrides the queue stamp (a retry is queued from the end of its back-off).
-    Raises :class:`~claude_cluster.errors.IllegalTransition` for a move the table forbids.
-    """
-    previous = TaskStatus(task.status)
-    check_transition(previous, target)
-    task.status = target.value
-    task.updated_at = now
-    if target == TaskStatus.IN_PROGRESS:
-        task.started_at = task.started_at or now
-    elif target in _STAMPS:
-        setattr(task, _STAMPS[target], queued_at or now)
-    add_event(s, task.id, kind, message, details, run_id=run_id, level=level, now=now)
-    note_change(s, StatusChange(task.id, previous.value, target.value, task.priority))
+
+async def change_task(s: AsyncSession, task: Task, changes: dict[str, Any]) -> None:
+    """Write columns of a task other than its status (a snapshot or a tracked row)."""
+    if "status" in changes:
+        raise ValueError("a status is changed by a move")
+    for key, value in changes.items():
+        setattr(task, key, value)
+    if changes and not _tracked(task):
+        conn = await connection(s)
+        await conn.execute(update(Task).where(Task.id == task.id).values(changes))
 
 
 def new_run(task: Task, agent_id: str, now: datetime) -> TaskRun:
@@ -147,21 +273,51 @@ def new_run(task: Task, agent_id: str, now: datetime) -> TaskRun:
     )
 
 
-def move_run(
+def values_of(obj: Base) -> dict[str, Any]:
+    """The columns set on a new (transient) row, for a Core ``INSERT``: the others get
+    their defaults."""
+    given = inspect(obj).dict
+    return {a.key: given[a.key] for a in inspect(type(obj)).column_attrs if a.key in given}
+
+
+async def insert_task(s: AsyncSession, task: Task) -> Task:
+    """Insert a new task (:func:`queue_new_task` gave it its status); the inserted row."""
+    conn = await connection(s)
+    row = (
+        await conn.execute(insert(Task).values(values_of(task)).returning(*row_columns(Task)))
+    ).one()
+    return snapshot(Task, row)
+
+
+async def move_run(
+    s: AsyncSession,
     run: TaskRun,
     target: RunStatus,
     now: datetime,
     *,
     category: ErrorCategory | None = None,
     message: str | None = None,
+    **fields: Any,
 ) -> None:
-    """Move ``run`` to ``target``: accepted (``running``) or ended, checked and stamped."""
-    check_run_transition(RunStatus(run.status), target)
-    run.status = target.value
+    """Move ``run`` to ``target``: accepted (``running``) or ended, checked and stamped,
+    with other columns (the reported figures) in the same statement."""
+    previous = RunStatus(run.status)
+    check_run_transition(previous, target)
+    values: dict[str, Any] = {**fields, "status": target.value}
     if target == RunStatus.RUNNING:
-        run.accepted_at = now
-        run.last_seen_at = now
-        return
-    run.ended_at = now
-    run.error_category = category.value if category else None
-    run.message = message
+        values["accepted_at"] = values["last_seen_at"] = now
+    else:
+        values["ended_at"] = now
+        values["error_category"] = category.value if category else None
+        values["message"] = message
+    for key, value in values.items():
+        setattr(run, key, value)
+    if not _tracked(run):
+        conn = await connection(s)
+        done = await conn.execute(
+            update(TaskRun)
+            .where(TaskRun.id == run.id, TaskRun.status == previous.value)
+            .values(values)
+        )
+        if done.rowcount != 1:
+            raise RuntimeError(f"run {run.id} changed under a locked snapshot")

@@ -185,7 +185,8 @@ class TaskStateMachine(RuleBasedStateMachine):
                 specialties=["general"],
                 max_concurrent_tasks=2,
                 secret=SECRET,
-            )
+            ),
+            replace=True,  # a restart presents the agent's own token
         )
 
     # --- the API -------------------------------------------------------------------

@@ -420,6 +420,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API; SSE goes out chunked
+    # TCP_NODELAY, as real API front ends set it: otherwise each small SSE write on a
+    # kept-alive connection waits for the client's delayed ACK (40 ms)
+    disable_nagle_algorithm = True
     server: _Server
     _scenario_path: ClassVar[re.Pattern[str]] = re.compile(r"^/s/([^/]+)(/.*)$")
 

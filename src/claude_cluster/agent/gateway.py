@@ -133,9 +133,12 @@ class _UsageReader:
         self._buffer += chunk
         if not self.streaming:
             return
+        if b"\n" not in chunk:
+            return
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
-            if line.startswith(b"data:"):
+            # only message_start and message_delta carry usage: parse nothing else
+            if line.startswith(b"data:") and b'"message_' in line:
                 self._event(line[5:])
 
     def finish(self) -> dict[str, int]:

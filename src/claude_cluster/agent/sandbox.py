@@ -113,13 +113,16 @@ def bwrap_argv(
     command = list(argv)
     if confinement.gateway_socket is not None:
         args += ["--bind", str(confinement.gateway_socket), GATEWAY_SOCKET]
+        listening = f":{confinement.gateway_port:04X} 00000000:0000 0A"
         bridge = (
             f"{socat} TCP-LISTEN:{confinement.gateway_port},bind=127.0.0.1,reuseaddr,fork "
             f"UNIX-CONNECT:{GATEWAY_SOCKET} 2>/dev/null & "
-            # wait (at most ~1 s) until the bridge listens, then become the command
-            "i=0; while [ $i -lt 100 ] && ! grep -q "
-            f"':{confinement.gateway_port:04X} 00000000:0000 0A' /proc/net/tcp 2>/dev/null; "
-            'do i=$((i+1)); sleep 0.01; done; exec "$@"'
+            # wait (at most ~2 s) until the bridge listens, reading /proc/net/tcp with shell
+            # builtins only, then become the command
+            'i=0; up=; while [ -z "$up" ] && [ $i -lt 400 ]; do '
+            "while read -r l; do case $l in "
+            f'*"{listening}"*) up=1;; esac; done < /proc/net/tcp; '
+            '[ -n "$up" ] || sleep 0.005; i=$((i+1)); done; exec "$@"'
         )
         command = ["/bin/sh", "-c", bridge, "sh", *command]
     # the root tmpfs (mount points made for the binds) read-only too: writable is only what

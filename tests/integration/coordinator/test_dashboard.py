@@ -378,3 +378,26 @@ def test_a_caller_who_may_not_act_sees_the_actions_disabled_and_is_refused(
         )
         assert refused.status_code == 403 and "ask an admin" in refused.text
     assert api.get(f"/api/v1/tasks/{task['id']}").json()["status"] == "queued"
+
+
+async def test_moving_a_task_to_an_agent_that_cannot_take_it(
+    coordinator: RunningCoordinator,
+) -> None:
+    async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
+        await sims.add("a1", behaviour="hold")
+        await sims.add("full", behaviour="hold", capacity=1)
+        await api.post("/api/v1/agents/full/drain", json={"drain": True})
+        task = (await api.post("/api/v1/tasks", json=TASK)).json()
+        await wait_until(lambda: sims.agents["a1"].held)
+        refused = await api.post(
+            f"/tasks/{task['id']}/requeue", data={"agent_id": "full", "confirm": "yes"}
+        )
+        assert refused.status_code == 409 and "agent full cannot take task" in refused.text
+        # the run on a1 was stopped; the task is queued for any agent, not held back: a1
+        # gets it again at once
+        await wait_until(lambda: len(sims.agents["a1"].received) == 2)
+        assert not sims.agents["full"].received
+        missing = await api.post(
+            f"/tasks/{task['id']}/requeue", data={"agent_id": "nobody", "confirm": "yes"}
+        )
+        assert missing.status_code == 404

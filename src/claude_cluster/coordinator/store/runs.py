@@ -96,12 +96,12 @@ class RunQueries(RunEndSteps):
             }
             if not agents:
                 return []
+            ready = Task.status == TaskStatus.QUEUED.value
+            if only_task is None:  # a manual assignment overrides the back-off (and a hold)
+                ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
             task_query = (
                 transitions.select_rows(Task)
-                .where(
-                    Task.status == TaskStatus.QUEUED.value,
-                    or_(Task.not_before.is_(None), Task.not_before <= now),
-                )
+                .where(ready)
                 .order_by(Task.priority_rank.desc(), Task.created_at, Task.id)
                 .limit(room * 4 if only_task is None else 1)
             )

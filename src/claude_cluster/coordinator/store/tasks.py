@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -206,15 +207,20 @@ class TaskQueries(RunEndSteps):
 
     @retry_conflicts
     async def release_task(
-        self, task_id: int, reason: str
+        self, task_id: int, reason: str, *, hold_seconds: float = 0.0
     ) -> tuple[Task, tuple[TaskRun, Agent] | None]:
         """Take a task back from its agent: the active run ends ``cancelled`` and the task
         is ``queued`` again without counting a retry (a person moved it, it did not fail).
-        A queued task is returned as it is. Returns the run to stop on its agent."""
+        ``hold_seconds`` keeps the dispatcher off it meanwhile (a manual assignment still
+        claims it). A queued task is returned as it is, held too. Returns the run to stop
+        on its agent."""
         async with self._tx() as s:
             run = await self._active_run(s, task_id, lock=True)  # run → task → agent
             task = await self._task_for_update(s, task_id)
+            hold = utcnow() + timedelta(seconds=hold_seconds) if hold_seconds else None
             if task.status == TaskStatus.QUEUED.value:
+                if hold is not None:
+                    task.not_before = max(hold, task.not_before or hold)
                 return task, None
             if run is None or TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
                 raise Conflict(
@@ -226,7 +232,7 @@ class TaskQueries(RunEndSteps):
                 s, run, RunStatus.CANCELLED, now, category=ErrorCategory.CANCELLED, message=reason
             )
             task.assigned_agent_id = None
-            task.not_before = None
+            task.not_before = hold
             await transitions.move_task(
                 s,
                 task,

@@ -10,13 +10,25 @@ run; the failure is the result's ``error_category``:
 category            when
 ==================  ===========================================================
 workspace_error     fetching the repository or making the worktree failed
+contract_error      the repository's ``.claude-cluster.yml`` is invalid (before
+                    any model call; the message names the key and the line)
 (runner outcome)    the runner failed: max_turns, rate_limited, stall, crash, …
+                    (max_turns and budget_exceeded push the work as a checkpoint)
 no_changes          the runner finished without changing anything
-tests_failed        the tests still fail after ``max_fix_rounds`` fix rounds
-                    (the branch is pushed anyway, so the work can be inspected)
+tests_failed        the run's own tests still fail after ``max_fix_rounds`` fix
+                    rounds (``when_tests_fail`` decides what is delivered)
+untested            the tests could not run and ``when_untested`` is ``fail``
 delivery_error      commit, push or pull request failed
 cancelled           the run was stopped (the pool may re-label why)
 ==================  ===========================================================
+
+Before the agent: the repository's contract is read from the base commit
+(:mod:`~claude_cluster.agent.run_policy`), the test environment is set up in the box
+(:mod:`~claude_cluster.agent.provision`), and the tests run once on the base commit (the
+baseline), so that the result says what the run fixed and what it broke, and failures
+that were there before are not the run's (:mod:`~claude_cluster.domain.baseline`). A run
+whose tests did not run is *untested*: never reported as tested, and ``when_untested``
+decides whether it delivers a pull request, a draft, or nothing.
 
 A follow-up run (review feedback) continues ``request.branch`` and, when this agent still
 has the session's transcript, resumes ``request.resume_session_id``. The CLI keeps its
@@ -42,6 +54,7 @@ from claude_cluster.agent.deliver import (
 )
 from claude_cluster.agent.git import DeliveryError, GitError, WorkspaceError, git
 from claude_cluster.agent.prompt import feedback_prompt, fix_prompt, issue_prompt
+from claude_cluster.agent.provision import cache_env, plan_setup, run_setup
 from claude_cluster.agent.pull_request import (
     PullRequestOpener,
     PullRequestRequest,
@@ -50,10 +63,13 @@ from claude_cluster.agent.pull_request import (
     github_opener,
 )
 from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.run_policy import ContractError, load_run_policy
 from claude_cluster.agent.runbox import GatewayConfig, RunBox
 from claude_cluster.agent.sandbox import Sandbox
 from claude_cluster.agent.verify import TestReport, run_tests
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
+from claude_cluster.domain.baseline import TestVerdict, judge
+from claude_cluster.domain.contract import RunPolicy
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
 from claude_cluster.logging import get_logger
@@ -67,6 +83,8 @@ GitTokenSource = Callable[[int, str], Awaitable[str | None]]
 log = get_logger(__name__)
 
 _MESSAGE_LIMIT = 4_000
+#: where setup finds its tools (uv beside the agent's interpreter is passed by path)
+_TOOL_PATH = "/usr/local/bin:/usr/bin:/bin"
 _EXCERPT_LIMIT = 8_000
 
 
@@ -134,6 +152,11 @@ class _Progress:
     pr_number: int | None = None
     pr_url: str | None = None
     tests: TestReport | None = None
+    #: the tests on the base commit, before the agent
+    baseline: TestReport | None = None
+    verdict: TestVerdict | None = None
+    #: why the tests did not run (setup failed, no test command, tool missing)
+    untested: str | None = None
     fix_rounds: int = 0
     changed_files: list[str] = field(default_factory=list)
     summary: str = ""
@@ -178,7 +201,7 @@ class _Progress:
             tests_command=tests.command_line or None if tests else None,
             tests_passed=tests.passed if tests else None,
             tests_failed=tests.failed if tests else None,
-            tests_ok=tests.ok if tests else None,
+            tests_ok=None if self.untested else (tests.ok if tests else None),
             fix_rounds=self.fix_rounds,
             changed_files=self.changed_files[:1000],
             log_excerpt=excerpt[-_EXCERPT_LIMIT:],
@@ -241,8 +264,9 @@ class JobRunner:
                 f"worktree ready on {ws.branch} (base {ws.base_branch} {ws.base_sha[:12]})",
                 {"branch": ws.branch, "base_branch": ws.base_branch, "base_sha": ws.base_sha},
             )
-            box = await self._open_box(request, reporter, ws)
-            return await self._work(request, reporter, ws, box, progress, deadline)
+            policy = await self._policy(request, reporter, ws, progress)
+            box = await self._open_box(request, reporter, ws, policy)
+            return await self._work(request, reporter, ws, box, progress, deadline, policy)
         except _Failed as failed:
             return failed.result
         except asyncio.CancelledError:
@@ -292,13 +316,53 @@ class JobRunner:
         """The CLI's HOME for a task (kept across the task's runs, so sessions resume)."""
         return self.config.homes_dir / f"task-{task_id}"
 
-    def egress_allowlist(self, request: ExecuteTaskRequest) -> tuple[str, ...]:
-        """Hosts this run may reach besides the model API (per repository; none yet)."""
-        del request  # the repository contract feeds this
-        return ()
+    async def _policy(
+        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace, progress: _Progress
+    ) -> RunPolicy:
+        """The repository's contract at the base commit, within the task's limits."""
+        try:
+            policy = await load_run_policy(
+                ws.mirror, ws.base_sha, request, timeout=self.config.git_timeout
+            )
+        except ContractError as exc:
+            message = f"invalid repository contract: {exc}"
+            reporter.event("contract", message, {"error": str(exc)}, level="error")
+            raise _Failed(
+                progress.result(
+                    succeeded=False, category=ErrorCategory.CONTRACT_ERROR, message=message
+                )
+            ) from None
+        except GitError as exc:
+            raise _Failed(
+                progress.result(
+                    succeeded=False, category=ErrorCategory.WORKSPACE_ERROR, message=str(exc)
+                )
+            ) from None
+        reporter.event(
+            "contract",
+            f"{policy.source or 'no contract file'}: setup {len(policy.setup) or 'detected'}, "
+            f"tests {policy.test or 'detected'}, "
+            f"network {', '.join(policy.network_allow) or 'none'}",
+            {
+                "source": policy.source,
+                "test": policy.test,
+                "network_allow": list(policy.network_allow),
+                "protected_paths": list(policy.protected_paths),
+                "when_tests_fail": policy.when_tests_fail,
+                "when_untested": policy.when_untested,
+                "baseline": policy.baseline,
+            },
+        )
+        for note in policy.notes:
+            reporter.event("contract", note, {}, level="warning")
+        return policy
+
+    def env_cache(self, ws: Workspace) -> Path:
+        """The repository's own tool caches (uv, npm, go, cargo), kept between its runs."""
+        return self.config.homes_dir.parent / "envcache" / ws.mirror.name
 
     async def _open_box(
-        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace
+        self, request: ExecuteTaskRequest, reporter: RunReporter, ws: Workspace, policy: RunPolicy
     ) -> RunBox:
         sandbox = self.config.sandbox
         if sandbox is None or not sandbox.enabled:
@@ -317,6 +381,8 @@ class JobRunner:
             reporter.event(kind, message, data, level)
 
         state_dir = self.config.state_dir or self.config.homes_dir.parent / "runs"
+        cache = self.env_cache(ws)
+        cache.mkdir(parents=True, exist_ok=True)
         box = await RunBox.open(
             sandbox,
             run_id=request.run_id,
@@ -325,9 +391,10 @@ class JobRunner:
             home=home,
             readable=(ws.mirror / "objects", *self.config.readable),
             gateway=self.config.gateway,
-            allow=self.egress_allowlist(request),
-            budget_usd=request.budget_usd,
+            allow=policy.network_allow,
+            budget_usd=policy.budget_usd,
             on_event=on_event,
+            writable=(cache,),
         )
         reporter.event(
             "sandbox",
@@ -344,9 +411,15 @@ class JobRunner:
         box: RunBox,
         progress: _Progress,
         deadline: float,
+        policy: RunPolicy,
     ) -> RunResult:
         home = self.home_for(request.task_id)
         home.mkdir(parents=True, exist_ok=True)
+        await self._setup(reporter, ws, box, progress, policy, home)
+        if progress.untested is None and policy.baseline:
+            progress.baseline = await self._test(
+                request, reporter, ws, box, deadline, policy, kind="baseline"
+            )
         resume = request.resume_session_id
         if resume and not _has_transcript(home, resume):
             reporter.event(
@@ -359,10 +432,15 @@ class JobRunner:
             prompt = feedback_prompt(request)
         else:
             prompt = issue_prompt(request, specialties=self.config.specialties, worktree=ws.path)
+        if policy.instructions:
+            prompt += f"\n\n# The repository's instructions\n\n{policy.instructions}\n"
         reporter.event("phase", "running the agent", {"phase": "agent", "runner": self.runner.name})
-        await self._run_agent(
-            request, reporter, ws, box, home, progress, prompt, resume, deadline, 0
-        )
+        try:
+            await self._run_agent(
+                request, reporter, ws, box, home, progress, prompt, resume, deadline, 0, policy
+            )
+        except _Failed as stopped:
+            return await self._checkpoint(request, reporter, ws, box, progress, policy, stopped)
 
         if not await _has_changes(ws, box):
             return progress.result(
@@ -371,11 +449,22 @@ class JobRunner:
                 message="the agent finished without changing anything",
             )
         rounds = self.config.max_fix_rounds
-        while True:
+        issue_text = f"{request.title}\n{request.description}"
+        while progress.untested is None:
             reporter.phase("testing")
-            report = await self._test(request, reporter, ws, box, deadline)
+            report = await self._test(request, reporter, ws, box, deadline, policy)
             progress.tests = report
-            if report.ok is not False or progress.fix_rounds >= rounds:
+            if report.ok is None:
+                progress.untested = report.reason or "the tests did not run"
+                break
+            before = progress.baseline.outcomes if progress.baseline else None
+            progress.verdict = judge(
+                before, report.outcomes, ok=bool(report.ok), issue_text=issue_text
+            )
+            if progress.verdict.comparison is not None:
+                lines = progress.verdict.comparison.lines()
+                reporter.event("test_changes", "; ".join(lines) or "no change", {"lines": lines})
+            if not progress.verdict.failing or progress.fix_rounds >= rounds:
                 break
             progress.fix_rounds += 1
             reporter.phase("in_progress")
@@ -384,17 +473,79 @@ class JobRunner:
                 f"fix round {progress.fix_rounds} of {rounds}",
                 {"phase": "fix", "round": progress.fix_rounds},
             )
+            blamed = progress.verdict.blamed
+            focus = f"Fix these tests: {', '.join(blamed[:50])}\n\n" if blamed else ""
             prompt = fix_prompt(
                 report.command_line,
-                report.output_tail,
+                focus + report.output_tail,
                 round_number=progress.fix_rounds,
                 rounds=rounds,
             )
-            await self._run_agent(
-                request, reporter, ws, box, home, progress, prompt, progress.session_id,
-                deadline, progress.fix_rounds,
-            )  # fmt: skip
-        return await self._deliver(request, reporter, ws, box, progress)
+            try:
+                await self._run_agent(
+                    request, reporter, ws, box, home, progress, prompt, progress.session_id,
+                    deadline, progress.fix_rounds, policy,
+                )  # fmt: skip
+            except _Failed as stopped:
+                return await self._checkpoint(request, reporter, ws, box, progress, policy, stopped)
+        return await self._deliver(request, reporter, ws, box, progress, policy)
+
+    async def _setup(
+        self,
+        reporter: RunReporter,
+        ws: Workspace,
+        box: RunBox,
+        progress: _Progress,
+        policy: RunPolicy,
+        home: Path,
+    ) -> None:
+        """Set up the test environment in the box; a failure makes the run untested."""
+        plan = plan_setup(ws.path, policy, cache_dir=self.env_cache(ws))
+        if not plan.steps and not plan.missing:
+            return
+        reporter.event(
+            "phase",
+            f"setting up the test environment ({plan.source})",
+            {"phase": "setup", "steps": [step.name for step in plan.steps]},
+        )
+        env = {"PATH": _TOOL_PATH, "HOME": str(home), "LANG": "C.UTF-8", **box.tool_env()}
+        report = await run_setup(plan, box.run, cwd=ws.path, env=env)
+        for step in report.steps:
+            reporter.event(
+                "setup",
+                f"{step.name}: exit {step.exit_code} in {step.duration:.1f}s",
+                {"step": step.name, "exit_code": step.exit_code, "output_tail": step.output_tail},
+                level="info" if step.exit_code == 0 else "warning",
+            )
+        if not report.ok:
+            progress.untested = f"setup failed: {report.reason}"
+            reporter.event("untested", progress.untested, {}, level="warning")
+
+    async def _checkpoint(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        box: RunBox,
+        progress: _Progress,
+        policy: RunPolicy,
+        stopped: _Failed,
+    ) -> RunResult:
+        """A run stopped by its turns or budget keeps its paid work: push it as a branch."""
+        result = stopped.result
+        checkpoint = (ErrorCategory.MAX_TURNS, ErrorCategory.BUDGET_EXCEEDED)
+        if result.error_category not in checkpoint or not await _has_changes(ws, box):
+            return result
+        pushed = await self._push(request, reporter, ws, box, progress, policy)
+        if isinstance(pushed, RunResult):
+            return result  # the push failed; the stop is still the reason
+        reporter.event("checkpoint", f"work so far pushed to {ws.branch}", {"branch": ws.branch})
+        return progress.result(
+            succeeded=False,
+            category=result.error_category,
+            message=f"{result.message}; the work so far was pushed to branch {ws.branch} "
+            "as a checkpoint",
+        )
 
     async def _run_agent(
         self,
@@ -408,6 +559,7 @@ class JobRunner:
         resume: str | None,
         deadline: float,
         fix_round: int,
+        policy: RunPolicy,
     ) -> None:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 1:
@@ -423,9 +575,9 @@ class JobRunner:
             cwd=ws.path,
             home=home,
             env=box.agent_env(self._runner_env(request, ws, fix_round)),
-            model=self.config.model,
-            max_turns=self.config.max_turns,
-            budget_usd=_remaining_budget(request.budget_usd, progress.cost_usd),
+            model=policy.model or self.config.model,
+            max_turns=_smaller(policy.max_turns, self.config.max_turns),
+            budget_usd=_remaining_budget(policy.budget_usd, progress.cost_usd),
             resume_session_id=resume,
             wall_timeout=remaining,
             idle_timeout=self.config.stall_timeout,
@@ -456,7 +608,7 @@ class JobRunner:
                 progress.result(
                     succeeded=False,
                     category=ErrorCategory.BUDGET_EXCEEDED,
-                    message=f"the gateway cut the run off at its budget of ${request.budget_usd:g}",
+                    message=f"the gateway cut the run off at its budget of ${policy.budget_usd:g}",
                 )
             )
         if not outcome.succeeded:
@@ -476,18 +628,25 @@ class JobRunner:
         ws: Workspace,
         box: RunBox,
         deadline: float,
+        policy: RunPolicy,
+        *,
+        kind: str = "tests",
     ) -> TestReport:
+        """Run the tests; ``kind`` ``baseline`` is the run on the base commit, before the agent."""
         remaining = max(1.0, deadline - asyncio.get_running_loop().time())
-        reporter.event("phase", "running the tests", {"phase": "tests"})
+        if kind == "baseline":
+            reporter.event("phase", "running the tests on the base commit", {"phase": "baseline"})
+        else:
+            reporter.event("phase", "running the tests", {"phase": "tests"})
         report = await run_tests(
             ws.path,
-            command=request.test_command,
+            command=policy.test,
             timeout=min(self.config.test_timeout, remaining),
-            env=box.tool_env(),
+            env={**cache_env(self.env_cache(ws)), **box.tool_env()},
             wrap=box.wrap if box.confined else None,
         )
         reporter.event(
-            "tests",
+            kind,
             report.summary,
             {
                 "command": report.command_line,
@@ -498,21 +657,24 @@ class JobRunner:
                 "ok": report.ok,
                 "exit_code": report.exit_code,
                 "duration": round(report.duration, 3),
+                "named": len(report.outcomes),
                 # what people read on the dashboard under the summary
                 "output_tail": report.output_tail[-4000:],
             },
-            level="info" if report.ok is not False else "warning",
+            level="info" if report.ok is not False or kind == "baseline" else "warning",
         )
         return report
 
-    async def _deliver(
+    async def _push(
         self,
         request: ExecuteTaskRequest,
         reporter: RunReporter,
         ws: Workspace,
         box: RunBox,
         progress: _Progress,
-    ) -> RunResult:
+        policy: RunPolicy,
+    ) -> RunResult | str | None:
+        """Commit and push the run's work; a failure's result, or the token for the PR."""
         reporter.event("phase", "committing and pushing", {"phase": "deliver"})
         title = " ".join(request.title.split())
         summary = f"Resolve issue #{request.github_issue_number}: {title}"[:120]
@@ -522,6 +684,7 @@ class JobRunner:
             tokens.append(await self._token(request, "deliver"))
             return tokens[-1]
 
+        protected = tuple(dict.fromkeys([*self.config.protected_paths, *policy.protected_paths]))
         try:
             if box.confined:
                 delivery = await deliver_run_repository(
@@ -535,7 +698,7 @@ class JobRunner:
                     remote_url=request.repository_url,
                     git_token=token,
                     mirror_lock=lambda: self.workspaces.mirrors.locked(ws.mirror),
-                    protected=self.config.protected_paths,
+                    protected=protected,
                     timeout=self.config.git_timeout,
                 )
             else:
@@ -575,24 +738,72 @@ class JobRunner:
                 "changed_files": list(delivery.changed_files)[:200],
             },
         )
+        return tokens[-1] if tokens else None
+
+    async def _deliver(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        ws: Workspace,
+        box: RunBox,
+        progress: _Progress,
+        policy: RunPolicy,
+    ) -> RunResult:
+        """Deliver as the contract says for tested, failing and untested runs."""
+        failing = progress.verdict is not None and progress.verdict.failing
         tests = progress.tests
-        if tests is not None and tests.ok is False:
+        what = policy.when_untested if progress.untested else "push"
+        if failing:
+            what = policy.when_tests_fail
+        if progress.untested:
+            reporter.event(
+                "untested",
+                f"untested: {progress.untested} (when_untested: {policy.when_untested})",
+                {"reason": progress.untested, "policy": policy.when_untested},
+                level="warning",
+            )
+        if what == "fail":
+            category = ErrorCategory.TESTS_FAILED if failing else ErrorCategory.UNTESTED
+            why = self._tests_failed(progress) if failing else f"untested: {progress.untested}"
             return progress.result(
                 succeeded=False,
-                category=ErrorCategory.TESTS_FAILED,
-                message=f"tests still fail after {progress.fix_rounds} fix round(s): "
-                f"{tests.summary}; the branch {delivery.branch} was pushed for inspection",
+                category=category,
+                message=f"{why}; nothing was delivered (the repository's contract says fail)",
             )
-        pr_token = tokens[-1] if tokens else None
-        if request.open_pull_request and pr_token:
-            failure = await self._pull_request(request, reporter, ws, progress, pr_token, box)
+        pushed = await self._push(request, reporter, ws, box, progress, policy)
+        if isinstance(pushed, RunResult):
+            return pushed
+        draft = what == "draft"
+        if request.open_pull_request and pushed and (draft or not failing):
+            failure = await self._pull_request(
+                request, reporter, ws, progress, pushed, box, draft=draft
+            )
             if failure is not None:
                 return failure
         where = f"pull request {progress.pr_url}" if progress.pr_url else f"branch {ws.branch}"
-        tests_line = tests.summary if tests is not None else "no tests ran"
+        if draft and progress.pr_url:
+            where = f"draft {where}"
+        if failing:
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.TESTS_FAILED,
+                message=f"{self._tests_failed(progress)}; {where} was pushed for inspection",
+            )
+        if progress.untested:
+            tests_line = f"untested: {progress.untested}"
+        else:
+            tests_line = tests.summary if tests is not None else "no tests ran"
         return progress.result(
             succeeded=True, message=f"delivered {where} ({tests_line})\n\n{progress.summary}"
         )
+
+    @staticmethod
+    def _tests_failed(progress: _Progress) -> str:
+        tests = progress.tests
+        summary = tests.summary if tests is not None else "the tests failed"
+        blamed = progress.verdict.blamed if progress.verdict else ()
+        named = f" ({', '.join(blamed[:10])})" if blamed else ""
+        return f"tests still fail after {progress.fix_rounds} fix round(s): {summary}{named}"
 
     async def _pull_request(
         self,
@@ -602,6 +813,8 @@ class JobRunner:
         progress: _Progress,
         token: str,
         box: RunBox,
+        *,
+        draft: bool = False,
     ) -> RunResult | None:
         from claude_cluster.github import GitHubError  # only runs opening a PR load GitHub
 
@@ -614,6 +827,12 @@ class JobRunner:
             output_tokens=progress.output_tokens,
             cache_read_tokens=progress.cache_read_tokens,
             cache_creation_tokens=progress.cache_creation_tokens,
+            untested=progress.untested,
+            test_changes=(
+                progress.verdict.comparison.lines()
+                if progress.verdict is not None and progress.verdict.comparison is not None
+                else ()
+            ),
         )
         pr = describe(
             request,
@@ -624,6 +843,7 @@ class JobRunner:
             model=self.config.model,
             token=token,
             confined=box.confined,
+            draft=draft,
         )
         try:
             number, url = await self._open_pull_request(pr)
@@ -700,6 +920,10 @@ async def _has_changes(ws: Workspace, box: RunBox) -> bool:
 def _has_transcript(home: Path, session_id: str) -> bool:
     projects = home / ".claude" / "projects"
     return projects.is_dir() and any(projects.glob(f"*/{session_id}.jsonl"))
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    return min(a, b) if a is not None and b is not None else (a if a is not None else b)
 
 
 def _remaining_budget(budget: float | None, spent: float) -> float | None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from claude_cluster.domain.contract import RunPolicy
 
-__all__ = ["Plan", "SetupReport", "Step", "StepReport", "plan_setup", "run_setup"]
+__all__ = ["Plan", "SetupReport", "Step", "StepReport", "cache_env", "plan_setup", "run_setup"]
 
 #: how long a detected step may take (a contract's steps carry their own)
 DETECTED_TIMEOUT = 900
@@ -96,7 +96,7 @@ def plan_setup(
     which: Callable[[str], str | None] = shutil.which,
 ) -> Plan:
     """The setup of ``worktree``: the contract's steps, else detected ones."""
-    env = _cache_env(cache_dir)
+    env = cache_env(cache_dir)
     if policy.setup:
         scripts = tuple(Step(s.title, (*_BASH, s.run), s.timeout) for s in policy.setup)
         return Plan("contract", scripts, env)
@@ -134,7 +134,7 @@ async def run_setup(
     return SetupReport(True, tuple(reports), None, time.monotonic() - started)
 
 
-def _cache_env(cache: Path) -> dict[str, str]:
+def cache_env(cache: Path) -> dict[str, str]:
     return {
         "UV_CACHE_DIR": str(cache / "uv"),
         "UV_PYTHON_DOWNLOADS": "never",  # use the host's Python; no interpreter downloads

@@ -28,6 +28,7 @@ class PullRequestRequest:
     title: str
     body: str
     token: str
+    draft: bool = False
 
 
 #: opens or updates a pull request; returns (number, html_url); raises GitHubError
@@ -46,6 +47,10 @@ class RunFigures:
     output_tokens: int
     cache_read_tokens: int
     cache_creation_tokens: int
+    #: why the tests did not run, when they did not
+    untested: str | None = None
+    #: the tests against the base commit, one sentence per group
+    test_changes: Sequence[str] = ()
 
 
 #: the head of the pull request body of a run that was not sandboxed
@@ -65,6 +70,7 @@ def describe(
     model: str | None,
     token: str,
     confined: bool = True,
+    draft: bool = False,
 ) -> PullRequestRequest:
     """The pull request of ``request``'s run from ``head`` into ``base``.
 
@@ -103,6 +109,8 @@ def describe(
             cache_read_tokens=figures.cache_read_tokens,
             cache_creation_tokens=figures.cache_creation_tokens,
         ),
+        untested=figures.untested,
+        test_changes=tuple(figures.test_changes),
     )
     return PullRequestRequest(
         repository=request.github_repository,
@@ -112,6 +120,7 @@ def describe(
         body=(UNCONFINED_NOTE.format(agent=agent_id) if not confined else "")
         + render_pr_body(info),
         token=token,
+        draft=draft,
     )
 
 
@@ -123,7 +132,12 @@ def github_opener(api_url: str) -> PullRequestOpener:
 
         async with GitHubClient(PersonalToken(pr.token), base_url=api_url) as gh:
             opened = await gh.open_or_update_pull_request(
-                pr.repository, head=pr.head, base=pr.base, title=pr.title, body=pr.body
+                pr.repository,
+                head=pr.head,
+                base=pr.base,
+                title=pr.title,
+                body=pr.body,
+                draft=pr.draft,
             )
         return opened.pull_request.number, opened.pull_request.html_url
 

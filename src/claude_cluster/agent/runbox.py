@@ -73,6 +73,7 @@ class RunBox:
         allow: Sequence[str] = (),
         budget_usd: float | None = None,
         on_event: EventCallback | None = None,
+        writable: Sequence[Path] = (),
     ) -> RunBox:
         """Set up the box of run ``run_id``: its tmp, its gateway socket, its confinement.
 
@@ -86,6 +87,7 @@ class RunBox:
             allow: hosts this run's repository may reach besides (per repository).
             budget_usd: the run's budget, enforced by the gateway.
             on_event: receives the gateway's run events.
+            writable: more writable directories (the repository's own tool caches).
         """
         if sandbox is None or not sandbox.enabled:
             return cls(None, None, None, None)
@@ -105,7 +107,7 @@ class RunBox:
         )
         await run_gateway.start()
         confinement = sandbox.confinement(
-            writable=(repository, home),
+            writable=(repository, home, *writable),
             tmp=tmp,
             readable=readable,
             gateway_socket=run_gateway.socket_path,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "TestVerdict", "compare", "judge"]
 
 _BAD = frozenset({"failed", "error"})
 #: names listed per group in a report; the counts stay exact beyond it
@@ -77,3 +77,48 @@ def compare(before: Mapping[str, str], after: Mapping[str, str]) -> Comparison:
                 added.append(name)
     removed = [name for name in sorted(before) if name not in after]
     return Comparison(tuple(fixed), tuple(broken), tuple(still), tuple(added), tuple(removed))
+
+
+@dataclass(frozen=True)
+class TestVerdict:
+    """What the run's test results mean, given the baseline."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    #: the run is to blame for failures (or the issue's own tests still fail)
+    failing: bool
+    #: the tests to name in a fix round and in the report
+    blamed: tuple[str, ...] = ()
+    comparison: Comparison | None = None
+
+
+def judge(
+    before: Mapping[str, str] | None,
+    after: Mapping[str, str],
+    *,
+    ok: bool,
+    issue_text: str = "",
+) -> TestVerdict:
+    """Whether a run's failing tests are its own doing.
+
+    Without named outcomes on both sides only the exit status speaks (``ok``). With them,
+    a failing run is to blame for what it broke, and for the tests that failed before and
+    still fail when the issue names them (the issue is about them); other failures that
+    were there before are not the run's.
+    """
+    if ok:
+        comparison = compare(before, after) if before and after else None
+        return TestVerdict(failing=False, comparison=comparison)
+    if not before or not after:
+        return TestVerdict(failing=True)
+    comparison = compare(before, after)
+    text = issue_text.lower()
+    named = tuple(t for t in comparison.still_failing if _short(t) and _short(t) in text)
+    blamed = comparison.broken + named
+    return TestVerdict(failing=bool(blamed), blamed=blamed, comparison=comparison)
+
+
+def _short(test: str) -> str:
+    """``tests/test_calc.py::test_add[1-2]`` → ``test_add``: how an issue names a test."""
+    name = test.rsplit("::", 1)[-1].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+    return name.split("[", 1)[0].lower()

@@ -169,6 +169,8 @@ class ErrorCategory(StrEnum):
     LOST = "lost"  #: the agent stopped reporting the run (set by the coordinator)
     DISPATCH_FAILED = "dispatch_failed"  #: the agent refused or did not answer the push
     CANCELLED = "cancelled"  #: the task was cancelled
+    CONTRACT_ERROR = "contract_error"  #: the repository's .claude-cluster.yml is invalid
+    UNTESTED = "untested"  #: the tests could not run and the contract says fail
 
 
 #: outcomes worth another attempt; everything else ends the task

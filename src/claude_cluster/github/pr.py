@@ -91,6 +91,10 @@ class PullRequestInfo:
     branch: str = ""
     usage: Usage | None = None
     duration_seconds: float | None = None
+    #: why the tests did not run (the run is untested), None when they ran
+    untested: str | None = None
+    #: against the base commit: fixed, newly failing, still failing (one sentence each)
+    test_changes: Sequence[str] = ()
 
 
 def pr_title(issue_number: int, issue_title: str) -> str:
@@ -117,12 +121,21 @@ def render_pr_body(info: PullRequestInfo) -> str:
         "## Summary\n\n" + (_clip(info.summary.strip(), _SUMMARY_MAX) or "_No summary._"),
         "## Changes\n\n" + changes,
         "## Task Information\n\n" + "\n".join(task),
-        "## Test Results\n\n" + render_test_results(info.tests),
+        "## Test Results\n\n" + _tests_section(info),
         "## Agent\n\n" + "\n".join(agent),
         "## Cost\n\n" + (info.usage.line() if info.usage else "_Not reported._"),
         f"Closes #{info.issue_number}\n\nTask ID: {info.task_id}",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _tests_section(info: PullRequestInfo) -> str:
+    text = render_test_results(info.tests)
+    if info.untested:
+        text = f"⚠️ **Untested:** {_clip(info.untested, 500)}\n\n{text}"
+    if info.test_changes:
+        text += "\n\nAgainst the base commit:\n\n" + "\n".join(f"- {c}" for c in info.test_changes)
+    return text
 
 
 def render_test_results(tests: TestResults | None) -> str:

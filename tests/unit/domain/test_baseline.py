@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from claude_cluster.domain.baseline import MAX_LISTED, Comparison, compare
+from claude_cluster.domain.baseline import MAX_LISTED, Comparison, TestVerdict, compare, judge
 
 BEFORE = {
     "t::already_broken": "failed",
@@ -56,3 +56,26 @@ def test_lines_name_the_tests_and_cap_long_lists() -> None:
     assert line.startswith(f"{MAX_LISTED + 7} newly failing: t000, t001")
     assert line.endswith(" and 7 more")
     assert Comparison().lines() == []
+
+
+def test_judge_without_names_trusts_the_exit_status() -> None:
+    assert judge(None, {}, ok=True) == TestVerdict(failing=False)
+    assert judge({}, {"a": "failed"}, ok=False).failing
+    assert not judge({"a": "passed"}, {"a": "passed"}, ok=True).failing
+
+
+def test_judge_blames_the_run_for_what_it_broke_only() -> None:
+    before = {"t.py::test_old": "failed", "t.py::test_add": "passed"}
+    pre_existing = judge(before, {**before}, ok=False, issue_text="make add() faster")
+    assert not pre_existing.failing
+    assert pre_existing.comparison is not None
+    assert pre_existing.comparison.still_failing == ("t.py::test_old",)
+    broke = judge(before, {"t.py::test_old": "failed", "t.py::test_add": "failed"}, ok=False)
+    assert broke.failing and broke.blamed == ("t.py::test_add",)
+
+
+def test_judge_holds_the_run_to_the_tests_the_issue_names() -> None:
+    before = {"tests/test_calc.py::test_divide[0-1]": "failed", "tests/x.py::test_y": "failed"}
+    verdict = judge(before, before, ok=False, issue_text="test_divide fails when b is 0")
+    assert verdict.failing
+    assert verdict.blamed == ("tests/test_calc.py::test_divide[0-1]",)

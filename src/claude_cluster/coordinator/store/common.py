@@ -42,12 +42,18 @@ _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 def _is_conflict(exc: DBAPIError) -> bool:
     state = getattr(exc.orig, "sqlstate", None)
-    return state in _RETRYABLE_SQLSTATES or "database is locked" in str(exc.orig)
+    return (
+        state in _RETRYABLE_SQLSTATES
+        or "database is locked" in str(exc.orig)
+        # a pooled connection the server had closed (a restart): the pool has dropped it
+        or exc.connection_invalidated
+    )
 
 
 def retry_conflicts(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Run the transaction again when the database aborted it for a deadlock or a
-    serialization conflict (it changed nothing, so running it again is safe)."""
+    serialization conflict, or its pooled connection turned out to be closed (it changed
+    nothing, so running it again is safe)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:

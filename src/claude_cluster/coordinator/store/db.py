@@ -36,7 +36,11 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> A
     url = async_url(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
-        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+        # No ping before each checkout (a round trip per transaction on the hot path): a
+        # connection the server dropped fails its statement instead, the pool discards
+        # every connection of that age, and the store runs the transaction again
+        # (store/common.py::retry_conflicts). Connections are recycled after an hour.
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=3600)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)

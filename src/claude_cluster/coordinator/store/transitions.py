@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, bindparam, insert, inspect, select, update
 from sqlalchemy.engine import Row
@@ -79,9 +80,14 @@ def select_rows(model: type[M]) -> Select[Any]:
     return select(*row_columns(model))
 
 
+class Snapshot(SimpleNamespace):
+    """A row read with Core: its columns as attributes, like the ORM object it stands for,
+    at a fraction of the cost of building one (no instrumentation, no identity map)."""
+
+
 def snapshot(model: type[M], row: Row[Any]) -> M:
-    """A detached ``model`` holding ``row``: read like an ORM object, written by a move."""
-    return model(**row._mapping)
+    """``row`` of ``model``'s table, read like a ``model`` object, written by a move."""
+    return cast(M, Snapshot(**row._mapping))
 
 
 async def connection(s: AsyncSession) -> AsyncConnection:
@@ -93,7 +99,8 @@ async def connection(s: AsyncSession) -> AsyncConnection:
 
 
 def _tracked(obj: Base) -> bool:
-    return inspect(obj).session is not None
+    """A row the session tracks (its flush writes it), not a :class:`Snapshot`."""
+    return not isinstance(obj, Snapshot) and inspect(obj).session is not None
 
 
 def note_change(s: AsyncSession, change: StatusChange) -> None:

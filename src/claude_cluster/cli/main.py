@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_cluster import __version__
-from claude_cluster.cli import agents, db, repo, tasks
+from claude_cluster.cli import agents, db, repo, tasks, tokens
 from claude_cluster.cli.client import call, coordinator_url
 from claude_cluster.cli.coordinator import coordinator
 from claude_cluster.cli.doctor import doctor
@@ -28,6 +28,7 @@ app.add_typer(tasks.app, name="task")
 app.add_typer(agents.app, name="agents")
 app.add_typer(db.app, name="db")
 app.add_typer(repo.app, name="repo")
+app.add_typer(tokens.app, name="tokens")
 app.command()(coordinator)
 app.command()(up)
 app.command()(doctor)

@@ -25,6 +25,7 @@ from claude_cluster.coordinator.api.routes import (
     queue,
     runs,
     tasks,
+    tokens,
     webhooks,
 )
 from claude_cluster.coordinator.bus import make_bus
@@ -143,6 +144,7 @@ def create_app(
         agents.router,
         runs.router,
         queue.router,
+        tokens.router,
         webhooks.router,
         dashboard.router,
         dashboard_pages.router,

@@ -34,6 +34,14 @@ class CoordinatorSettings(TlsSettings):
     admin_token: str = ""
     agent_registration_token: str = ""
 
+    #: how long a dashboard sign-in lasts (hours)
+    dashboard_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: mark session cookies Secure even when the request arrived over plain HTTP (behind a
+    #: TLS-terminating proxy)
+    force_secure_cookies: bool = False
+    #: bearer token /metrics requires; empty = /metrics is open
+    metrics_token: SecretStr | None = None
+
     max_agents: int = Field(default=10, ge=1)
     agent_heartbeat_timeout: float = Field(default=300.0, gt=0)
     run_lease_seconds: float = Field(default=30.0, gt=0)

@@ -26,7 +26,7 @@ from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, TokenProvider, no_token
 from claude_cluster.coordinator.reconciler import Reconciler
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RunEnd
-from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent
+from claude_cluster.coordinator.store.tables import Agent, ApiToken, Task, TaskEvent
 from claude_cluster.coordinator.store.transitions import StatusChange
 from claude_cluster.domain.analysis import analyse
 from claude_cluster.domain.retry import RetryPolicy
@@ -334,6 +334,20 @@ class Coordinator:
             await self._after_run_end(end)
         await self._wake_all()
         return agent, token, created
+
+    # --- people's tokens --------------------------------------------------------------
+
+    async def create_api_token(self, name: str, role: str) -> tuple[ApiToken, str]:
+        """A new API token with ``role`` (admin or viewer); the token is returned once."""
+        token = "cc_" + secrets.token_urlsafe(32)
+        row = await self.repo.add_api_token(name, hash_token(token), role)
+        log.info("api_token_created", token_id=row.id, name=name, role=role)
+        return row, token
+
+    async def revoke_api_token(self, token_id: int) -> ApiToken:
+        row = await self.repo.revoke_api_token(token_id)
+        log.info("api_token_revoked", token_id=token_id)
+        return row
 
     async def reset_agent(self, agent_id: str) -> Agent:
         """Revoke the agent's token so that it may enrol again with the registration token."""

@@ -29,15 +29,22 @@ CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+#: roles of people's tokens: admins may do everything, viewers only read
+ROLES = ("admin", "viewer")
+
+
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "admin" or "agent"
+    kind: str  # "admin", "viewer" or "agent"
     agent_id: str | None = None
 
-    def require_agent(self, agent_id: str) -> None:
-        """Admins may act for any agent; an agent only for itself."""
+    def require_agent(self, agent_id: str, *, read: bool = False) -> None:
+        """Admins may act for any agent, viewers may read any agent's data; an agent only
+        for itself."""
         if self.kind == "agent" and self.agent_id != agent_id:
             raise Forbidden(f"this token belongs to agent {self.agent_id}, not {agent_id}")
+        if self.kind == "viewer" and not read:
+            raise Forbidden("a viewer token is read-only")
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -51,8 +58,9 @@ async def principal(coordinator: CoordinatorDep, credentials: Credentials) -> Pr
     if tokens_equal(token, coordinator.settings.admin_token):
         return Principal("admin")
     digest = hash_token(token)
-    if await coordinator.repo.api_token_by_hash(digest) is not None:
-        return Principal("admin")
+    api_token = await coordinator.repo.api_token_by_hash(digest)
+    if api_token is not None:
+        return Principal(api_token.role if api_token.role in ROLES else "viewer")
     agent = await coordinator.repo.agent_by_token_hash(digest)
     if agent is not None:
         return Principal("agent", agent.id)
@@ -60,8 +68,16 @@ async def principal(coordinator: CoordinatorDep, credentials: Credentials) -> Pr
 
 
 async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    if caller.kind == "viewer":
+        raise Forbidden("a viewer token is read-only: this endpoint needs an admin token")
     if caller.kind != "admin":
         raise Forbidden("this endpoint needs an admin or API token")
+    return caller
+
+
+async def reader(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    if caller.kind not in ROLES:
+        raise Forbidden("this endpoint needs an admin, viewer or API token")
     return caller
 
 
@@ -88,4 +104,5 @@ async def enroller(coordinator: CoordinatorDep, credentials: Credentials) -> Enr
 
 AnyCaller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
+Reader = Annotated[Principal, Depends(reader)]
 Enrolling = Annotated[Enroller, Depends(enroller)]

@@ -180,3 +180,24 @@ class AssignIn(BaseModel):
 class DrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     drain: bool = True
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="who or what holds it")
+    role: str = Field(default="viewer", pattern="^(admin|viewer)$")
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; only its SHA-256 is stored")

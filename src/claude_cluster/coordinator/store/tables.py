@@ -260,3 +260,17 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: "admin" (everything an admin token may do) or "viewer" (read-only)
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
+
+
+class DashboardSession(Base):
+    """A signed-in browser: the cookie holds a random id, the row its SHA-256 (a stolen
+    database does not sign anyone in). Signing out deletes the row."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,17 +1,26 @@
-"""API tokens: stored by hash; a revoked token no longer authenticates."""
+"""API tokens (people and scripts) and dashboard sessions, both stored by SHA-256 hash.
+
+A token's role is ``admin`` or ``viewer`` (read-only); a revoked token no longer
+authenticates. A session lives until it expires or its browser signs out.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+from datetime import datetime
 
-from claude_cluster.coordinator.store.common import StoreBase, utcnow
-from claude_cluster.coordinator.store.tables import ApiToken
+from sqlalchemy import delete, select
+
+from claude_cluster.coordinator.store.common import StoreBase, get_or_raise, utcnow
+from claude_cluster.coordinator.store.tables import ApiToken, DashboardSession
 
 
 class TokenQueries(StoreBase):
-    async def add_api_token(self, name: str, token_hash: str) -> ApiToken:
+    async def add_api_token(self, name: str, token_hash: str, role: str) -> ApiToken:
         async with self._sessions.begin() as s:
-            row = ApiToken(name=name, token_hash=token_hash, created_at=utcnow(), revoked=False)
+            row = ApiToken(
+                name=name, token_hash=token_hash, created_at=utcnow(), revoked=False, role=role
+            )
             s.add(row)
             return row
 
@@ -24,3 +33,36 @@ class TokenQueries(StoreBase):
                     )
                 )
             ).first()
+
+    async def list_api_tokens(self) -> Sequence[ApiToken]:
+        async with self._sessions() as s:
+            return (await s.scalars(select(ApiToken).order_by(ApiToken.id))).all()
+
+    async def revoke_api_token(self, token_id: int) -> ApiToken:
+        async with self._sessions.begin() as s:
+            row = await get_or_raise(s, ApiToken, token_id, "API token")
+            row.revoked = True
+            return row
+
+    # --- dashboard sessions -----------------------------------------------------------
+
+    async def add_session(self, id_hash: str, role: str, expires_at: datetime) -> None:
+        """Store a new session (and forget the expired ones while at it)."""
+        now = utcnow()
+        async with self._sessions.begin() as s:
+            await s.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
+            s.add(
+                DashboardSession(id_hash=id_hash, role=role, created_at=now, expires_at=expires_at)
+            )
+
+    async def session_role(self, id_hash: str) -> str | None:
+        """The role of a live session; None when unknown, signed out or expired."""
+        async with self._sessions() as s:
+            row = await s.get(DashboardSession, id_hash)
+            if row is None or row.expires_at <= utcnow():
+                return None
+            return row.role
+
+    async def delete_session(self, id_hash: str) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(delete(DashboardSession).where(DashboardSession.id_hash == id_hash))

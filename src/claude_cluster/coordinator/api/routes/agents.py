@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from claude_cluster.coordinator.api.deps import Admin, AnyCaller, CoordinatorDep, Enrolling
+from claude_cluster.coordinator.api.deps import (
+    Admin,
+    AnyCaller,
+    CoordinatorDep,
+    Enrolling,
+    Reader,
+)
 from claude_cluster.coordinator.api.schemas import (
     AgentOut,
     AssignIn,
@@ -44,13 +50,13 @@ async def register_agent(
 
 
 @router.get("")
-async def list_agents(coordinator: CoordinatorDep, _: Admin) -> list[AgentOut]:
+async def list_agents(coordinator: CoordinatorDep, _: Reader) -> list[AgentOut]:
     return [AgentOut.model_validate(a) for a in await coordinator.repo.list_agents()]
 
 
 @router.get("/{agent_id}")
 async def get_agent(agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller) -> AgentOut:
-    caller.require_agent(agent_id)
+    caller.require_agent(agent_id, read=True)
     return AgentOut.model_validate(await coordinator.repo.get_agent(agent_id))
 
 
@@ -68,7 +74,7 @@ async def agent_tasks(
     agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> list[RunOut]:
     """The agent's runs, newest first (each names its task)."""
-    caller.require_agent(agent_id)
+    caller.require_agent(agent_id, read=True)
     return [RunOut.model_validate(r) for r in await coordinator.repo.agent_runs(agent_id)]
 
 

@@ -1,6 +1,7 @@
-"""The dashboard's sign-in: people sign in with the admin token once; the browser then
-holds a session cookie that is an HMAC of ``SECRET_KEY`` (the token itself is never stored
-in the browser). Bearer tokens work as everywhere else, so scripts can read the pages too.
+"""The dashboard's sign-in: people sign in once with the admin token or an API token; the
+browser then holds a random session cookie whose role (admin or viewer) the database keeps
+(:mod:`~claude_cluster.coordinator.web.sessions`; the token itself never reaches the
+browser). Bearer tokens work as everywhere else, so scripts can read the pages too.
 
 :func:`dashboard_user` is the dependency of every page, stream and action
 (``dashboard_pages``, ``dashboard_live``, ``dashboard_actions``).
@@ -8,31 +9,24 @@ in the browser). Bearer tokens work as everywhere else, so scripts can read the 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from claude_cluster.coordinator.api.deps import (
+    ROLES,
     CoordinatorDep,
     Credentials,
-    Principal,
     principal,
 )
-from claude_cluster.coordinator.service import Coordinator, tokens_equal
+from claude_cluster.coordinator.web import sessions
 from claude_cluster.coordinator.web.access import DashboardUser
 from claude_cluster.coordinator.web.templating import templates
 from claude_cluster.errors import ClusterError
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
-COOKIE = "claude_cluster_session"
-
-
-def _session_value(coordinator: Coordinator) -> str:
-    key = coordinator.settings.secret_key.encode()
-    return hmac.new(key, b"dashboard-admin", hashlib.sha256).hexdigest()
+COOKIE = sessions.COOKIE
 
 
 async def dashboard_user(
@@ -40,13 +34,14 @@ async def dashboard_user(
 ) -> DashboardUser | None:
     """The signed-in person (session cookie) or script (bearer token), or ``None``."""
     cookie = request.cookies.get(COOKIE, "")
-    if cookie and hmac.compare_digest(cookie, _session_value(coordinator)):
-        return DashboardUser(Principal("admin"), session=cookie)
+    signed_in = await sessions.principal_of(coordinator, cookie)
+    if signed_in is not None:
+        return DashboardUser(signed_in, session=cookie)
     try:
         caller = await principal(coordinator, credentials)
     except ClusterError:
         return None
-    return DashboardUser(caller) if caller.kind == "admin" else None
+    return DashboardUser(caller) if caller.kind in ROLES else None
 
 
 User = Annotated[DashboardUser | None, Depends(dashboard_user)]
@@ -74,17 +69,35 @@ async def login(
     token: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
-    if not tokens_equal(token, coordinator.settings.admin_token):
-        return login_page(request, "That is not the admin token.")
+    throttle = _throttle(request)
+    client = request.client.host if request.client else "?"
+    wait = throttle.wait_seconds(client)
+    if wait > 0:
+        refused = login_page(
+            request, f"Too many failed sign-ins: try again in {int(wait) + 1} s.", 429
+        )
+        refused.headers["Retry-After"] = str(int(wait) + 1)
+        return refused
+    role = await sessions.role_of_token(coordinator, token)
+    if role is None:
+        throttle.failed(client)
+        return login_page(request, "That is not the admin token or an API token.")
+    throttle.succeeded(client)
     response = RedirectResponse(_local_path(next), status_code=303)
-    response.set_cookie(
-        COOKIE, _session_value(coordinator), httponly=True, samesite="strict", max_age=7 * 86400
-    )
+    sessions.set_cookie(request, response, coordinator, await sessions.start(coordinator, role))
     return response
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request, coordinator: CoordinatorDep) -> Response:
+    await sessions.end(coordinator, request.cookies.get(COOKIE, ""))
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE)
     return response
+
+
+def _throttle(request: Request) -> sessions.SignInThrottle:
+    throttle: sessions.SignInThrottle | None = getattr(request.app.state, "sign_ins", None)
+    if throttle is None:
+        throttle = request.app.state.sign_ins = sessions.SignInThrottle()
+    return throttle

@@ -27,7 +27,7 @@ def _agent_of(caller: AnyCaller) -> str:
 @router.get("/{run_id}")
 async def get_run(run_id: int, coordinator: CoordinatorDep, caller: AnyCaller) -> RunOut:
     run = await coordinator.repo.get_run(run_id)
-    caller.require_agent(run.agent_id)
+    caller.require_agent(run.agent_id, read=True)
     return RunOut.model_validate(run)
 
 

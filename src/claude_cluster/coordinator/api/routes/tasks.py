@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep
+from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep, Reader
 from claude_cluster.coordinator.api.schemas import EventOut, RunOut, TaskCreate, TaskOut, TaskUpdate
 from claude_cluster.coordinator.service import TaskRequest
 from claude_cluster.domain.states import TaskStatus
@@ -42,7 +42,7 @@ async def create_task(
 @router.get("")
 async def list_tasks(
     coordinator: CoordinatorDep,
-    _: Admin,
+    _: Reader,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     repository: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -55,7 +55,7 @@ async def list_tasks(
 
 
 @router.get("/{task_id}")
-async def get_task(task_id: int, coordinator: CoordinatorDep, _: Admin) -> TaskOut:
+async def get_task(task_id: int, coordinator: CoordinatorDep, _: Reader) -> TaskOut:
     return TaskOut.model_validate(await coordinator.repo.get_task(task_id))
 
 
@@ -83,7 +83,7 @@ async def cancel_task(task_id: int, coordinator: CoordinatorDep, _: Admin) -> Ta
 
 
 @router.get("/{task_id}/runs")
-async def task_runs(task_id: int, coordinator: CoordinatorDep, _: Admin) -> list[RunOut]:
+async def task_runs(task_id: int, coordinator: CoordinatorDep, _: Reader) -> list[RunOut]:
     return [RunOut.model_validate(r) for r in await coordinator.repo.list_runs(task_id)]
 
 
@@ -91,7 +91,7 @@ async def task_runs(task_id: int, coordinator: CoordinatorDep, _: Admin) -> list
 async def task_events(
     task_id: int,
     coordinator: CoordinatorDep,
-    _: Admin,
+    _: Reader,
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> list[EventOut]:
     return [EventOut.model_validate(e) for e in await coordinator.events(task_id, after)]

@@ -1,0 +1,54 @@
+"""``claude-cluster tokens create|list|revoke``: API tokens for people and scripts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from claude_cluster.cli.client import call
+
+app = typer.Typer(
+    help="API tokens with a role: admin, or viewer (read-only).", no_args_is_help=True
+)
+out = Console()
+
+
+ROLES = ("admin", "viewer")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="who or what holds it, e.g. 'grafana'")],
+    role: Annotated[
+        str, typer.Option(help="admin, or viewer (read-only)", case_sensitive=False)
+    ] = "viewer",
+) -> None:
+    """Create a token; it is printed once (only its hash is kept)."""
+    role = role.lower()
+    if role not in ROLES:
+        raise typer.BadParameter("must be admin or viewer", param_hint="--role")
+    created = call("POST", "/api/v1/tokens", json={"name": name, "role": role})
+    out.print(f"token {created['id']} ({created['role']}) for {created['name']}:")
+    typer.echo(created["token"])
+    out.print("Store it now: it is not shown again.", style="yellow")
+
+
+@app.command("list")
+def list_() -> None:
+    """Every token: id, name, role, created, revoked (never the token)."""
+    table = Table("id", "name", "role", "created", "revoked")
+    for t in call("GET", "/api/v1/tokens"):
+        table.add_row(
+            str(t["id"]), t["name"], t["role"], t["created_at"], "yes" if t["revoked"] else ""
+        )
+    out.print(table)
+
+
+@app.command()
+def revoke(token_id: int) -> None:
+    """Revoke a token: it stops working at once."""
+    token = call("DELETE", f"/api/v1/tokens/{token_id}")
+    out.print(f"token {token['id']} ({token['name']}) revoked")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,28 @@ def configure(
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class Every:
+    """Let one log line through per ``seconds`` for each key; counts the ones held back.
+
+    ``if (held := limiter.due(key)) is not None: log.warning(..., suppressed=held)``
+    """
+
+    def __init__(self, seconds: float, *, max_keys: int = 1024) -> None:
+        self._clock = time.monotonic
+        self.seconds = seconds
+        self._max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> int | None:
+        """None while the key is quiet; else how many lines were held back since."""
+        now = self._clock()
+        last, held = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.seconds:
+            self._last[key] = (last, held + 1)
+            return None
+        if len(self._last) >= self._max_keys and key not in self._last:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return held

@@ -6,12 +6,32 @@ normative description. Both sides import them, so a change here is a protocol ch
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from claude_cluster.domain.states import AgentStatus, ErrorCategory, Priority
+
+# Bounds that match where each value is stored (SPEC §7 "Bounded input"): a value the
+# database could not hold is a 422 naming the field, never a 500.
+#: an INTEGER column
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
+#: a BIGINT column (ids, token counts)
+Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: a short name (specialty, capability, file path)
+Name = Annotated[str, Field(max_length=200)]
+#: registration ``configuration`` and ``metadata``, each as JSON
+MAX_METADATA_BYTES = 16 * 1024
+#: one reported event, as JSON
+MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENTS_PER_BATCH = 500
+MAX_CHANGED_FILES = 10_000
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, default=str, separators=(",", ":")).encode())
 
 
 class _Wire(BaseModel):
@@ -26,27 +46,34 @@ class AgentRegistration(_Wire):
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     name: str = Field(min_length=1, max_length=200)
-    hostname: str = ""
-    ip_address: str = "127.0.0.1"
+    hostname: str = Field(default="", max_length=255)
+    ip_address: str = Field(default="127.0.0.1", max_length=64)
     port: int = Field(default=8081, ge=1, le=65535)
-    specialties: list[str] = Field(default_factory=list)
-    capabilities: list[str] = Field(default_factory=list)
+    specialties: list[Name] = Field(default_factory=list, max_length=50)
+    capabilities: list[Name] = Field(default_factory=list, max_length=100)
     max_concurrent_tasks: int = Field(default=3, ge=1, le=256)
-    cpu_cores: int | None = None
-    memory_gb: float | None = None
-    disk_gb: float | None = None
-    workspace_path: str = ""
-    version: str = ""
+    cpu_cores: Int32 | None = None
+    memory_gb: float | None = Field(default=None, ge=0, le=1e9)
+    disk_gb: float | None = Field(default=None, ge=0, le=1e12)
+    workspace_path: str = Field(default="", max_length=500)
+    version: str = Field(default="", max_length=64)
     configuration: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: the bearer secret the coordinator must present when it calls this agent
     secret: str | None = Field(default=None, min_length=16, max_length=256)
     #: base URL to reach the agent; default ``http://{ip_address}:{port}``
-    url: str | None = None
+    url: str | None = Field(default=None, max_length=500)
     #: False when the agent cannot confine runs (its sandbox canary failed): it is
     #: registered in ``maintenance`` and gets no work
     ready: bool = True
     not_ready_reason: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("configuration", "metadata")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _json_size(value) > MAX_METADATA_BYTES:
+            raise ValueError(f"is over {MAX_METADATA_BYTES} bytes as JSON")
+        return value
 
 
 class Heartbeat(_Wire):
@@ -54,11 +81,11 @@ class Heartbeat(_Wire):
 
     status: AgentStatus | None = None
     current_load: float = Field(default=0.0, ge=0.0, le=1.0)
-    active_task_count: int = Field(default=0, ge=0)
-    uptime: float | None = None
+    active_task_count: Int32 = 0
+    uptime: float | None = Field(default=None, ge=0, le=1e12)
     last_task_completed_at: datetime | None = None
     #: every run the agent holds right now; runs not listed for a lease are lost
-    run_ids: list[int] = Field(default_factory=list)
+    run_ids: list[Int64] = Field(default_factory=list, max_length=1000)
 
 
 class HeartbeatReply(_Wire):
@@ -70,16 +97,22 @@ class HeartbeatReply(_Wire):
 class RunEvent(_Wire):
     """One event of a run, as the agent reports it (batched)."""
 
-    seq: int = Field(ge=0)  #: per run, from 0; (run_id, seq) is unique, so resending is safe
+    seq: Int32  #: per run, from 0; (run_id, seq) is unique, so resending is safe
     ts: datetime
     kind: str = Field(min_length=1, max_length=40)  #: phase, assistant, tool_use, tool_result, ...
-    level: str = "info"
-    message: str = ""
+    level: str = Field(default="info", max_length=10)
+    message: str = Field(default="", max_length=MAX_EVENT_BYTES)
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _small(self) -> RunEvent:
+        if _json_size({"message": self.message, "data": self.data}) > MAX_EVENT_BYTES:
+            raise ValueError(f"the event is over {MAX_EVENT_BYTES} bytes as JSON")
+        return self
 
 
 class RunEventBatch(_Wire):
-    events: list[RunEvent] = Field(min_length=1, max_length=1000)
+    events: list[RunEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 
 
 class RunPhase(_Wire):
@@ -107,22 +140,24 @@ class RunResult(_Wire):
     message: str = Field(default="", max_length=20_000)
     retry_after_seconds: float | None = Field(default=None, ge=0)
     cost_usd: float = Field(default=0.0, ge=0)
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cache_read_tokens: int = Field(default=0, ge=0)
-    cache_creation_tokens: int = Field(default=0, ge=0)
-    num_turns: int = Field(default=0, ge=0)
-    session_id: str | None = None
-    branch: str | None = None
-    commit_sha: str | None = None
-    pr_number: int | None = None
-    pr_url: str | None = None
-    tests_command: str | None = None
-    tests_passed: int | None = None
-    tests_failed: int | None = None
+    input_tokens: Int64 = 0
+    output_tokens: Int64 = 0
+    cache_read_tokens: Int64 = 0
+    cache_creation_tokens: Int64 = 0
+    num_turns: Int32 = 0
+    session_id: str | None = Field(default=None, max_length=100)
+    branch: str | None = Field(default=None, max_length=255)
+    commit_sha: str | None = Field(default=None, max_length=64)
+    pr_number: Int32 | None = None
+    pr_url: str | None = Field(default=None, max_length=1000)
+    tests_command: str | None = Field(default=None, max_length=1000)
+    tests_passed: Int32 | None = None
+    tests_failed: Int32 | None = None
     tests_ok: bool | None = None
-    fix_rounds: int = 0
-    changed_files: list[str] = Field(default_factory=list)
+    fix_rounds: Int32 = 0
+    changed_files: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=MAX_CHANGED_FILES
+    )
     log_excerpt: str = Field(default="", max_length=20_000)
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
@@ -77,12 +76,6 @@ class Loop:
             return row if row and (not done or row.status != "received") else None
 
         return await eventually(probe, timeout=10)
-
-    async def refused(self) -> list[WebhookDelivery]:
-        """Refused deliveries, oldest first."""
-        async with self.sessions() as s:
-            query = select(WebhookDelivery).where(WebhookDelivery.status == "refused")
-            return list((await s.scalars(query.order_by(WebhookDelivery.received_at))).all())
 
     async def comments(self, number: int, containing: str, timeout: float = 10) -> list[str]:
         """The comments on issue or PR ``number`` that contain ``containing`` (waits for one)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from claude_cluster.coordinator.service import Coordinator, hash_token, tokens_equal
@@ -101,6 +101,12 @@ async def enroller(coordinator: CoordinatorDep, credentials: Credentials) -> Enr
         raise Unauthorized("invalid registration, agent or admin token") from None
     return Enroller(caller.kind, token, caller.agent_id)
 
+
+#: a row id in a path: positive and within BIGINT, else 422 (never a database error)
+MAX_ID = 2**63 - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+#: an agent id in a path (the column holds 128 characters)
+AgentIdPath = Annotated[str, Path(max_length=128)]
 
 AnyCaller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,19 +17,23 @@ _REPO = re.compile(r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|/.+|file://.+)$")
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=500)
-    description: str = Field(default="", max_length=65_536)
+    title: str = Field(min_length=1, max_length=256)  # GitHub's limit for issue titles
+    description: str = Field(default="", max_length=65_536)  # GitHub's for issue bodies
     github_repository: str = Field(
         min_length=1,
         max_length=500,
         description="owner/name of a GitHub repository, or an absolute path or file:// URL "
         "of a local git repository",
     )
-    github_issue_number: int = Field(ge=1)
+    github_issue_number: int = Field(ge=1, le=2**31 - 1)
     priority: Priority | None = None
-    requirements: list[str] | None = Field(default=None, max_length=20)
-    labels: list[str] = Field(default_factory=list, max_length=50)
-    budget_usd: float | None = Field(default=None, gt=0)
+    requirements: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        default=None, max_length=20
+    )
+    labels: list[Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=list, max_length=100
+    )
+    budget_usd: float | None = Field(default=None, gt=0, le=1e6)
     test_command: str | None = Field(default=None, max_length=1000)
 
     @field_validator("github_repository")
@@ -43,14 +47,24 @@ class TaskCreate(BaseModel):
 class TaskUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(default=None, min_length=1, max_length=500)
+    title: str | None = Field(default=None, min_length=1, max_length=256)
     description: str | None = Field(default=None, max_length=65_536)
     priority: Priority | None = None
-    requirements: list[str] | None = Field(default=None, max_length=20)
-    budget_usd: float | None = Field(default=None, gt=0)
+    requirements: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        default=None, max_length=20
+    )
+    budget_usd: float | None = Field(default=None, gt=0, le=1e6)
     status: TaskStatus | None = Field(
         default=None, description="only 'cancelled' is accepted here (same as DELETE)"
     )
+
+    @field_validator("title", "description", "requirements")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # omitted means "unchanged"; an explicit null would blank a column that cannot be
+        if value is None:
+            raise ValueError("may be left out but not null")
+        return value
 
 
 class TaskOut(BaseModel):
@@ -174,7 +188,7 @@ class RegistrationOut(BaseModel):
 
 class AssignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task_id: int = Field(ge=1)
+    task_id: int = Field(ge=1, le=2**63 - 1)
 
 
 class DrainIn(BaseModel):

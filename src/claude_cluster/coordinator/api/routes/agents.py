@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from claude_cluster.coordinator.api.deps import (
     Admin,
+    AgentIdPath,
     AnyCaller,
     CoordinatorDep,
     Enrolling,
@@ -55,14 +56,16 @@ async def list_agents(coordinator: CoordinatorDep, _: Reader) -> list[AgentOut]:
 
 
 @router.get("/{agent_id}")
-async def get_agent(agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller) -> AgentOut:
+async def get_agent(
+    agent_id: AgentIdPath, coordinator: CoordinatorDep, caller: AnyCaller
+) -> AgentOut:
     caller.require_agent(agent_id, read=True)
     return AgentOut.model_validate(await coordinator.repo.get_agent(agent_id))
 
 
 @router.put("/{agent_id}")
 async def heartbeat(
-    agent_id: str, body: Heartbeat, coordinator: CoordinatorDep, caller: AnyCaller
+    agent_id: AgentIdPath, body: Heartbeat, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> HeartbeatReply:
     """The heartbeat: the agent's status, load and the runs it holds."""
     caller.require_agent(agent_id)
@@ -71,7 +74,7 @@ async def heartbeat(
 
 @router.get("/{agent_id}/tasks")
 async def agent_tasks(
-    agent_id: str, coordinator: CoordinatorDep, caller: AnyCaller
+    agent_id: AgentIdPath, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> list[RunOut]:
     """The agent's runs, newest first (each names its task)."""
     caller.require_agent(agent_id, read=True)
@@ -80,7 +83,7 @@ async def agent_tasks(
 
 @router.post("/{agent_id}/tasks")
 async def assign_task(
-    agent_id: str, body: AssignIn, coordinator: CoordinatorDep, _: Admin
+    agent_id: AgentIdPath, body: AssignIn, coordinator: CoordinatorDep, _: Admin
 ) -> TaskOut:
     """Dispatch a queued task to this agent now. 409 when the agent has no free slot."""
     if await coordinator.assign_task(agent_id, body.task_id) == 0:
@@ -92,7 +95,7 @@ async def assign_task(
 
 
 @router.post("/{agent_id}/reset")
-async def reset_agent(agent_id: str, coordinator: CoordinatorDep, _: Admin) -> AgentOut:
+async def reset_agent(agent_id: AgentIdPath, coordinator: CoordinatorDep, _: Admin) -> AgentOut:
     """Forget the agent's token: it stops working, and the agent may enrol again with the
     registration token (a rebuilt host that lost its state directory)."""
     return AgentOut.model_validate(await coordinator.reset_agent(agent_id))
@@ -100,7 +103,7 @@ async def reset_agent(agent_id: str, coordinator: CoordinatorDep, _: Admin) -> A
 
 @router.post("/{agent_id}/drain")
 async def drain_agent(
-    agent_id: str, coordinator: CoordinatorDep, _: Admin, body: DrainIn | None = None
+    agent_id: AgentIdPath, coordinator: CoordinatorDep, _: Admin, body: DrainIn | None = None
 ) -> AgentOut:
     """Stop giving the agent new runs (``{"drain": false}`` undoes it)."""
     agent = await coordinator.drain_agent(agent_id, body.drain if body else True)

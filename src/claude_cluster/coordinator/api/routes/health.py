@@ -1,4 +1,5 @@
-"""``/health`` and ``/metrics``: open, for load balancers and Prometheus."""
+"""``/health`` and ``/metrics``: for load balancers and Prometheus. ``/health`` is open;
+``/metrics`` is open unless ``METRICS_TOKEN`` is set."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from claude_cluster import __version__, metrics
-from claude_cluster.coordinator.api.deps import CoordinatorDep
+from claude_cluster.coordinator.api.deps import CoordinatorDep, Credentials
+from claude_cluster.coordinator.service import tokens_equal
+from claude_cluster.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 
@@ -39,6 +42,12 @@ async def health(coordinator: CoordinatorDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(coordinator: CoordinatorDep) -> Response:
+async def prometheus_metrics(coordinator: CoordinatorDep, credentials: Credentials) -> Response:
+    """Prometheus text; with ``METRICS_TOKEN`` set, only for that bearer token."""
+    required = coordinator.settings.metrics_token
+    if required is not None and required.get_secret_value():
+        given = credentials.credentials if credentials else ""
+        if not tokens_equal(given, required.get_secret_value()):
+            raise Unauthorized("/metrics needs the METRICS_TOKEN bearer token")
     await coordinator.reconciler.update_gauges()
     return Response(generate_latest(metrics.COORDINATOR), media_type=CONTENT_TYPE_LATEST)

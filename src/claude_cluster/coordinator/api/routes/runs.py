@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from claude_cluster.coordinator.api.deps import AnyCaller, CoordinatorDep
+from claude_cluster.coordinator.api.deps import AnyCaller, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.schemas import RunOut
 from claude_cluster.domain.wire import (
     GitTokenReply,
@@ -25,7 +25,7 @@ def _agent_of(caller: AnyCaller) -> str:
 
 
 @router.get("/{run_id}")
-async def get_run(run_id: int, coordinator: CoordinatorDep, caller: AnyCaller) -> RunOut:
+async def get_run(run_id: IdPath, coordinator: CoordinatorDep, caller: AnyCaller) -> RunOut:
     run = await coordinator.repo.get_run(run_id)
     caller.require_agent(run.agent_id, read=True)
     return RunOut.model_validate(run)
@@ -33,7 +33,7 @@ async def get_run(run_id: int, coordinator: CoordinatorDep, caller: AnyCaller) -
 
 @router.post("/{run_id}/events")
 async def report_events(
-    run_id: int, body: RunEventBatch, coordinator: CoordinatorDep, caller: AnyCaller
+    run_id: IdPath, body: RunEventBatch, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> dict[str, int]:
     """Store a batch of events; resending a batch stores nothing twice."""
     stored = await coordinator.record_events(run_id, _agent_of(caller), body.events)
@@ -42,7 +42,7 @@ async def report_events(
 
 @router.post("/{run_id}/phase")
 async def report_phase(
-    run_id: int, body: RunPhase, coordinator: CoordinatorDep, caller: AnyCaller
+    run_id: IdPath, body: RunPhase, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> dict[str, str]:
     task = await coordinator.set_phase(run_id, _agent_of(caller), body.phase)
     return {"task_status": task.status}
@@ -58,7 +58,7 @@ async def git_token(
 
 @router.post("/{run_id}/result")
 async def report_result(
-    run_id: int, body: RunResult, coordinator: CoordinatorDep, caller: AnyCaller
+    run_id: IdPath, body: RunResult, coordinator: CoordinatorDep, caller: AnyCaller
 ) -> dict[str, object]:
     """How the run ended. Reporting the same run twice changes nothing the second time."""
     end = await coordinator.finish_run(run_id, _agent_of(caller), body)

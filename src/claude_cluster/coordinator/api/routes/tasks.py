@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep, Reader
+from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep, IdPath, Reader
 from claude_cluster.coordinator.api.schemas import EventOut, RunOut, TaskCreate, TaskOut, TaskUpdate
 from claude_cluster.coordinator.service import TaskRequest
 from claude_cluster.domain.states import TaskStatus
@@ -44,9 +44,9 @@ async def list_tasks(
     coordinator: CoordinatorDep,
     _: Reader,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    repository: str | None = None,
+    repository: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[TaskOut]:
     tasks = await coordinator.repo.list_tasks(
         status=status_.value if status_ else None, repository=repository, limit=limit, offset=offset
@@ -55,13 +55,13 @@ async def list_tasks(
 
 
 @router.get("/{task_id}")
-async def get_task(task_id: int, coordinator: CoordinatorDep, _: Reader) -> TaskOut:
+async def get_task(task_id: IdPath, coordinator: CoordinatorDep, _: Reader) -> TaskOut:
     return TaskOut.model_validate(await coordinator.repo.get_task(task_id))
 
 
 @router.put("/{task_id}")
 async def update_task(
-    task_id: int, body: TaskUpdate, coordinator: CoordinatorDep, _: Admin
+    task_id: IdPath, body: TaskUpdate, coordinator: CoordinatorDep, _: Admin
 ) -> TaskOut:
     changes = body.model_dump(exclude_unset=True, exclude={"status"})
     if body.status is not None:
@@ -77,21 +77,21 @@ async def update_task(
 
 
 @router.delete("/{task_id}")
-async def cancel_task(task_id: int, coordinator: CoordinatorDep, _: Admin) -> TaskOut:
+async def cancel_task(task_id: IdPath, coordinator: CoordinatorDep, _: Admin) -> TaskOut:
     """Cancel the task, stopping its run on the agent. 409 when it has already ended."""
     return TaskOut.model_validate(await coordinator.cancel_task(task_id))
 
 
 @router.get("/{task_id}/runs")
-async def task_runs(task_id: int, coordinator: CoordinatorDep, _: Reader) -> list[RunOut]:
+async def task_runs(task_id: IdPath, coordinator: CoordinatorDep, _: Reader) -> list[RunOut]:
     return [RunOut.model_validate(r) for r in await coordinator.repo.list_runs(task_id)]
 
 
 @router.get("/{task_id}/events")
 async def task_events(
-    task_id: int,
+    task_id: IdPath,
     coordinator: CoordinatorDep,
     _: Reader,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> list[EventOut]:
     return [EventOut.model_validate(e) for e in await coordinator.events(task_id, after)]

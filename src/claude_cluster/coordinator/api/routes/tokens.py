@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep
+from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
@@ -26,5 +26,5 @@ async def list_tokens(coordinator: CoordinatorDep, _: Admin) -> list[TokenOut]:
 
 
 @router.delete("/{token_id}")
-async def revoke_token(token_id: int, coordinator: CoordinatorDep, _: Admin) -> TokenOut:
+async def revoke_token(token_id: IdPath, coordinator: CoordinatorDep, _: Admin) -> TokenOut:
     return TokenOut.model_validate(await coordinator.revoke_api_token(token_id))

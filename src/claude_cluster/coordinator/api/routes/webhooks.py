@@ -3,18 +3,19 @@
 The route does only what must happen before GitHub gets its answer (GitHub waits 10 s at
 most): cap the body, verify the HMAC-SHA256 signature over the raw bytes, parse, record the
 ``X-GitHub-Delivery`` id (a redelivery is then a no-op) and hand the event to the GitHub
-loop, which does the work after the response. Every delivery is recorded in
+loop, which does the work after the response. Every accepted delivery is recorded in
 ``webhook_deliveries`` with what became of it and counted in
 ``claude_github_webhooks_total{event_type}``.
 
-Refused deliveries are recorded under an id of their own (``refused-<uuid>``), never under
-the ``X-GitHub-Delivery`` they claim: an unsigned request must not be able to occupy a
-genuine delivery id and make the real delivery look like a redelivery.
+Refused deliveries (unsigned, wrong signature, oversize, malformed) are never stored:
+anyone on the internet can send them, so a row each would let them fill the database.
+They are counted in ``claude_github_webhooks_total{event_type="refused"}`` and logged at
+most once a minute per status (with how many were held back), and they never occupy the
+``X-GitHub-Delivery`` they claim.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -34,8 +35,12 @@ from claude_cluster.github import (
     verify_signature,
 )
 from claude_cluster.github.webhooks import MAX_PAYLOAD_BYTES, SIGNATURE_HEADER
+from claude_cluster.logging import Every, get_logger
 
 router = APIRouter(prefix="/webhook", tags=["webhooks"])
+log = get_logger(__name__)
+#: refused deliveries: one log line per status a minute
+_REFUSALS_LOGGED = Every(60.0)
 
 #: event types counted under their own name; anything else is "other" (bounded labels)
 _COUNTED = frozenset({"issues", "issue_comment", "pull_request", "pull_request_review", "ping"})
@@ -115,11 +120,16 @@ async def _refuse(
     coordinator: Coordinator, event_name: str | None, status: int, reason: str
 ) -> JSONResponse:
     metrics.GITHUB_WEBHOOKS.labels("refused").inc()
-    row = f"refused-{uuid.uuid4().hex}"
-    repo = coordinator.repo
-    await repo.record_delivery(row, (event_name or "?")[:50], None, None)
-    await repo.finish_delivery(row, "refused", f"{status}: {reason}")
-    return JSONResponse({"detail": reason, "delivery": row}, status_code=status)
+    held = _REFUSALS_LOGGED.due(str(status))
+    if held is not None:
+        log.warning(
+            "github_webhook_refused",
+            status=status,
+            reason=reason[:200],
+            event_type=(event_name or "?")[:50],
+            held_back=held,
+        )
+    return JSONResponse({"detail": reason}, status_code=status)
 
 
 def _answer(status: int, state: str, reason: str | None, **extra: Any) -> JSONResponse:

@@ -42,6 +42,13 @@ class CoordinatorSettings(TlsSettings):
     #: bearer token /metrics requires; empty = /metrics is open
     metrics_token: SecretStr | None = None
 
+    #: webhook deliveries older than this are deleted by the housekeeping job
+    webhook_retention_days: float = Field(default=30.0, gt=0)
+    #: events of tasks that ended longer ago than this are deleted; unset = kept forever
+    task_event_retention_days: float | None = Field(default=None, gt=0)
+    #: seconds between housekeeping passes
+    housekeeping_interval: float = Field(default=3600.0, gt=0)
+
     max_agents: int = Field(default=10, ge=1)
     agent_heartbeat_timeout: float = Field(default=300.0, gt=0)
     run_lease_seconds: float = Field(default=30.0, gt=0)

@@ -24,6 +24,7 @@ from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.bus import WAKE, Bus
 from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, TokenProvider, no_token
+from claude_cluster.coordinator.housekeeping import run_housekeeping
 from claude_cluster.coordinator.reconciler import Reconciler
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RunEnd
 from claude_cluster.coordinator.store.tables import Agent, ApiToken, Task, TaskEvent
@@ -146,16 +147,18 @@ class Coordinator:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatcher, reconciler and the cross-replica wake listener, until ``stop``."""
+        """Dispatcher, reconciler, housekeeping and the cross-replica wake listener, until
+        ``stop``."""
         jobs = [
             asyncio.create_task(self.dispatcher.run(stop)),
             asyncio.create_task(self.reconciler.run(stop)),
+            asyncio.create_task(run_housekeeping(self.repo, self.settings, stop)),
             asyncio.create_task(self._listen_for_wakes(stop)),
         ]
         await stop.wait()
         self.dispatcher.wake()  # it sleeps until a wake-up or its sweep; let it see the stop
-        await asyncio.gather(*jobs[:2], return_exceptions=True)
-        jobs[2].cancel()
+        await asyncio.gather(*jobs[:3], return_exceptions=True)
+        jobs[3].cancel()
         await self.settle()
 
     async def settle(self) -> None:

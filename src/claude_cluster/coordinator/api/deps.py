@@ -99,6 +99,8 @@ async def enroller(coordinator: CoordinatorDep, credentials: Credentials) -> Enr
         caller = await principal(coordinator, credentials)
     except Unauthorized:
         raise Unauthorized("invalid registration, agent or admin token") from None
+    if caller.kind not in ("admin", "agent"):
+        raise Forbidden("a viewer token is read-only: registering needs the registration token")
     return Enroller(caller.kind, token, caller.agent_id)
 
 

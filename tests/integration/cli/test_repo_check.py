@@ -41,7 +41,7 @@ def test_without_a_contract_it_says_what_would_be_detected(tmp_path: Path) -> No
     done = repo_check(str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "contract: none (defaults apply)" in done.stdout
-    assert "tests: none declared; detected: go test ./..." in done.stdout
+    assert "tests: none declared; detected: go test -v ./..." in done.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
     done = repo_check(str(empty), cwd=tmp_path)

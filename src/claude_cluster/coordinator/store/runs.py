@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, inspect, or_, select, update
+from sqlalchemy import ColumnElement, case, func, insert, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -34,6 +34,7 @@ from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     AgentStatus,
     ErrorCategory,
+    Priority,
     RunStatus,
     TaskStatus,
 )
@@ -99,17 +100,9 @@ class RunQueries(RunEndSteps):
             ready = Task.status == TaskStatus.QUEUED.value
             if only_task is None:  # a manual assignment overrides the back-off (and a hold)
                 ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
-            task_query = (
-                transitions.select_rows(Task)
-                .where(ready)
-                .order_by(Task.priority_rank.desc(), Task.created_at, Task.id)
-                .limit(room * 4 if only_task is None else 1)
-            )
             if only_task is not None:
-                task_query = task_query.where(Task.id == only_task)
-            if self._postgres:
-                task_query = task_query.with_for_update(skip_locked=True)
-            tasks = [transitions.snapshot(Task, row) for row in await conn.execute(task_query)]
+                ready = ready & (Task.id == only_task)
+            tasks = await self._ready_tasks(conn, ready, room * 4 if only_task is None else 1)
             chosen = _choose(tasks, agents, room, require_match=only_agent is None)
             if not chosen:
                 return []
@@ -147,6 +140,30 @@ class RunQueries(RunEndSteps):
                 now,
             )
             return claims
+
+    async def _ready_tasks(
+        self, conn: AsyncConnection, ready: ColumnElement[bool], limit: int
+    ) -> list[Task]:
+        """Up to ``limit`` ``ready`` tasks, most urgent first, then oldest.
+
+        One query per priority, most urgent first, until ``limit`` are read: each reads
+        ``ix_tasks_claim`` (status, priority_rank, created_at) in order and stops at its
+        LIMIT, where one query ordered by ``priority_rank DESC, created_at`` sorts the
+        whole queue on every claim (the index is ascending throughout)."""
+        tasks: list[Task] = []
+        for priority in sorted(Priority, key=lambda p: p.rank, reverse=True):
+            query = (
+                transitions.select_rows(Task)
+                .where(ready, Task.priority_rank == priority.rank)
+                .order_by(Task.created_at, Task.id)
+                .limit(limit - len(tasks))
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            tasks += [transitions.snapshot(Task, row) for row in await conn.execute(query)]
+            if len(tasks) >= limit:
+                break
+        return tasks
 
     @staticmethod
     async def _take_slots(conn: AsyncConnection, chosen: list[tuple[Task, Agent]]) -> set[str]:

@@ -46,6 +46,7 @@ from claude_cluster.agent.registration import RegistrationConfig, register
 from claude_cluster.agent.reporter import ReporterConfig, RunReporter
 from claude_cluster.agent.runbox import GatewayConfig
 from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
+from claude_cluster.agent.sweep import force_rmtree
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.wire import AgentRegistration
 from claude_cluster.errors import ConfigError
@@ -391,6 +392,10 @@ class AgentDaemon:
     async def _serve_until_stopped(self) -> int:
         s = self.settings
         s.workspace_path.mkdir(parents=True, exist_ok=True)
+        # runs' sockets and tmp left by a crash: no run is held at start
+        runs_state = s.workspace_path / "runs"
+        if runs_state.exists():
+            await asyncio.to_thread(force_rmtree, runs_state)
         await self.check_sandbox()
         registered = await register(
             self.client, self.registration(), config=self.registration_config, stop=self._draining

@@ -4,6 +4,7 @@ Layout under the agent's ``WORKSPACE_PATH``::
 
     cache/mirrors/<safe-name>.git      bare mirror per repository (see mirror.py) + .lock
     tasks/task-<id>-a<attempt>/        a fresh worktree per run (+ a .lock beside it)
+    tasks/task-<id>/                   isolated (sandboxed runs): the run's own repository
     slots/<safe-name>/slot-<k>/        reusable worktrees per repository (+ .lock files)
 
 Two ways to get a worktree, chosen by ``reuse_slots``:

@@ -203,6 +203,7 @@ class AgentDaemon:
                 gateway=gateway_config(settings),
                 state_dir=settings.workspace_path / "runs",
                 protected_paths=tuple(settings.protected_paths),
+                dashboard_url=settings.coordinator_url.rstrip("/"),
             ),
             workspaces=self.workspaces,
             runner=runner or build_runner(settings),

@@ -113,6 +113,7 @@ class JobConfig:
         state_dir: the daemon's own directory for the runs' sockets and tmp (no run sees it).
         readable: more read-only paths every run needs (the CLI when it lives elsewhere).
         protected_paths: paths a run may not change (refused at delivery).
+        dashboard_url: the coordinator's address, for the run's link in pull requests.
     """
 
     agent_id: str
@@ -134,6 +135,7 @@ class JobConfig:
     state_dir: Path | None = None
     readable: tuple[Path, ...] = ()
     protected_paths: tuple[str, ...] = DEFAULT_PROTECTED_PATHS
+    dashboard_url: str | None = None
 
 
 @dataclass
@@ -158,6 +160,8 @@ class _Progress:
     #: why the tests did not run (setup failed, no test command, tool missing)
     untested: str | None = None
     fix_rounds: int = 0
+    #: when the run started (the event loop's clock), for its duration
+    started: float = 0.0
     changed_files: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -252,7 +256,7 @@ class JobRunner:
         ``cancelled`` and carries whatever was used up to that point)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (request.timeout_seconds or self.config.task_timeout)
-        progress = _Progress()
+        progress = _Progress(started=loop.time())
         ws: Workspace | None = None
         box: RunBox | None = None
         try:
@@ -797,6 +801,32 @@ class JobRunner:
             succeeded=True, message=f"delivered {where} ({tests_line})\n\n{progress.summary}"
         )
 
+    def _proof(self, request: ExecuteTaskRequest, progress: _Progress, box: RunBox) -> list[str]:
+        """What a reviewer can check the run by, for the pull request body."""
+        lines = []
+        tests = progress.tests
+        if tests is not None and tests.command:
+            lines.append(
+                f"Tests: `{tests.command_line}` exited {tests.exit_code} in {tests.duration:.1f} s"
+                f" after {progress.fix_rounds} fix round(s)"
+            )
+        base = progress.baseline
+        if base is not None:
+            lines.append(f"On the base commit, before the run: {base.summary}")
+        lines.append(f"Files changed: {len(progress.changed_files)}")
+        elapsed = asyncio.get_running_loop().time() - progress.started
+        lines.append(f"Turns: {progress.num_turns}; run time: {elapsed:.0f} s")
+        if progress.session_id:
+            lines.append(f"Claude session: `{progress.session_id}`")
+        if box.gateway is not None:
+            blocked = sorted(set(box.gateway.refused_hosts))
+            lines.append(f"Blocked network hosts: {', '.join(blocked) if blocked else 'none'}")
+        if self.config.dashboard_url:
+            lines.append(
+                f"The run on the dashboard: {self.config.dashboard_url}/tasks/{request.task_id}"
+            )
+        return lines
+
     @staticmethod
     def _tests_failed(progress: _Progress) -> str:
         tests = progress.tests
@@ -828,6 +858,7 @@ class JobRunner:
             cache_read_tokens=progress.cache_read_tokens,
             cache_creation_tokens=progress.cache_creation_tokens,
             untested=progress.untested,
+            proof=self._proof(request, progress, box),
             test_changes=(
                 progress.verdict.comparison.lines()
                 if progress.verdict is not None and progress.verdict.comparison is not None

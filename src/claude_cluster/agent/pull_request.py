@@ -51,6 +51,8 @@ class RunFigures:
     untested: str | None = None
     #: the tests against the base commit, one sentence per group
     test_changes: Sequence[str] = ()
+    #: the proof-of-work lines of the body
+    proof: Sequence[str] = ()
 
 
 #: the head of the pull request body of a run that was not sandboxed
@@ -111,6 +113,7 @@ def describe(
         ),
         untested=figures.untested,
         test_changes=tuple(figures.test_changes),
+        proof=tuple(figures.proof),
     )
     return PullRequestRequest(
         repository=request.github_repository,

@@ -95,6 +95,8 @@ class PullRequestInfo:
     untested: str | None = None
     #: against the base commit: fixed, newly failing, still failing (one sentence each)
     test_changes: Sequence[str] = ()
+    #: what a reviewer can check the run by, one line each (exit code, baseline, session…)
+    proof: Sequence[str] = ()
 
 
 def pr_title(issue_number: int, issue_title: str) -> str:
@@ -122,6 +124,7 @@ def render_pr_body(info: PullRequestInfo) -> str:
         "## Changes\n\n" + changes,
         "## Task Information\n\n" + "\n".join(task),
         "## Test Results\n\n" + _tests_section(info),
+        *(["## Proof of Work\n\n" + "\n".join(f"- {p}" for p in info.proof)] if info.proof else []),
         "## Agent\n\n" + "\n".join(agent),
         "## Cost\n\n" + (info.usage.line() if info.usage else "_Not reported._"),
         f"Closes #{info.issue_number}\n\nTask ID: {info.task_id}",

@@ -63,6 +63,7 @@ def job(tmp_path: Path, runner: ScriptedRunner, opener: Opener | None = None) ->
         test_timeout=60,
         git_user_name="Agent",
         git_user_email="agent@example.invalid",
+        dashboard_url="http://coordinator.test:8080",
     )
     workspaces = WorkspaceManager(tmp_path / "ws", git_timeout=30)
 
@@ -150,6 +151,12 @@ async def test_a_failure_from_before_the_run_is_not_blamed_on_it(tmp_path: Path)
     assert "Against the base commit:" in pr.body
     assert "- 1 fixed: test_calc.py::test_add" in pr.body
     assert "still failing (failed before the run too): test_legacy.py::test_unrelated" in pr.body
+    proof = pr.body.split("## Proof of Work", 1)[1]
+    assert "exited 1 in " in proof and "after 0 fix round(s)" in proof
+    assert "On the base commit, before the run: 1 passed, 2 failed" in proof
+    assert "Files changed: 1" in proof and "Turns: 2;" in proof
+    assert "Claude session: `sess-1`" in proof
+    assert "The run on the dashboard: http://coordinator.test:8080/tasks/7" in proof
     assert {"baseline", "tests", "test_changes"} <= set(kinds(rep))
 
 

@@ -34,14 +34,42 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, default=str, separators=(",", ":")).encode())
 
 
+def nul_free(value: Any, where: str = "") -> None:
+    """Refuse a NUL character anywhere in ``value`` (PostgreSQL cannot store one in text)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where or 'a value'} contains a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            nul_free(key, where)
+            nul_free(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            nul_free(item, f"{where}.{index}" if where else str(index))
+
+
+class NoNul(BaseModel):
+    """A body whose strings may not contain NUL: 422 naming the field, never a 500."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        nul_free(data)
+        return data
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Inbound(_Wire, NoNul):
+    """What the coordinator stores from an agent: no NUL characters."""
 
 
 # --- agent → coordinator ---------------------------------------------------------------
 
 
-class AgentRegistration(_Wire):
+class AgentRegistration(_Inbound):
     """Body of ``POST /api/v1/agents`` (the seed's fields, plus ``secret`` and ``url``)."""
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
@@ -76,7 +104,7 @@ class AgentRegistration(_Wire):
         return value
 
 
-class Heartbeat(_Wire):
+class Heartbeat(_Inbound):
     """Body of ``PUT /api/v1/agents/{id}``: the agent's view of itself."""
 
     status: AgentStatus | None = None
@@ -94,7 +122,7 @@ class HeartbeatReply(_Wire):
     draining: bool = False
 
 
-class RunEvent(_Wire):
+class RunEvent(_Inbound):
     """One event of a run, as the agent reports it (batched)."""
 
     seq: Int32  #: per run, from 0; (run_id, seq) is unique, so resending is safe
@@ -111,17 +139,17 @@ class RunEvent(_Wire):
         return self
 
 
-class RunEventBatch(_Wire):
+class RunEventBatch(_Inbound):
     events: list[RunEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 
 
-class RunPhase(_Wire):
+class RunPhase(_Inbound):
     """Body of ``POST /api/v1/runs/{id}/phase``: the task moves with it."""
 
     phase: str = Field(pattern=r"^(in_progress|testing)$")
 
 
-class GitTokenRequest(_Wire):
+class GitTokenRequest(_Inbound):
     """Body of ``POST /api/v1/runs/{id}/git-token``: what the token is for."""
 
     purpose: str = Field(pattern=r"^(fetch|deliver)$")
@@ -132,7 +160,7 @@ class GitTokenReply(_Wire):
     token: str | None = None
 
 
-class RunResult(_Wire):
+class RunResult(_Inbound):
     """Body of ``POST /api/v1/runs/{id}/result``: how the run ended, with the real figures."""
 
     succeeded: bool

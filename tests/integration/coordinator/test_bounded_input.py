@@ -84,6 +84,10 @@ def test_overlong_fields_huge_numbers_and_nulls_are_422(coordinator: RunningCoor
             ("budget_usd", 1e9),
         ]:
             assert field in _field_errors(api.post("/api/v1/tasks", json={**TASK, field: value}))
+        # PostgreSQL cannot store a NUL character: refused, with the field, on both backends
+        nul = _field_errors(api.post("/api/v1/tasks", json={**TASK, "title": "a\x00b"}))
+        assert "title contains a NUL character" in nul
+        assert api.get("/api/v1/agents/a%00b").status_code == 422
         task_id = api.post("/api/v1/tasks", json=TASK).json()["id"]
         for field in ("title", "description", "requirements"):
             text = _field_errors(api.put(f"/api/v1/tasks/{task_id}", json={field: None}))

@@ -108,7 +108,7 @@ async def enroller(coordinator: CoordinatorDep, credentials: Credentials) -> Enr
 MAX_ID = 2**63 - 1
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 #: an agent id in a path (the column holds 128 characters)
-AgentIdPath = Annotated[str, Path(max_length=128)]
+AgentIdPath = Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 
 AnyCaller = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]

@@ -10,11 +10,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from claude_cluster.domain.states import Priority, TaskStatus
+from claude_cluster.domain.wire import NoNul
 
 _REPO = re.compile(r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|/.+|file://.+)$")
 
 
-class TaskCreate(BaseModel):
+class TaskCreate(NoNul):
     model_config = ConfigDict(extra="forbid")
 
     title: str = Field(min_length=1, max_length=256)  # GitHub's limit for issue titles
@@ -44,7 +45,7 @@ class TaskCreate(BaseModel):
         return value
 
 
-class TaskUpdate(BaseModel):
+class TaskUpdate(NoNul):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(default=None, min_length=1, max_length=256)
@@ -186,17 +187,17 @@ class RegistrationOut(BaseModel):
     lease_seconds: float
 
 
-class AssignIn(BaseModel):
+class AssignIn(NoNul):
     model_config = ConfigDict(extra="forbid")
     task_id: int = Field(ge=1, le=2**63 - 1)
 
 
-class DrainIn(BaseModel):
+class DrainIn(NoNul):
     model_config = ConfigDict(extra="forbid")
     drain: bool = True
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(NoNul):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, description="who or what holds it")

@@ -44,7 +44,7 @@ async def list_tasks(
     coordinator: CoordinatorDep,
     _: Reader,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    repository: Annotated[str | None, Query(max_length=500)] = None,
+    repository: Annotated[str | None, Query(max_length=500, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[TaskOut]:

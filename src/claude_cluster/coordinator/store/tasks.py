@@ -75,7 +75,7 @@ class TaskQueries(RunEndSteps):
                     if found is not None:
                         return transitions.snapshot(Task, found), False
                     now = utcnow()
-                    task = Task(
+                    values: dict[str, Any] = dict(
                         title=new.title,
                         description=new.description,
                         priority=new.priority.value,
@@ -93,8 +93,8 @@ class TaskQueries(RunEndSteps):
                         result_data={},
                         created_at=now,
                     )
-                    transitions.queue_new_task(task, now)
-                    task = await transitions.insert_task(s, task)
+                    transitions.queue_new_task(values, now)
+                    task = await transitions.insert_task(s, values)
                     await transitions.created(
                         s,
                         task,

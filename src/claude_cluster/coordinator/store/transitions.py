@@ -143,11 +143,9 @@ def add_event(
     s.add(TaskEvent(**_event_row(task_id, kind, message, details, run_id, level, now)))
 
 
-def queue_new_task(task: Task, now: datetime) -> None:
-    """A task being created enters the queue (before it is inserted)."""
-    task.status = TaskStatus.QUEUED.value
-    task.queued_at = now
-    task.updated_at = now
+def queue_new_task(values: dict[str, Any], now: datetime) -> None:
+    """A task being created (its columns) enters the queue, before it is inserted."""
+    values.update(status=TaskStatus.QUEUED.value, queued_at=now, updated_at=now)
 
 
 async def created(s: AsyncSession, task: Task, now: datetime, details: dict[str, Any]) -> None:
@@ -287,12 +285,17 @@ def values_of(obj: Base) -> dict[str, Any]:
     return {a.key: given[a.key] for a in inspect(type(obj)).column_attrs if a.key in given}
 
 
-async def insert_task(s: AsyncSession, task: Task) -> Task:
-    """Insert a new task (:func:`queue_new_task` gave it its status); the inserted row."""
+_INSERT_TASK: Any = None
+
+
+async def insert_task(s: AsyncSession, values: dict[str, Any]) -> Task:
+    """Insert a new task (:func:`queue_new_task` gave it its status); the inserted row.
+    One prepared statement for every insert: only the parameters change."""
+    global _INSERT_TASK
+    if _INSERT_TASK is None:
+        _INSERT_TASK = insert(Task).returning(*row_columns(Task))
     conn = await connection(s)
-    row = (
-        await conn.execute(insert(Task).values(values_of(task)).returning(*row_columns(Task)))
-    ).one()
+    row = (await conn.execute(_INSERT_TASK, values)).one()
     return snapshot(Task, row)
 
 

@@ -30,11 +30,12 @@ GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 #: tasks claimed per transaction at most
 CLAIM_BATCH = 16
 
-#: returns a short-lived token for pushes and pull requests to a repository, or None
-TokenProvider = Callable[[str], Awaitable[str | None]]
+#: returns a short-lived token for one git step of a run on a repository (``purpose``:
+#: ``fetch`` or ``deliver``), or None
+TokenProvider = Callable[[str, str], Awaitable[str | None]]
 
 
-async def no_token(_repository: str) -> str | None:
+async def no_token(_repository: str, _purpose: str = "deliver") -> str | None:
     return None
 
 

@@ -53,8 +53,12 @@ log = get_logger(__name__)
 
 #: how long shutdown waits for webhook work under way before cancelling it
 STOP_GRACE_SECONDS = 10.0
-#: what an agent's run needs on GitHub: push its branch, open or update its pull request
-AGENT_PERMISSIONS = {"contents": "write", "pull_requests": "write"}
+#: what each git step of a run needs on GitHub: fetching reads the repository; delivering
+#: pushes the branch and opens or updates the pull request
+STEP_PERMISSIONS = {
+    "fetch": {"contents": "read"},
+    "deliver": {"contents": "write", "pull_requests": "write"},
+}
 
 
 def load_watched(settings: CoordinatorSettings) -> RepositoryConfigs:
@@ -111,18 +115,18 @@ class GitHubLoop:
         """The watched repository's configuration (case-insensitive), or None."""
         return self.repositories.get(repository) if repository else None
 
-    async def dispatch_token(self, repository: str) -> str | None:
+    async def dispatch_token(self, repository: str, purpose: str = "deliver") -> str | None:
         """The dispatcher's TokenProvider: a token for one run's push and pull request.
 
-        An App mints an installation token narrowed to the repository and to
-        :data:`AGENT_PERMISSIONS` (about an hour, then useless), and a personal token is
+        An App mints an installation token narrowed to the repository and to what the step
+        needs (:data:`STEP_PERMISSIONS`; about an hour, then useless), and a personal token is
         never sent when an App is configured; in personal-token mode the token is handed as
         it is (logged at start-up). None (no pull request, push without credentials) when
         GitHub cannot mint one: the run still delivers its branch.
         """
         try:
             token, _expires = await self.auth.installation_token(
-                repositories=[repository], permissions=AGENT_PERMISSIONS
+                repositories=[repository], permissions=STEP_PERMISSIONS[purpose]
             )
         except GitHubError as exc:
             log.warning("github_token_failed", repository=repository, error=str(exc))

@@ -407,7 +407,7 @@ class Coordinator:
         task = await self.repo.get_task(run.task_id)
         token = None
         if GITHUB_REPO.match(task.github_repository):
-            token = await self._tokens(task.github_repository)
+            token = await self._tokens(task.github_repository, purpose)
         log.info("git_token_issued", run_id=run_id, agent_id=agent_id, purpose=purpose,
                  repository=task.github_repository, issued=token is not None)  # fmt: skip
         return GitTokenReply(token=token)

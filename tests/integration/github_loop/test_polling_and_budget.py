@@ -187,6 +187,8 @@ async def test_a_github_app_hands_each_run_a_narrowed_installation_token(loop: L
         # the run's agent asks for it at delivery; another agent and a finished run cannot
         answer = await sims.git_token("a1", body["run_id"])
         assert answer.status_code == 200
+        fetch = await sims.git_token("a1", body["run_id"], "fetch")
+        assert fetch.status_code == 200
         other = await sims.add("a2", behaviour="hold")
         assert other.token
         refused = await sims.git_token("a2", body["run_id"])
@@ -199,6 +201,10 @@ async def test_a_github_app_hands_each_run_a_narrowed_installation_token(loop: L
     minted = loop.fake.installation_tokens[token]
     assert minted["repositories"] == ["app"]
     assert minted["permissions"] == {"contents": "write", "pull_requests": "write"}
+    # fetching only reads: its token cannot push
+    read_only = loop.fake.installation_tokens[fetch.json()["token"]]
+    assert read_only["permissions"] == {"contents": "read"}
+    assert read_only["repositories"] == ["app"]
 
 
 async def test_personal_token_mode_says_at_start_up_that_agents_receive_it(

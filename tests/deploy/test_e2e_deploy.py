@@ -15,11 +15,13 @@ Run: uv run pytest tests/deploy -m deploy
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -42,6 +44,10 @@ NEW_AGENT = ("agent-003", f"{NET}.14", "h4", "testing")
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 CACHE = Path(os.environ.get("TESTHOSTS_CACHE", "/var/cache/claude-cluster-testhosts"))
 REPO_ON_AGENTS = "/srv/e2e-repo"
+# The e2e command runner sleeps this long first on issue 2 (a run that is still going
+# while the upgrade test deploys a new wheel).
+SLOW_ISSUE, SLOW_SECONDS = 2, 45
+HOST_CA = "/etc/claude-cluster/tls/ca.crt"
 # Each run's script outputs (with per-task timings), kept after the run for a look.
 LOGS = Path(os.environ.get("DEPLOY_E2E_LOGS", "/var/tmp/claude-cluster-e2e-logs"))
 
@@ -76,6 +82,14 @@ class Cluster:
     logs: Path
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def ca(self) -> Path:
+        """The cluster CA the deployment made next to the inventory."""
+        return self.inventory.parent / "pki" / "ca.crt"
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
     def testhosts(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return run([str(TESTHOSTS), *args], cwd=REPO, timeout=timeout)
 
@@ -93,18 +107,18 @@ class Cluster:
         step = (
             f"{len(self.timings):02d} {name} {' '.join(a for a in args if not a.startswith('/'))}"
         )
-        (self.logs / f"{step.replace(' ', '_')}.log").write_text(proc.stdout)
+        (self.logs / f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', step)[:80]}.log").write_text(proc.stdout)
         self.timings[step] = time.monotonic() - started
         return proc
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = urllib.request.Request(
-            f"http://{COORDINATOR_IP}:8080{path}",
+            f"https://{COORDINATOR_IP}:8080{path}",
             method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=self.tls()) as response:
             return json.loads(response.read())
 
 
@@ -146,6 +160,9 @@ vault_coordinator_admin_token: {ADMIN_TOKEN}
 vault_agent_registration_token: e2e-registration-0123456789abcdef
 vault_github_token: ghp_e2e0123456789abcdef
 vault_github_webhook_secret: e2e-webhook-0123456789
+vault_redis_password: e2e-redis-0123456789abcdef
+vault_metrics_token: e2e-metrics-0123456789abcdef
+vault_cluster_ca_passphrase: e2e-ca-passphrase-0123456789
 """
     )
     (group_vars / "zz-e2e.yml").write_text(
@@ -161,7 +178,10 @@ devtools_nodejs_packages_distro: [nodejs]
 monitoring_grafana_enabled: false
 coordinator_workers: 2
 agent_runner: command
-agent_command: "/bin/sh -c 'echo deployed-by-e2e > E2E_RESULT.txt'"
+agent_command: >-
+  /bin/sh -c 'if [ "$CLUSTER_ISSUE_NUMBER" = {SLOW_ISSUE} ]; then sleep {SLOW_SECONDS}; fi;
+  echo deployed-by-e2e > E2E_RESULT.txt'
+coordinator_backup_keep: 1
 # the runs push to a repository on the agent host, outside the unit's writable layout
 agent_read_write_paths: ["{REPO_ON_AGENTS}"]
 """
@@ -217,6 +237,11 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
+def _get(url: str, context: ssl.SSLContext | None = None) -> int:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return int(response.status)
+
+
 def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -241,14 +266,21 @@ def test_first_deploy_succeeds(cluster: Cluster) -> None:
     assert set(recap) == {"coordinator", *AGENTS}
     assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in recap.values()), recap
     # The access points come from the inventory, not the document's hard-coded addresses.
-    assert f"http://{COORDINATOR_IP}:8080" in proc.stdout
+    assert f"https://{COORDINATOR_IP}:8080" in proc.stdout
     assert "192.168.1.100" not in proc.stdout
 
 
-def test_coordinator_health_from_the_control_node(cluster: Cluster) -> None:
-    with urllib.request.urlopen(f"http://{COORDINATOR_IP}:8080/health", timeout=10) as response:
+def test_coordinator_serves_https_verified_by_the_cluster_ca(cluster: Cluster) -> None:
+    url = f"https://{COORDINATOR_IP}:8080/health"
+    with urllib.request.urlopen(url, timeout=10, context=cluster.tls()) as response:
         assert response.status == 200
         assert json.loads(response.read())["status"] == "healthy"
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(url)  # the system store does not know the cluster CA
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        _get(f"http://{COORDINATOR_IP}:8080/health")  # no clear text
+    # The CA key on the control node is encrypted with the vault's passphrase.
+    assert "ENCRYPTED" in (cluster.ca.parent / "ca.key").read_text()
 
 
 def test_both_agents_registered_and_healthy(cluster: Cluster) -> None:
@@ -262,28 +294,39 @@ def test_both_agents_registered_and_healthy(cluster: Cluster) -> None:
         assert configuration["sandbox"] == "on" and configuration["ready"] is True, configuration
         assert agents[name]["status"] != "maintenance", agents[name]
     for name, (ip, _, _) in AGENTS.items():
-        proc = cluster.ssh("h1", f"curl -fsS -m 5 http://{ip}:8081/health")
+        assert agents[name]["url"] == f"https://{ip}:8081"
+        proc = cluster.ssh("h1", f"curl -fsS -m 5 --cacert {HOST_CA} https://{ip}:8081/health")
         assert proc.returncode == 0, f"{name}: {proc.stdout}"
 
 
 def test_postgres_and_redis_are_closed_from_outside(cluster: Cluster) -> None:
     for port in (5432, 6379):
         assert not _reachable(COORDINATOR_IP, port), f"{port} is reachable from the control node"
-    # ... while they serve the coordinator on its loopback.
+    # ... while they serve the coordinator on its loopback; Redis only with its password.
     assert cluster.ssh("h1", "pg_isready -q -h 127.0.0.1 -p 5432").returncode == 0
-    assert "PONG" in cluster.ssh("h1", "redis-cli -h 127.0.0.1 ping").stdout
+    assert "NOAUTH" in cluster.ssh("h1", "redis-cli -h 127.0.0.1 ping").stdout
+    authed = cluster.ssh(
+        "h1", "REDISCLI_AUTH=e2e-redis-0123456789abcdef redis-cli -h 127.0.0.1 ping"
+    )
+    assert "PONG" in authed.stdout
     status = cluster.ssh("h1", "ufw status").stdout
     assert "Status: active" in status
-    for port in ("8080", "3000", "22"):
-        assert re.search(rf"^{port}(/tcp)?\s+ALLOW", status, re.MULTILINE), status
+    assert re.search(r"^22(/tcp)?\s+ALLOW\s+Anywhere", status, re.MULTILINE), status
+    # 8080 and 3000: the inventory's hosts and the control node (the operator), nobody else.
+    for port in ("8080", "3000"):
+        sources = set(re.findall(rf"^{port}/tcp\s+ALLOW\s+(\S+)", status, re.MULTILINE))
+        assert sources == {COORDINATOR_IP, *(ip for ip, _, _ in AGENTS.values()), f"{NET}.1"}, (
+            status
+        )
 
 
 def test_agent_port_only_from_the_coordinator(cluster: Cluster) -> None:
     ip_001 = AGENTS["agent-001"][0]
     assert not _reachable(ip_001, 8081), "8081 is reachable from the control node"
-    from_other_agent = cluster.ssh("h3", f"curl -fsS -m 4 http://{ip_001}:8081/health")
+    curl = f"curl -fsS -m 4 --cacert {HOST_CA} https://{ip_001}:8081/health"
+    from_other_agent = cluster.ssh("h3", curl)
     assert from_other_agent.returncode != 0, "8081 is reachable from another agent"
-    from_coordinator = cluster.ssh("h1", f"curl -fsS -m 4 http://{ip_001}:8081/health")
+    from_coordinator = cluster.ssh("h1", curl)
     assert from_coordinator.returncode == 0, from_coordinator.stdout
 
 
@@ -318,7 +361,8 @@ def test_a_task_runs_to_completion_on_a_deployed_agent(cluster: Cluster) -> None
     cluster.timings["task to completion"] = time.monotonic() - started
     last = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
     assert result, f"task {task['id']} did not finish: {last}"
-    assert result["status"] == "completed", result.get("error_message")
+    runs = cluster.api("GET", f"/api/v1/tasks/{task['id']}/runs")
+    assert result["status"] == "completed", (result.get("error_message"), runs)
     branch = result["github_branch"]
     assert branch
     # The run's branch was pushed to the repository on the agent that ran it, with the file.
@@ -345,6 +389,9 @@ def test_prometheus_scrapes_the_coordinator_and_the_agents(cluster: Cluster) -> 
         "h1", "curl -s http://127.0.0.1:9090/api/v1/targets"
     ).stdout[-3000:]
     assert not _reachable(COORDINATOR_IP, 9090), "Prometheus is reachable from the control node"
+    # The metrics token is a file only Prometheus (and root) reads.
+    token = cluster.ssh("h1", "stat -c '%a %U %G' /etc/prometheus/metrics-token").stdout.split()
+    assert token == ["640", "root", "prometheus"]
 
 
 def test_deployed_settings_are_private_and_agents_unprivileged(cluster: Cluster) -> None:
@@ -418,6 +465,142 @@ def test_check_mode_runs_and_changes_nothing(cluster: Cluster) -> None:
     # report nothing (the real second run above proves the rules are unchanged).
     changed = {t for t in _changed_tasks(proc.stdout) if "firewall" not in t and "reach" not in t}
     assert not changed, changed
+
+
+def _cert_serials(cluster: Cluster) -> dict[str, str]:
+    serials = {}
+    for name, host in [("coordinator", "h1"), *((n, h) for n, (_, h, _) in AGENTS.items())]:
+        proc = cluster.ssh(
+            host, f"openssl x509 -noout -serial -in /etc/claude-cluster/tls/{name}.crt"
+        )
+        assert proc.returncode == 0, proc.stdout
+        serials[name] = proc.stdout.strip()
+    return serials
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _next_version_wheelhouse(cluster: Cluster, work: Path) -> Path:
+    """The wheelhouse with the project wheel rebuilt as version 0.1.1 (N+1)."""
+    source, wheelhouse = work / "src", work / "wheelhouse"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "dist", "__pycache__", ".*_cache", "*.egg-info", ".data"
+        ),
+    )
+    for path in (source / "pyproject.toml", source / "src/claude_cluster/__init__.py"):
+        path.write_text(
+            re.sub(
+                r'version = "0\.1\.0"|__version__ = "0\.1\.0"',
+                lambda m: m[0].replace("0.1.0", "0.1.1"),
+                path.read_text(),
+            )
+        )
+    shutil.copytree(CACHE / "wheelhouse", wheelhouse, copy_function=_link_or_copy)
+    for old in wheelhouse.glob("claude_code_cluster-*.whl"):
+        old.unlink()
+    built = run(["uv", "build", "--wheel", "--out-dir", str(wheelhouse), "--quiet"], cwd=source)
+    assert built.returncode == 0, built.stdout
+    assert [p.name for p in wheelhouse.glob("claude_code_cluster-*.whl")] == [
+        "claude_code_cluster-0.1.1-py3-none-any.whl"
+    ]
+    return wheelhouse
+
+
+def test_upgrade_drains_agents_waits_for_the_run_and_renews_certificates(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    wheelhouse = _next_version_wheelhouse(cluster, tmp_path)
+    before = _cert_serials(cluster)
+    task = cluster.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "title": "A run that outlives the start of an upgrade",
+            "description": "The command runner sleeps, then writes E2E_RESULT.txt.",
+            "github_repository": REPO_ON_AGENTS,
+            "github_issue_number": SLOW_ISSUE,
+        },
+    )
+
+    def running() -> bool:
+        status = cluster.api("GET", f"/api/v1/tasks/{task['id']}")["status"]
+        return bool(status == "in_progress")
+
+    assert _wait_for(running, timeout=30, interval=1), cluster.api(
+        "GET", f"/api/v1/tasks/{task['id']}"
+    )
+    # The agents play with the N+1 wheel; every certificate is inside the renewal window.
+    extra = f"claude_cluster_wheelhouse_src={wheelhouse} tls_cert_renew_days=400"
+    agents_only = cluster.script(
+        "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
+        str(ANSIBLE_DIR / "playbooks/agents-setup.yml"), "--", "-e", extra,
+    )  # fmt: skip
+    assert agents_only.returncode == 0, agents_only.stdout[-8000:]
+    # The deploy drained the agents and waited for the run: it finished once, on its first
+    # attempt, instead of being killed by the restart and retried.
+    assert "Wait until the agent's runs have finished" in agents_only.stdout
+    result = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    assert result["status"] == "completed", result
+    runs = cluster.api("GET", f"/api/v1/tasks/{task['id']}/runs")
+    assert [r["status"] for r in runs] == ["succeeded"], runs
+    # Every agent runs N+1, registered again and is back in service.
+    agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
+    for name in AGENTS:
+        assert agents[name]["version"] == "0.1.1", agents[name]
+        assert agents[name]["draining"] is False, agents[name]
+    # Then the coordinator (same run with the full site.yml): it also renews its certificate.
+    full = cluster.script("deploy-cluster.sh", "-i", str(cluster.inventory), "--", "-e", extra)
+    assert full.returncode == 0, full.stdout[-8000:]
+    health = json.loads(
+        urllib.request.urlopen(
+            f"https://{COORDINATOR_IP}:8080/health", timeout=10, context=cluster.tls()
+        ).read()
+    )
+    assert health["version"] == "0.1.1", health
+    after = _cert_serials(cluster)
+    assert all(after[name] != before[name] for name in before), (before, after)
+
+
+def test_backup_then_restore_after_the_database_is_lost(cluster: Cluster, tmp_path: Path) -> None:
+    tasks_before = {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")}
+    assert tasks_before
+    runs_before = {
+        tid: [r["id"] for r in cluster.api("GET", f"/api/v1/tasks/{tid}/runs")]
+        for tid in tasks_before
+    }
+    for _ in range(2):  # two dumps; coordinator_backup_keep: 1 keeps the newest
+        backup = cluster.ssh("h1", "systemctl start claude-coordinator-backup.service")
+        assert backup.returncode == 0, cluster.ssh(
+            "h1", "journalctl -u claude-coordinator-backup --no-pager | tail -20"
+        ).stdout
+        time.sleep(1.1)  # distinct timestamps in the names
+    listed = cluster.ssh("h1", "ls /opt/coordinator/backup/").stdout.split()
+    dumps = [name for name in listed if name.endswith(".dump")]
+    assert len(dumps) == 1, listed
+    timer = cluster.ssh("h1", "systemctl is-enabled claude-coordinator-backup.timer").stdout
+    assert timer.strip() == "enabled"
+    encoded = cluster.ssh("h1", f"base64 -w0 /opt/coordinator/backup/{dumps[0]}").stdout
+    dump = tmp_path / dumps[0]
+    dump.write_bytes(base64.b64decode(encoded))
+    assert dump.read_bytes().startswith(b"PGDMP")
+    # Lose the database.
+    lost = cluster.ssh("h1", "runuser -u postgres -- dropdb --force coordinator")
+    assert lost.returncode == 0, lost.stdout
+    with pytest.raises(urllib.error.URLError):
+        cluster.api("GET", "/api/v1/tasks")
+    restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
+    assert restored.returncode == 0, restored.stdout[-6000:]
+    assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
+    for tid, run_ids in runs_before.items():
+        assert [r["id"] for r in cluster.api("GET", f"/api/v1/tasks/{tid}/runs")] == run_ids
 
 
 def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:

@@ -26,6 +26,7 @@ from tests.deploy.conftest import (
     tool_env,
     venv_tool,
 )
+from tests.support.tls import TestCA
 
 PLAYBOOKS = sorted((ANSIBLE_DIR / "playbooks").glob("*.yml"))
 SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
@@ -36,16 +37,18 @@ COORDINATOR_ENV = {
     "ADMIN_TOKEN", "AGENT_REGISTRATION_TOKEN", "GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET",
     "GITHUB_REPOSITORIES", "ANTHROPIC_API_KEY", "MAX_AGENTS", "AGENT_HEARTBEAT_TIMEOUT",
     "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "TASK_RETRY_ATTEMPTS", "RUN_LEASE_SECONDS",
-    "LOG_LEVEL", "LOG_FILE",
+    "LOG_LEVEL", "LOG_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE", "METRICS_TOKEN",
 }  # fmt: skip
 AGENT_ENV = {
     "AGENT_ID", "AGENT_NAME", "AGENT_SPECIALTY", "CAPABILITIES", "AGENT_HOST", "AGENT_PORT",
     "IP_ADDRESS", "COORDINATOR_URL", "REGISTRATION_TOKEN", "ANTHROPIC_API_KEY", "WORKSPACE_PATH",
     "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "HEARTBEAT_INTERVAL", "GIT_USER_NAME",
     "GIT_USER_EMAIL", "BRANCH_PREFIX", "LOG_LEVEL", "LOG_FILE", "AGENT_RUNNER", "DEBUG",
+    "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE",
 }  # fmt: skip
 
 
+@pytest.mark.timeout(600)  # ~30 s alone, minutes on a busy 2-core machine
 def test_ansible_lint_production_profile() -> None:
     proc = run([venv_tool("ansible-lint"), "--profile", "production", "--nocolor"], timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:]
@@ -138,6 +141,10 @@ def test_shellcheck(script: Path) -> None:
         ("add-agent.sh", ["10.0.0.5", "backend", "name", "extra"]),
         ("health-check.sh", ["--bogus"]),
         ("health-check.sh", ["-t", "soon"]),
+        ("restore.sh", []),
+        ("restore.sh", ["/nonexistent.dump"]),
+        ("restore.sh", ["--bogus"]),
+        ("restore.sh", ["/etc/hostname"]),
     ],
 )
 def test_scripts_reject_bad_arguments_with_usage(script: str, args: list[str]) -> None:
@@ -235,12 +242,20 @@ def test_env_files_carry_every_variable_the_services_read(rendered: dict[str, Pa
     assert native["DATABASE_URL"].startswith("postgresql+asyncpg://coordinator:")
     assert "@127.0.0.1:5432/coordinator" in native["DATABASE_URL"]
     assert "METRICS_PORT" not in native  # metrics are served on PORT
+    # Redis requires its password; the URL carries it.
+    assert native["REDIS_URL"] == "redis://:redis-test-0123456789@127.0.0.1:6379/0"
+    assert native["METRICS_TOKEN"] == "metrics-test-0123456789"
+    assert native["TLS_CERT_FILE"] == "/etc/claude-cluster/tls/coordinator.crt"
+    assert native["TLS_KEY_FILE"] == "/etc/claude-cluster/tls/coordinator.key"
+    assert native["TLS_CA_FILE"] == "/etc/claude-cluster/tls/ca.crt"
     compose = _env_keys(rendered["compose"] / "coordinator/.env")
     assert "@postgres:5432/" in compose["DATABASE_URL"]
-    assert compose["REDIS_URL"] == "redis://redis:6379/0"
+    assert compose["REDIS_URL"] == "redis://:redis-test-0123456789@redis:6379/0"
     agent = _env_keys(rendered["native"] / "agent/.env")
     assert set(agent) >= AGENT_ENV
-    assert agent["COORDINATOR_URL"] == "http://10.0.0.10:8080"
+    assert agent["COORDINATOR_URL"] == "https://10.0.0.10:8080"
+    assert agent["TLS_CERT_FILE"] == "/etc/claude-cluster/tls/agent-001.crt"
+    assert agent["TLS_CA_FILE"] == "/etc/claude-cluster/tls/ca.crt"
     assert agent["CAPABILITIES"] == "typescript,react"
     assert agent["IP_ADDRESS"] == "10.0.0.11"
 
@@ -303,25 +318,66 @@ def test_compose_project_is_valid_and_publishes_only_open_ports(rendered: dict[s
         for name, svc in services.items()
         for port in svc.get("ports") or []
     }
-    # Docker bypasses ufw: only 8080 and 3000 (open in ufw) face the network.
+    # Docker bypasses ufw: only 8080 and 3000 face the network (and DOCKER-USER filters
+    # them, see the firewall test below).
     assert published == {
         ("coordinator", "0.0.0.0", 8080),
         ("grafana", "0.0.0.0", 3000),
         ("prometheus", "127.0.0.1", 9090),
         ("alertmanager", "127.0.0.1", 9093),
     }
+    # Redis requires a password that is not on its command line; Grafana has its own.
+    redis = services["redis"]
+    assert "--requirepass" in " ".join(redis["command"])
+    assert "redis-test-0123456789" not in json.dumps(redis["command"])
+    assert redis["environment"]["REDIS_PASSWORD"] == "redis-test-0123456789"
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-test-0123456789"
+    assert "admin-test-0123456789" not in json.dumps(services["grafana"])  # not the admin token
+    # The coordinator runs as the host's coordinator user and reads the TLS directory.
+    assert services["coordinator"]["user"] == "999:999"
+    mounts = {v["target"] for v in services["coordinator"]["volumes"]}
+    assert "/etc/claude-cluster/tls" in mounts
+    assert "https://127.0.0.1:8080/health" in " ".join(
+        services["coordinator"]["healthcheck"]["test"]
+    )
 
 
-def test_prometheus_config_and_rules(rendered: dict[str, Path]) -> None:
+def test_prometheus_config_and_rules(rendered: dict[str, Path], tmp_path: Path) -> None:
     promtool = system_tool("promtool", "prometheus")
     prom = rendered["native"] / "prometheus"
-    proc = run([promtool, "check", "config", "prometheus.yml"], cwd=prom)
+    # promtool opens the CA and token files: point the copy it checks at real ones.
+    ca = TestCA(tmp_path / "pki")
+    (tmp_path / "metrics-token").write_text("metrics-test-0123456789")
+    checked = prom / "prometheus.check.yml"
+    checked.write_text(
+        (prom / "prometheus.yml")
+        .read_text()
+        .replace("/etc/claude-cluster/tls/ca.crt", str(ca.cert))
+        .replace("/etc/prometheus/metrics-token", str(tmp_path / "metrics-token"))
+    )
+    proc = run([promtool, "check", "config", checked.name], cwd=prom)
     assert proc.returncode == 0, proc.stdout
     jobs = {
-        j["job_name"]
+        j["job_name"]: j
         for j in yaml.safe_load((prom / "prometheus.yml").read_text())["scrape_configs"]
     }
-    assert {"claude-coordinator", "claude-agents"} <= jobs
+    assert {"claude-coordinator", "claude-agents"} <= set(jobs)
+    # The coordinator and the agents are scraped over TLS, verified against the cluster CA;
+    # the coordinator with the metrics token (read from a file, not in the config).
+    for job in ("claude-coordinator", "claude-agents"):
+        assert jobs[job]["scheme"] == "https"
+        assert jobs[job]["tls_config"]["ca_file"] == "/etc/claude-cluster/tls/ca.crt"
+    assert jobs["claude-coordinator"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/etc/prometheus/metrics-token",
+    }
+    assert "metrics-test-0123456789" not in (prom / "prometheus.yml").read_text()
+    compose = yaml.safe_load((rendered["compose"] / "prometheus/prometheus.yml").read_text())
+    coordinator_job = next(
+        j for j in compose["scrape_configs"] if j["job_name"] == "claude-coordinator"
+    )
+    assert coordinator_job["tls_config"]["ca_file"] == "/etc/prometheus-ca/ca.crt"
     shutil.copy(HERE / "prometheus/claude-cluster.rules.test.yml", prom)
     proc = run([promtool, "test", "rules", "claude-cluster.rules.test.yml"], cwd=prom)
     assert proc.returncode == 0, proc.stdout
@@ -369,6 +425,10 @@ def test_grafana_dashboards_are_provisioned_from_files(rendered: dict[str, Path]
 
 VAULT = {
     "vault_postgres_password": "pg-0123456789",
+    "vault_redis_password": "redis-0123456789",
+    "vault_metrics_token": "metrics-0123456789",
+    "vault_cluster_ca_passphrase": "ca-0123456789",
+    "vault_grafana_admin_password": "grafana-0123456789",
     "vault_coordinator_secret_key": "sk-0123456789",
     "vault_coordinator_admin_token": "admin-0123456789",
     "vault_agent_registration_token": "reg-0123456789",
@@ -382,13 +442,25 @@ VAULT = {
     [
         (None, "vault_postgres_password"),
         ({**VAULT, "vault_github_webhook_secret": "changeme"}, "vault_github_webhook_secret"),
+        ({**VAULT, "vault_grafana_admin_password": "admin"}, "vault_grafana_admin_password"),
+        (
+            {k: v for k, v in VAULT.items() if k != "vault_redis_password"},
+            "vault_redis_password",
+        ),
         (
             {k: v for k, v in VAULT.items() if k != "vault_agent_registration_token"},
             "vault_agent_registration_token",
         ),
         (VAULT, None),
     ],
-    ids=["no-vault", "placeholder", "one-missing", "complete"],
+    ids=[
+        "no-vault",
+        "placeholder",
+        "grafana-admin",
+        "no-redis-password",
+        "one-missing",
+        "complete",
+    ],
 )
 def test_missing_secret_fails_with_its_name(
     tmp_path: Path, vault: dict[str, str] | None, missing: str | None
@@ -412,3 +484,31 @@ def test_missing_secret_fails_with_its_name(
     assert f"Set {missing} in" in " ".join(proc.stdout.split()), proc.stdout
     for value in VAULT.values():
         assert value not in proc.stdout  # names, never values
+
+
+def test_compose_firewall_filters_published_ports_in_docker_user(rendered: dict[str, Path]) -> None:
+    """Docker's DNAT bypasses ufw; the script puts the same allow-list into DOCKER-USER."""
+    script = rendered["compose"] / "coordinator/docker-firewall.sh"
+    proc = run([venv_tool("shellcheck"), "-s", "sh", str(script)])
+    assert proc.returncode == 0, proc.stdout
+    lines = script.read_text().splitlines()
+    chain = [line for line in lines if '-A "$CHAIN"' in line]
+    assert chain[-1].endswith("-j DROP")  # anything not allowed is dropped...
+    for source in ("10.0.0.10", "10.0.0.11", "192.0.2.0/24"):  # ...after the allowed sources
+        assert any(f"-s {source} -j RETURN" in line for line in chain), source
+    for port in (8080, 3000):
+        assert any(f"--ctorigdstport {port} --ctdir ORIGINAL" in line for line in lines)
+    unit = (rendered["compose"] / "coordinator/docker-firewall.service").read_text()
+    assert "After=docker.service" in unit and "Before=claude-coordinator.service" in unit
+
+
+def test_backup_script_dumps_and_keeps_the_newest(rendered: dict[str, Path]) -> None:
+    for mode in ("native", "compose"):
+        script = rendered[mode] / "coordinator/backup.sh"
+        proc = run([venv_tool("shellcheck"), "-s", "bash", str(script)])
+        assert proc.returncode == 0, proc.stdout
+        text = script.read_text()
+        assert "pg_dump --format=custom" in text
+        assert "tail -n +15" in text  # coordinator_backup_keep: 14
+    timer = (rendered["native"] / "coordinator/backup.timer").read_text()
+    assert "OnCalendar=daily" in timer and "Persistent=true" in timer

@@ -125,16 +125,25 @@ if hosts:
 }
 
 print_access_points() {
-    local host port grafana_port prometheus_port grafana
+    local host port grafana_port prometheus_port grafana tls scheme
     host="$(coordinator_var ansible_host)"
     port="$(coordinator_var coordinator_port 8080)"
     grafana_port="$(coordinator_var grafana_port 3000)"
     prometheus_port="$(coordinator_var prometheus_port 9090)"
     grafana="$(coordinator_var monitoring_grafana_enabled True)"
+    tls="$(coordinator_var cluster_tls True)"
     [[ -n $host ]] || return 0
+    scheme=http
+    [[ $tls == True || $tls == true ]] && scheme=https
     echo ""
     echo "Access points:"
-    echo "   Coordinator API:   http://$host:$port  (health: http://$host:$port/health)"
+    echo "   Coordinator API:   $scheme://$host:$port  (health: $scheme://$host:$port/health)"
+    if [[ $scheme == https ]]; then
+        echo "   Cluster CA:        $(dirname "$INVENTORY_FILE")/pki/ca.crt"
+        echo "                      (curl --cacert it; the CLI: SSL_CERT_FILE=<it> claude-cluster ...)"
+    else
+        echo "   WARNING: cluster_tls is false, tokens travel in clear text."
+    fi
     if [[ $grafana == True || $grafana == true ]]; then
         echo "   Grafana:           http://$host:$grafana_port"
     fi

@@ -65,23 +65,34 @@ hv = inv["_meta"]["hostvars"]
 for group in ("coordinators", "agents"):
     for h in inv.get(group, {}).get("hosts", []):
         v = hv.get(h, {})
+        tls = str(v.get("cluster_tls", True)).lower() in ("true", "yes", "1")
         print(group, h, v.get("ansible_host", h), v.get("coordinator_port", 8080),
-              v.get("agent_port", 8081), v.get("coordinator_install_mode", "native"))
+              v.get("agent_port", 8081), v.get("coordinator_install_mode", "native"),
+              "https" if tls else "http", v.get("cluster_tls_dir", "/etc/claude-cluster/tls"))
 '
 }
 
 FACTS="$(inventory_facts)" || { echo "Cannot read the inventory $INVENTORY_FILE" >&2; exit 2; }
-read -r _ COORD_NAME COORD_HOST COORD_PORT _ COORD_MODE < <(grep '^coordinators ' <<<"$FACTS" | head -n 1) || true
+read -r _ COORD_NAME COORD_HOST COORD_PORT _ COORD_MODE SCHEME TLS_DIR < <(grep '^coordinators ' <<<"$FACTS" | head -n 1) || true
 [[ -n ${COORD_NAME:-} ]] || { echo "No host in [coordinators] in $INVENTORY_FILE" >&2; exit 2; }
+# With cluster_tls the coordinator's certificate is checked against the cluster CA, kept
+# next to the inventory (pki/ca.crt) unless CLAUDE_CLUSTER_CA names another file.
+CURL_TLS=()
+if [[ $SCHEME == https ]]; then
+    CA_FILE="${CLAUDE_CLUSTER_CA:-$(dirname "$INVENTORY_FILE")/pki/ca.crt}"
+    [[ -f $CA_FILE ]] || { echo "The cluster CA $CA_FILE is missing (set CLAUDE_CLUSTER_CA)" >&2; exit 2; }
+    CURL_TLS=(--cacert "$CA_FILE")
+fi
 
 echo "Claude Code Cluster health check"
 echo "================================"
 
 echo "Coordinator:"
-if curl -fsS --max-time "$TIMEOUT" -o /dev/null "http://$COORD_HOST:$COORD_PORT/health"; then
-    ok "coordinator API http://$COORD_HOST:$COORD_PORT/health"
+COORD_URL="$SCHEME://$COORD_HOST:$COORD_PORT"
+if curl -fsS --max-time "$TIMEOUT" "${CURL_TLS[@]}" -o /dev/null "$COORD_URL/health"; then
+    ok "coordinator API $COORD_URL/health"
 else
-    bad "coordinator API http://$COORD_HOST:$COORD_PORT/health"
+    bad "coordinator API $COORD_URL/health"
 fi
 
 echo ""
@@ -92,8 +103,9 @@ if [[ -z $AGENTS ]]; then
 else
     # Each agent checks its own /health (port 8081 is only open to the coordinator).
     agent_port="$(awk 'NR==1{print $5}' <<<"$AGENTS")"
-    results="$(ansible agents -i "$INVENTORY_FILE" -o -m ansible.builtin.uri \
-        -a "url=http://127.0.0.1:$agent_port/health timeout=$TIMEOUT" 2>&1 || true)"
+    uri_args="url=$SCHEME://127.0.0.1:$agent_port/health timeout=$TIMEOUT"
+    [[ $SCHEME == https ]] && uri_args+=" ca_path=$TLS_DIR/ca.crt"
+    results="$(ansible agents -i "$INVENTORY_FILE" -o -m ansible.builtin.uri -a "$uri_args" 2>&1 || true)"
     while read -r _ name host _; do
         if grep -q "^$name | SUCCESS" <<<"$results"; then
             ok "agent $name ($host)"
@@ -107,17 +119,20 @@ echo ""
 echo "Database and cache (on $COORD_NAME):"
 if [[ $COORD_MODE == compose ]]; then
     pg_cmd="docker compose -f /opt/coordinator/docker-compose.yml --env-file /opt/coordinator/compose.env exec -T postgres pg_isready -q"
+    # The container has the password in REDISCLI_AUTH.
     redis_cmd="docker compose -f /opt/coordinator/docker-compose.yml --env-file /opt/coordinator/compose.env exec -T redis redis-cli ping"
 else
     pg_cmd="pg_isready -q -h 127.0.0.1 -p 5432"
-    redis_cmd="redis-cli -h 127.0.0.1 -p 6379 ping"
+    # Redis requires its password: read it on the host (never passed on a command line).
+    # shellcheck disable=SC2016 # expanded by the coordinator host's shell
+    redis_cmd='REDISCLI_AUTH="$(sed -n "s/^requirepass //p" /etc/redis/redis.conf)" redis-cli -h 127.0.0.1 -p 6379 ping'
 fi
 if ansible "$COORD_NAME" -i "$INVENTORY_FILE" -b -o -m ansible.builtin.command -a "$pg_cmd" >/dev/null 2>&1; then
     ok "PostgreSQL"
 else
     bad "PostgreSQL"
 fi
-if ansible "$COORD_NAME" -i "$INVENTORY_FILE" -b -o -m ansible.builtin.command -a "$redis_cmd" 2>/dev/null | grep -q PONG; then
+if ansible "$COORD_NAME" -i "$INVENTORY_FILE" -b -o -m ansible.builtin.shell -a "$redis_cmd" 2>/dev/null | grep -q PONG; then
     ok "Redis"
 else
     bad "Redis"

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from claude_cluster import __version__, metrics
 from claude_cluster.coordinator.agent_client import AgentClient
-from claude_cluster.coordinator.api.guards import BodyLimit, SecurityHeaders
+from claude_cluster.coordinator.api.guards import BodyLimit, NulFreeUrl, SecurityHeaders
 from claude_cluster.coordinator.api.routes import (
     agents,
     dashboard,
@@ -165,6 +165,7 @@ def create_app(
         return JSONResponse(body, status_code=code, headers=headers)
 
     app.add_middleware(BodyLimit)
+    app.add_middleware(NulFreeUrl)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics)
     return app

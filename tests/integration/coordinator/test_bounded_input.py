@@ -97,6 +97,14 @@ def test_overlong_fields_huge_numbers_and_nulls_are_422(coordinator: RunningCoor
         assert "offset" in _field_errors(api.get("/api/v1/tasks", params={"offset": 2**40}))
         assert "after" in _field_errors(api.get(f"/api/v1/tasks/{task_id}/events?after={2**64}"))
         assert api.get("/api/v1/agents/" + "a" * 129).status_code == 422
+        for page in (
+            f"/tasks/{2**64}",
+            f"/tasks/{2**64}/stream",
+            "/agents/a%00b",
+            "/tasks?q=a%00b",
+            "/api/v1/tasks?repository=a%00b",
+        ):
+            assert api.get(page).status_code == 422, page  # the dashboard's URLs too
 
         agent = {"id": "a1", "name": "a1", "port": 9, "secret": "agent-secret-0123456789"}
         text = _field_errors(

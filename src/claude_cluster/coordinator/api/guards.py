@@ -5,6 +5,8 @@ middlewares (no task or stream per request):
   before it is read whole: at once when ``Content-Length`` says so, else as soon as the
   streamed bytes pass the limit. ``POST /webhook/github`` streams its body itself under
   GitHub's 25 MB cap (and counts what it refuses), so it is left to its route.
+- :class:`NulFreeUrl`: a NUL character in the path or the query string (``%00``) is a
+  422 before any route sees it (PostgreSQL cannot store or compare one).
 - :class:`SecurityHeaders`: a Content-Security-Policy (only this site's scripts, styles,
   images and connections; no framing, no plugins, forms post here only) and the usual
   headers (nosniff, no referrer, no framing, HSTS over https). The OpenAPI pages under
@@ -103,6 +105,30 @@ async def _refuse(send: Send, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class NulFreeUrl:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            body = b'{"detail":"the URL contains a NUL character (%00)"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 422,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from claude_cluster.coordinator.api.deps import CoordinatorDep
+from claude_cluster.coordinator.api.deps import AgentIdPath, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.routes.dashboard import User, login_page
 from claude_cluster.coordinator.api.routes.dashboard_pages import page
 from claude_cluster.coordinator.service import Coordinator
@@ -103,7 +103,7 @@ def _agent_page(agent_id: str) -> str:
 
 
 @router.post("/tasks/{task_id}/cancel")
-async def cancel(task_id: int, act: Pressed) -> Response:
+async def cancel(task_id: IdPath, act: Pressed) -> Response:
     coordinator = act.coordinator
     return await act.run(
         f"/tasks/{task_id}",
@@ -114,7 +114,7 @@ async def cancel(task_id: int, act: Pressed) -> Response:
 
 
 @router.post("/tasks/{task_id}/retry")
-async def retry_now(task_id: int, act: Pressed) -> Response:
+async def retry_now(task_id: IdPath, act: Pressed) -> Response:
     coordinator = act.coordinator
     return await act.run(
         f"/tasks/{task_id}", "retry", lambda who: coordinator.retry_now(task_id, who)
@@ -123,7 +123,9 @@ async def retry_now(task_id: int, act: Pressed) -> Response:
 
 @router.post("/tasks/{task_id}/requeue")
 async def requeue(
-    task_id: int, act: Pressed, agent_id: Annotated[str, Form(max_length=128)] = ""
+    task_id: IdPath,
+    act: Pressed,
+    agent_id: Annotated[str, Form(max_length=128, pattern=r"^[A-Za-z0-9._-]*$")] = "",
 ) -> Response:
     coordinator = act.coordinator
     return await act.run(
@@ -135,7 +137,7 @@ async def requeue(
 
 
 @router.post("/agents/{agent_id}/drain")
-async def drain(agent_id: str, act: Pressed) -> Response:
+async def drain(agent_id: AgentIdPath, act: Pressed) -> Response:
     coordinator = act.coordinator
     return await act.run(
         _agent_page(agent_id),
@@ -146,7 +148,7 @@ async def drain(agent_id: str, act: Pressed) -> Response:
 
 
 @router.post("/agents/{agent_id}/undrain")
-async def undrain(agent_id: str, act: Pressed) -> Response:
+async def undrain(agent_id: AgentIdPath, act: Pressed) -> Response:
     coordinator = act.coordinator
     return await act.run(
         _agent_page(agent_id), "undrained", lambda _who: coordinator.drain_agent(agent_id, False)

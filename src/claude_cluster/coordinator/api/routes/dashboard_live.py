@@ -19,7 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
-from claude_cluster.coordinator.api.deps import CoordinatorDep
+from claude_cluster.coordinator.api.deps import CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.routes.dashboard import User
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.tables import TaskEvent
@@ -51,7 +51,7 @@ async def _pump(
 
 @router.get("/tasks/{task_id}/stream")
 async def task_stream(
-    task_id: int,
+    task_id: IdPath,
     request: Request,
     coordinator: CoordinatorDep,
     user: User,

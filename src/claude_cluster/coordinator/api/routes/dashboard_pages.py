@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from claude_cluster.coordinator.api.deps import CoordinatorDep
+from claude_cluster.coordinator.api.deps import AgentIdPath, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.routes.dashboard import User, login_page
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.overview import TASK_SORTS, TaskFilter
@@ -185,7 +185,7 @@ async def task_list(
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 async def task_page(
-    task_id: int, request: Request, coordinator: CoordinatorDep, user: User
+    task_id: IdPath, request: Request, coordinator: CoordinatorDep, user: User
 ) -> Response:
     if user is None:
         return login_page(request)
@@ -217,7 +217,7 @@ async def task_page(
 
 @router.get("/agents/{agent_id}", response_class=HTMLResponse)
 async def agent_page(
-    agent_id: str, request: Request, coordinator: CoordinatorDep, user: User
+    agent_id: AgentIdPath, request: Request, coordinator: CoordinatorDep, user: User
 ) -> Response:
     if user is None:
         return login_page(request)

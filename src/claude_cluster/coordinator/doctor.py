@@ -219,7 +219,18 @@ async def _agents(settings: CoordinatorSettings) -> list[Check]:
     for agent in agents:
         seen = agent.last_heartbeat
         age = f"{(now - _aware(seen)).total_seconds():.0f} s ago" if seen else "never"
-        if agent.status == "offline":
+        told = agent.configuration or {}
+        if told.get("ready") is False or agent.status == "maintenance":
+            reason = str(told.get("not_ready_reason") or "it reported itself not ready")
+            checks.append(
+                Check(
+                    f"agent {agent.id}",
+                    False,
+                    f"not ready: {reason[:300]}",
+                    "fix what the reason names on that host, then restart its agent",
+                )
+            )
+        elif agent.status == "offline":
             checks.append(
                 Check(
                     f"agent {agent.id}",

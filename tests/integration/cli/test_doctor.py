@@ -152,3 +152,32 @@ def test_a_bad_variable_is_named_with_exit_2(tmp_path: Path) -> None:
     done = doctor(env, tmp_path)
     assert done.returncode == 2
     assert "MAX_AGENTS" in done.stderr
+
+
+def test_an_agent_that_is_not_ready_is_named_with_its_reason(
+    db_url: str, coordinator: RunningCoordinator, tmp_path: Path
+) -> None:
+    registered = httpx.post(
+        f"{coordinator.url}/api/v1/agents",
+        headers={"Authorization": f"Bearer {REGISTRATION_TOKEN}"},
+        json={
+            "id": "a2",
+            "name": "a2",
+            "url": "http://127.0.0.1:9/",
+            "secret": "s" * 32,
+            "ready": False,
+            "not_ready_reason": "sandbox canary failed: bwrap cannot create a user namespace",
+            # as the daemon tells it (agent/daemon.py)
+            "configuration": {
+                "ready": False,
+                "not_ready_reason": "sandbox canary failed: no user namespaces",
+                "sandbox": "on",
+            },
+        },
+        timeout=10,
+    )
+    assert registered.status_code in (200, 201), registered.text
+    done = doctor(base_env(db_url), tmp_path)
+    assert done.returncode == 1
+    out = lines(done)
+    assert "FAIL agent a2 not ready: sandbox canary failed: no user namespaces" in out, out

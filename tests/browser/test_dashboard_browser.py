@@ -89,7 +89,7 @@ def test_sign_in_and_the_overview(page: Any, cluster: Cluster) -> None:
     page.get_by_label("Admin token").fill("not the token")
     page.problems.expected.add((401, "/login"))
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").inner_text() == "That is not the admin token."
+    assert page.get_by_role("alert").inner_text() == "That is not the admin token or an API token."
     sign_in(page)
 
     assert page.get_by_role("heading", name="Overview").is_visible()

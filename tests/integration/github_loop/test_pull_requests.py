@@ -111,7 +111,7 @@ async def test_run_pull_request_review_follow_up_and_merge(loop: Loop) -> None:
         ours = [c for c in loop.fake.comments(REPO, issue) if "Task ID:" in c["body"]]
         assert len(ours) == 1
         edits = [body for cid, body in loop.fake.comment_edits if cid == ours[0]["id"]]
-        assert edits and "⏳ Workspace on `a1`" in edits[0]
+        assert edits and edits[-1] == done  # the same comment, edited to the result
 
         await loop.act(
             loop.fake.submit_review, REPO, pr["number"], "changes_requested", "Add a test"

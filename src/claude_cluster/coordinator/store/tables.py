@@ -108,6 +108,11 @@ class Agent(Base):
     draining: Mapped[bool] = mapped_column(Boolean, default=False)
     dispatch_failures: Mapped[int] = mapped_column(Integer, default=0)
     cooldown_until: Mapped[datetime | None]
+    #: why the agent cannot run work (its own start checks, or runs that failed for a
+    #: reason of the agent); NULL = ready. A not-ready agent gets no dispatch.
+    not_ready_reason: Mapped[str | None] = mapped_column(Text)
+    #: runs in a row that failed for a reason of the agent, not of the task
+    fault_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Task(Base):
@@ -216,6 +221,9 @@ class TaskRun(Base):
     fix_rounds: Mapped[int] = mapped_column(Integer, default=0)
     changed_files: Mapped[list[str]] = mapped_column(default=list)
     log_excerpt: Mapped[str | None] = mapped_column(Text)
+    #: when the coordinator confirmed that this run still holds its task and may deliver
+    #: (the fencing check before a push or a pull request)
+    delivery_confirmed_at: Mapped[datetime | None]
 
 
 class TaskEvent(Base):
@@ -240,6 +248,7 @@ class TaskEvent(Base):
 
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)  #: X-GitHub-Delivery
     event: Mapped[str] = mapped_column(String(50))
@@ -249,6 +258,34 @@ class WebhookDelivery(Base):
     status: Mapped[str] = mapped_column(String(20))  #: received, processed, ignored, error, refused
     reason: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[int | None] = mapped_column(Integer)
+    #: the verified body, kept until the delivery is processed (a crash resumes from it)
+    payload: Mapped[str | None] = mapped_column(Text)
+    #: what orders deliveries: "owner/repo#number" of the issue or pull request
+    issue_key: Mapped[str | None] = mapped_column(String(600))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+
+
+class ClusterLease(Base):
+    """A named lease held by one coordinator process at a time (e.g. the poller of one
+    repository): the holder renews it before ``expires_at``; anyone may take it after."""
+
+    __tablename__ = "cluster_leases"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+
+
+class OnceMark(Base):
+    """Something that must happen once cluster-wide (a "once" comment, a budget refusal):
+    inserting the key claims it; a second insert fails."""
+
+    __tablename__ = "once_marks"
+
+    key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    created_at: Mapped[datetime]
 
 
 class ApiToken(Base):

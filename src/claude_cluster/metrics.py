@@ -64,6 +64,13 @@ AGENT_LAST_HEARTBEAT = Gauge(
     ["agent_id"],
     registry=COORDINATOR,
 )
+AGENT_NOT_READY = Gauge(
+    "claude_agent_not_ready",
+    "1 while the coordinator gives the agent no work because it is not ready (its start "
+    "checks failed, or runs failed for a reason of the agent twice in a row).",
+    ["agent_id"],
+    registry=COORDINATOR,
+)
 HTTP_REQUESTS = Counter(
     "claude_http_requests_total",
     "Coordinator HTTP requests.",
@@ -126,7 +133,8 @@ AGENT_TASK_DURATION = Histogram(
 )
 AGENT_READY = Gauge(
     "claude_agent_ready",
-    "1 when the agent takes runs, 0 when its sandbox canary failed.",
+    "1 when the agent takes runs, 0 when one of its readiness checks failed (runner, "
+    "model credentials, sandbox canary, workspace).",
     ["agent_id"],
     registry=AGENT,
 )

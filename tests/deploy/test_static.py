@@ -390,7 +390,7 @@ def test_prometheus_config_and_rules(rendered: dict[str, Path], tmp_path: Path) 
     assert {
         "CoordinatorDown", "AllAgentsDown", "DatabaseDown", "TaskQueueOverflow", "HighAgentLoad",
         "SlowTaskExecution", "HighClaudeAPILatency", "LowDiskSpace", "NewAgentRegistered",
-        "HighDevelopmentVelocity", "GitHubAPIRateLimitApproaching",
+        "HighDevelopmentVelocity", "GitHubAPIRateLimitApproaching", "AgentNotReady",
     } <= names  # fmt: skip
 
 

@@ -41,6 +41,9 @@ class SimAgent:
     received: list[tuple[int, float]] = field(default_factory=list)  # (run_id, monotonic time)
     bodies: list[dict[str, Any]] = field(default_factory=list)  # every /execute_task body
     heartbeating: bool = True
+    #: what the agent's readiness checks say (None = ready), sent at registration and on
+    #: every heartbeat
+    not_ready: str | None = None
 
 
 class SimAgents:
@@ -127,8 +130,10 @@ class SimAgents:
         behaviour: str = "complete",
         capacity: int = 3,
         specialties: list[str] | None = None,
+        not_ready: str | None = None,
     ) -> SimAgent:
         agent = SimAgent(agent_id, behaviour, capacity, specialties or ["general"])
+        agent.not_ready = not_ready
         self.agents[agent_id] = agent
         response = await self._http.post(
             "/api/v1/agents",
@@ -141,6 +146,8 @@ class SimAgents:
                 "capabilities": [],
                 "max_concurrent_tasks": capacity,
                 "secret": SECRET,
+                "ready": not_ready is None,
+                "not_ready_reason": not_ready,
             },
         )
         response.raise_for_status()
@@ -215,11 +222,13 @@ class SimAgents:
         response = await self._http.put(
             f"/api/v1/agents/{agent.id}",
             json={
-                "status": "busy" if agent.held else "idle",
+                "status": "maintenance" if agent.not_ready else ("busy" if agent.held else "idle"),
                 "current_load": min(1.0, len(agent.held) / agent.capacity),
                 "active_task_count": len(agent.held),
                 "run_ids": sorted(agent.held),
                 "last_task_completed_at": datetime.now(UTC).isoformat(),
+                "ready": agent.not_ready is None,
+                "not_ready_reason": agent.not_ready,
             },
             headers={"Authorization": f"Bearer {agent.token}"},
         )

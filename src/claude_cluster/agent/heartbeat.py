@@ -118,6 +118,8 @@ class HeartbeatLoop:
             uptime=round(time.monotonic() - self.started, 3),
             last_task_completed_at=pool.last_completed_at,
             run_ids=pool.held_run_ids(),
+            ready=pool.not_ready is None,
+            not_ready_reason=pool.not_ready,
         )
 
     def _fence_if_lease_passed(self, error: str) -> None:

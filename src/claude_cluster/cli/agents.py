@@ -1,4 +1,4 @@
-"""``claude-cluster agents list|drain|reset``."""
+"""``claude-cluster agents list|drain|ready|reset``."""
 
 from __future__ import annotations
 
@@ -32,13 +32,12 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
         "done",
         "failed",
         "heartbeat",
-        "url",
         "drain",
     )
     for a in agents:
         table.add_row(
             a["id"],
-            a["status"],
+            "not ready" if a.get("not_ready_reason") else a["status"],
             f"{a['active_task_count']}/{a['max_concurrent_tasks']}",
             f"{a['current_load']:.2f}",
             ",".join(a["specialties"]),
@@ -48,6 +47,9 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
             "yes" if a["draining"] else "",
         )
     out.print(table)
+    for a in agents:  # whole, below the table: a reason is a sentence, not a cell
+        if a.get("not_ready_reason"):
+            out.print(f"{a['id']} is not ready: {a['not_ready_reason']}", markup=False)
 
 
 @app.command()
@@ -58,6 +60,14 @@ def drain(
     """Give the agent no new runs (its running runs finish)."""
     agent = call("POST", f"/api/v1/agents/{agent_id}/drain", json={"drain": not undo})
     out.print(f"agent {agent['id']} draining={agent['draining']}")
+
+
+@app.command()
+def ready(agent_id: str) -> None:
+    """Clear the agent's not-ready reason and fault streak after fixing its host: it takes
+    work again (its own start checks block it again if they still fail)."""
+    agent = call("POST", f"/api/v1/agents/{agent_id}/ready")
+    out.print(f"agent {agent['id']} is ready: it takes work again")
 
 
 @app.command()

@@ -65,11 +65,16 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     for a in agents:
         table.add_row(
             a["id"],
-            a["status"] + (" (draining)" if a["draining"] else ""),
+            a["status"]
+            + (" (draining)" if a["draining"] else "")
+            + (" (not ready)" if a.get("not_ready_reason") else ""),
             f"{a['active_task_count']}/{a['max_concurrent_tasks']}",
             ago(parse_time(a["last_heartbeat"])),
         )
     out.print(table)
+    for a in agents:
+        if a.get("not_ready_reason"):
+            out.print(f"{a['id']} is not ready: {a['not_ready_reason']}", markup=False)
 
 
 @app.command()

@@ -89,5 +89,6 @@ class Reconciler:
                 else 0
             )
             metrics.AGENT_LOAD.labels(agent.id, specialty).set(min(1.0, load))
+            metrics.AGENT_NOT_READY.labels(agent.id).set(0 if agent.not_ready_reason is None else 1)
             if agent.last_heartbeat is not None:
                 metrics.AGENT_LAST_HEARTBEAT.labels(agent.id).set(agent.last_heartbeat.timestamp())

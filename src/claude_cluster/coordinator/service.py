@@ -358,6 +358,13 @@ class Coordinator:
         log.info("agent_reset", agent_id=agent_id)
         return agent
 
+    async def mark_agent_ready(self, agent_id: str) -> Agent:
+        """Clear the agent's not-ready reason and fault streak (an operator fixed it)."""
+        agent = await self.repo.mark_agent_ready(agent_id)
+        log.info("agent_marked_ready", agent_id=agent_id)
+        await self._wake_all()
+        return agent
+
     async def heartbeat(self, agent_id: str, hb: Heartbeat) -> HeartbeatReply:
         reply, has_room = await self.repo.heartbeat(agent_id, hb)
         if has_room:

@@ -189,5 +189,9 @@ RETRYABLE_CATEGORIES = frozenset(
 )
 
 
+#: runs in a row that failed for a reason of the agent after which it gets no more work
+AGENT_FAULT_LIMIT = 2
+
+
 def is_retryable(category: ErrorCategory) -> bool:
     return category in RETRYABLE_CATEGORIES

@@ -91,8 +91,8 @@ class AgentRegistration(_Inbound):
     secret: str | None = Field(default=None, min_length=16, max_length=256)
     #: base URL to reach the agent; default ``http://{ip_address}:{port}``
     url: str | None = Field(default=None, max_length=500)
-    #: False when the agent cannot confine runs (its sandbox canary failed): it is
-    #: registered in ``maintenance`` and gets no work
+    #: False when one of the agent's start checks failed (runner, credentials, sandbox
+    #: canary, workspace): it is registered in ``maintenance`` and gets no work
     ready: bool = True
     not_ready_reason: str | None = Field(default=None, max_length=2000)
 
@@ -114,6 +114,10 @@ class Heartbeat(_Inbound):
     last_task_completed_at: datetime | None = None
     #: every run the agent holds right now; runs not listed for a lease are lost
     run_ids: list[Int64] = Field(default_factory=list, max_length=1000)
+    #: the result of the agent's latest readiness checks (None: not told, an older agent);
+    #: False comes with ``not_ready_reason``
+    ready: bool | None = None
+    not_ready_reason: str | None = Field(default=None, max_length=2000)
 
 
 class HeartbeatReply(_Wire):

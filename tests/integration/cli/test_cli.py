@@ -80,12 +80,28 @@ def test_agents_status_and_health(env: dict[str, str], coordinator: RunningCoord
     httpx.post(
         f"{coordinator.url}/api/v1/agents",
         headers={"Authorization": f"Bearer {REGISTRATION_TOKEN}"},
-        json={"id": "a1", "name": "a1", "port": 9, "secret": "agent-secret-0123456789"},
+        json={
+            "id": "a1",
+            "name": "a1",
+            "port": 9,
+            "secret": "agent-secret-0123456789",
+            "ready": False,
+            "not_ready_reason": "no model credential",
+        },
     ).raise_for_status()
     code, out = cli(env, "agents", "list")
     assert code == 0 and "a1" in out and "s ago" in out
+    assert "a1 is not ready: no model credential" in out
     code, out = cli(env, "agents", "list", "--json")
-    assert [a["id"] for a in json.loads(out)] == ["a1"]
+    assert [(a["id"], a["not_ready_reason"]) for a in json.loads(out)] == [
+        ("a1", "no model credential")
+    ]
+    code, out = cli(env, "status")
+    assert code == 0 and "a1 is not ready: no model credential" in out
+    code, out = cli(env, "agents", "ready", "a1")
+    assert (code, out.strip()) == (0, "agent a1 is ready: it takes work again")
+    code, out = cli(env, "agents", "list", "--json")
+    assert json.loads(out)[0]["not_ready_reason"] is None
     code, out = cli(env, "agents", "drain", "a1")
     assert (code, out.strip()) == (0, "agent a1 draining=True")
     code, out = cli(env, "agents", "drain", "a1", "--undo")

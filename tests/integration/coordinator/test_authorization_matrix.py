@@ -54,6 +54,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/agents/{agent_id}/tasks"): READ_OR_OWN,
     ("POST", "/api/v1/agents/{agent_id}/tasks"): ADMIN,
     ("POST", "/api/v1/agents/{agent_id}/reset"): ADMIN,
+    ("POST", "/api/v1/agents/{agent_id}/ready"): ADMIN,
     ("POST", "/api/v1/agents/{agent_id}/drain"): ADMIN,
     ("GET", "/api/v1/runs/{run_id}"): READ_OR_OWN,
     ("POST", "/api/v1/runs/{run_id}/events"): OWN,

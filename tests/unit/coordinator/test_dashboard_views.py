@@ -24,6 +24,7 @@ def _agent(**fields: object) -> Agent:
         "active_task_count": 0,
         "max_concurrent_tasks": 2,
         "last_heartbeat": NOW,
+        "not_ready_reason": None,
     }
     values.update(fields)
     return Agent(**values)
@@ -47,6 +48,8 @@ def test_readiness_names_why_an_agent_takes_no_work() -> None:
     assert not cooling.ready and "in 20 s" in cooling.reason
     offline = readiness(_agent(status="offline", last_heartbeat=NOW - timedelta(minutes=6)), NOW)
     assert offline.reason == "offline since its heartbeat 6 min ago"
+    broken = readiness(_agent(status="maintenance", not_ready_reason="runner not found"), NOW)
+    assert (broken.ready, broken.reason) == (False, "not ready: runner not found")
 
 
 def test_csrf_tokens_belong_to_one_session_and_key() -> None:

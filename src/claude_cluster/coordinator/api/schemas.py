@@ -174,6 +174,12 @@ class AgentOut(BaseModel):
     workspace_path: str
     version: str
     draining: bool
+    #: why the agent gets no work (its start checks failed, or runs failed for a reason of
+    #: the agent ``fault_streak`` times in a row); None = ready
+    not_ready_reason: str | None = None
+    #: runs in a row that failed for a reason of the agent (runner, credentials, sandbox,
+    #: disk); a success resets it
+    fault_streak: int = 0
     #: what the agent told about itself at registration (runner, model, ``sandbox``,
     #: ``ready``, ``not_ready_reason``); never credentials
     configuration: dict[str, Any] = {}

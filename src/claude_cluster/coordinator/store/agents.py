@@ -18,6 +18,7 @@ from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, TaskRun
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
+    AGENT_FAULT_LIMIT,
     ONLINE_AGENT_STATUSES,
     AgentStatus,
     ErrorCategory,
@@ -93,8 +94,11 @@ class AgentQueries(RunEndSteps):
             agent.meta = reg.metadata
             agent.token_hash = token_hash
             agent.call_secret = reg.secret
-            # an agent that cannot confine runs is registered but never dispatched to
+            # an agent whose start checks failed is registered but never dispatched to; a
+            # (re)start ran those checks afresh, so it also ends a block for faulty runs
             agent.status = (AgentStatus.IDLE if reg.ready else AgentStatus.MAINTENANCE).value
+            agent.not_ready_reason = None if reg.ready else not_ready_text(reg.not_ready_reason)
+            agent.fault_streak = 0
             agent.current_load = 0.0
             agent.last_heartbeat = now
             agent.cooldown_until = None
@@ -181,9 +185,20 @@ class AgentQueries(RunEndSteps):
                 ).value
             if hb.status == AgentStatus.MAINTENANCE:
                 agent.status = AgentStatus.MAINTENANCE.value
+            _note_readiness(agent, hb)
             # Runs the agent holds that are not (or no longer) its own: it must stop them.
             reply = HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
             return reply, agent.active_task_count < agent.max_concurrent_tasks
+
+    @retry_conflicts
+    async def mark_agent_ready(self, agent_id: str) -> Agent:
+        """An operator clears the agent's not-ready reason and its fault streak (its own
+        checks set the reason again at its next heartbeat when they still fail)."""
+        async with self._tx() as s:
+            agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
+            agent.not_ready_reason = None
+            agent.fault_streak = 0
+            return agent
 
     @retry_conflicts
     async def set_draining(self, agent_id: str, draining: bool) -> Agent:
@@ -204,3 +219,22 @@ class AgentQueries(RunEndSteps):
             if active_only:
                 query = query.where(TaskRun.status.in_(ACTIVE_RUNS))
             return (await s.scalars(query)).all()
+
+
+def not_ready_text(reason: str | None) -> str:
+    return (reason or "").strip()[:2000] or "the agent reported itself not ready"
+
+
+def _note_readiness(agent: Agent, hb: Heartbeat) -> None:
+    """What the agent's own readiness checks said. A failing check sets its reason (and
+    the agent's own checks govern from then on: the fault streak restarts); a passing one
+    clears a reason the agent reported, but not a block for faulty runs
+    (``fault_streak`` at :data:`AGENT_FAULT_LIMIT`): that waits for an operator, a run
+    that succeeds, a restart, or the agent's checks failing and then passing."""
+    if hb.ready is None:  # an agent that does not report its checks
+        return
+    if not hb.ready:
+        agent.not_ready_reason = not_ready_text(hb.not_ready_reason)
+        agent.fault_streak = 0
+    elif agent.not_ready_reason is not None and agent.fault_streak < AGENT_FAULT_LIMIT:
+        agent.not_ready_reason = None

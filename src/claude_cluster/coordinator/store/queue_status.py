@@ -29,7 +29,11 @@ class QueueQueries(StoreBase):
             rows = (await s.execute(select(Task.status, func.count()).group_by(Task.status))).all()
             by_status = {status: count for status, count in rows}
             agents = (await s.scalars(select(Agent))).all()
-            online = [a for a in agents if a.status in ONLINE_AGENTS and not a.draining]
+            online = [
+                a
+                for a in agents
+                if a.status in ONLINE_AGENTS and not a.draining and a.not_ready_reason is None
+            ]
             capacity = sum(a.max_concurrent_tasks for a in online)
             used = sum(a.active_task_count for a in online)
             return QueueStatus(

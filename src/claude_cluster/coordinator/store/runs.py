@@ -84,6 +84,7 @@ class RunQueries(RunEndSteps):
             agent_query = transitions.select_rows(Agent).where(
                 Agent.status.in_(ONLINE_AGENTS),
                 Agent.draining.is_(False),
+                Agent.not_ready_reason.is_(None),
                 Agent.active_task_count < Agent.max_concurrent_tasks,
                 or_(Agent.cooldown_until.is_(None), Agent.cooldown_until <= now),
             )

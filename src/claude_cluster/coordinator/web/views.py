@@ -49,10 +49,13 @@ class Readiness:
 
 def readiness(agent: Agent, now: datetime | None = None) -> Readiness:
     """Why an agent takes work or not, from what its row holds (status, draining, slots,
-    cool-down). Agents that report their own reasons extend this."""
+    cool-down, and the reason it is not ready: its own start checks, or runs that failed
+    for a reason of the agent)."""
     now = now or datetime.now(UTC)
     if agent.status == "offline":
         return Readiness(False, f"offline since its heartbeat {ago(agent.last_heartbeat, now)}")
+    if agent.not_ready_reason:
+        return Readiness(False, f"not ready: {agent.not_ready_reason}")
     if agent.status in ("maintenance", "error"):
         return Readiness(False, agent.status)
     if agent.draining:

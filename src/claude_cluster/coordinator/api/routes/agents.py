@@ -101,6 +101,15 @@ async def reset_agent(agent_id: AgentIdPath, coordinator: CoordinatorDep, _: Adm
     return AgentOut.model_validate(await coordinator.reset_agent(agent_id))
 
 
+@router.post("/{agent_id}/ready")
+async def mark_agent_ready(
+    agent_id: AgentIdPath, coordinator: CoordinatorDep, _: Admin
+) -> AgentOut:
+    """Clear the agent's not-ready reason and fault streak: it takes work again (its own
+    start checks set a reason again at its next heartbeat if they still fail)."""
+    return AgentOut.model_validate(await coordinator.mark_agent_ready(agent_id))
+
+
 @router.post("/{agent_id}/drain")
 async def drain_agent(
     agent_id: AgentIdPath, coordinator: CoordinatorDep, _: Admin, body: DrainIn | None = None

@@ -33,9 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("payload", sa.Text(), nullable=True))
         batch.add_column(sa.Column("issue_key", sa.String(length=600), nullable=True))
         batch.add_column(sa.Column("attempts", sa.Integer(), server_default="0", nullable=False))
-        batch.add_column(
-            sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
         "ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_attempt_at"]

@@ -84,6 +84,13 @@ class CoordinatorSettings(TlsSettings):
     github_trigger_on_opened: bool = False
     #: seconds between two edits of one task's progress comment (GitHub's secondary limits)
     github_progress_interval: float = Field(default=10.0, ge=0)
+    #: seconds a worker holds a webhook delivery it processes (renewed while it works); a
+    #: claim whose process died is taken again after this
+    github_delivery_lease_seconds: float = Field(default=60.0, gt=0)
+    #: attempts at a webhook delivery whose processing fails before it is given up (error)
+    github_delivery_attempts: int = Field(default=5, ge=1)
+    #: back-off after a failed attempt: doubles per attempt, capped at 10 minutes
+    github_delivery_retry_seconds: float = Field(default=5.0, ge=0)
 
     log_level: str = "INFO"
     #: json (machines, files), console (one readable line per event) or color

@@ -5,13 +5,20 @@ one repository. It hands the dispatcher a token per run (:meth:`GitHubLoop.dispa
 a fresh App installation token narrowed to the repository, or the personal token), and,
 once started inside the app's lifespan, owns:
 
-- the webhook work: the route verifies and records a delivery, answers at once and calls
-  :meth:`GitHubLoop.submit`; the work runs as a background task here, in arrival order per
-  issue or pull request, and its outcome is stored on the delivery;
+- the webhook work: the route verifies a delivery and records it with its payload, answers
+  at once and wakes this process's delivery worker (:meth:`GitHubLoop.wake`). The worker of
+  every coordinator process claims due deliveries from the database
+  (:meth:`~claude_cluster.coordinator.store.webhooks.WebhookQueries.claim_deliveries`: one
+  at a time per issue or pull request, in received order, across processes), processes
+  each, and stores its outcome, or schedules a retry with back-off when it failed
+  (``GITHUB_DELIVERY_ATTEMPTS``, then ``error``). A claim is a lease
+  (``GITHUB_DELIVERY_LEASE_SECONDS``, renewed while the work lasts), so a delivery whose
+  process died is resumed by any process after it;
 - the :class:`~claude_cluster.coordinator.github_comments.IssueCommenter` (an observer of
   task changes, plus the start-comment sweep);
 - the polling fallback (``GITHUB_POLL_INTERVAL`` > 0), which feeds the same path as the
-  webhooks, so a poll and a webhook for one issue make one task;
+  webhooks, so a poll and a webhook for one issue make one task; one process of the
+  cluster polls each repository, the holder of its ``cluster_leases`` row;
 - metrics: every API call counts in ``claude_github_api_calls_total`` and updates
   ``claude_github_rate_limit_remaining``.
 
@@ -21,7 +28,13 @@ once started inside the app's lifespan, owns:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
+import socket
+import uuid
 from collections.abc import Awaitable
+from datetime import timedelta
 from typing import Any
 
 from claude_cluster import metrics
@@ -29,6 +42,8 @@ from claude_cluster.coordinator.config import CoordinatorSettings
 from claude_cluster.coordinator.github_comments import IssueCommenter
 from claude_cluster.coordinator.github_events import EventHandler, Outcome, ignored
 from claude_cluster.coordinator.service import Coordinator
+from claude_cluster.coordinator.store.common import utcnow
+from claude_cluster.coordinator.store.webhooks import ClaimedDelivery
 from claude_cluster.errors import ClusterError
 from claude_cluster.github import (
     GitHubApp,
@@ -39,12 +54,14 @@ from claude_cluster.github import (
     IssueCommentEvent,
     IssuePoller,
     IssuesEvent,
+    MalformedPayload,
     PersonalToken,
     PullRequestEvent,
     PullRequestReviewEvent,
     RepositoryConfig,
     RepositoryConfigs,
     load_repositories,
+    parse_event,
     token_provider,
 )
 from claude_cluster.logging import get_logger
@@ -53,6 +70,16 @@ log = get_logger(__name__)
 
 #: how long shutdown waits for webhook work under way before cancelling it
 STOP_GRACE_SECONDS = 10.0
+#: deliveries one process works on at once (each of a different issue)
+DELIVERY_WORKERS = 8
+#: how often an idle worker looks for deliveries that other replicas received, or whose
+#: back-off or lease ran out (a delivery received here wakes it at once)
+DELIVERY_POLL_SECONDS = 1.0
+#: the longest back-off between two attempts at a delivery
+DELIVERY_RETRY_MAX_SECONDS = 600.0
+#: a repository's poller lease: renewed by its holder every third of it; another process
+#: takes it over when it runs out (at once when its holder stops and gives it up)
+POLLER_LEASE_SECONDS = 30.0
 #: what each git step of a run needs on GitHub: fetching reads the repository; delivering
 #: pushes the branch and opens or updates the pull request
 STEP_PERMISSIONS = {
@@ -73,6 +100,27 @@ def load_watched(settings: CoordinatorSettings) -> RepositoryConfigs:
         else cfg.model_copy(update={"trigger_on_opened": True})
         for cfg in configs.values()
     )
+
+
+def issue_key(event: GitHubEvent, cfg: RepositoryConfig) -> str | None:
+    """What orders deliveries: ``owner/repo#number`` of the issue or pull request (they
+    share one number space on GitHub), or None for an event about neither."""
+    number = None
+    if isinstance(event, IssuesEvent | IssueCommentEvent):
+        number = event.issue.number
+    elif isinstance(event, PullRequestEvent | PullRequestReviewEvent):
+        number = event.pull_request.number
+    return None if number is None else f"{cfg.full_name.lower()}#{number}"
+
+
+def retry_delay(attempt: int, base: float) -> float:
+    """The back-off after failed attempt ``attempt`` (1-based): doubling, capped."""
+    return float(min(DELIVERY_RETRY_MAX_SECONDS, base * 2 ** (attempt - 1)))
+
+
+def process_holder() -> str:
+    """Who this process is in ``cluster_leases``: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def record_api_call(endpoint: str, status: int, remaining: int | None) -> None:
@@ -109,7 +157,10 @@ class GitHubLoop:
         self._coordinator: Coordinator | None = None
         self._stop = asyncio.Event()
         self._jobs: set[asyncio.Task[Any]] = set()
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        #: deliveries being processed here: id → (attempt, job)
+        self._working: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self.holder = process_holder()
 
     def config_for(self, repository: str | None) -> RepositoryConfig | None:
         """The watched repository's configuration (case-insensitive), or None."""
@@ -136,7 +187,8 @@ class GitHubLoop:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self, coordinator: Coordinator) -> None:
-        """Attach to the coordinator: the progress comments, the poller."""
+        """Attach to the coordinator: the progress comments, the delivery worker, the
+        pollers."""
         self._coordinator = coordinator
         self.client = GitHubClient(
             self.auth, base_url=self.settings.github_api_url, on_api_call=record_api_call
@@ -149,14 +201,10 @@ class GitHubLoop:
             interval=self.settings.github_progress_interval,
         )
         coordinator.observers.append(self.commenter)
+        self._spawn(self._deliveries_forever())
         if self.settings.github_poll_interval > 0:
-            poller = IssuePoller(
-                self.client,
-                self.repositories.values(),
-                self._on_polled_issue,
-                interval=self.settings.github_poll_interval,
-            )
-            self._spawn(poller.run_forever(self._stop))
+            for cfg in self.repositories.values():
+                self._spawn(self._poll_forever(cfg))
         if isinstance(self.auth, PersonalToken):
             log.warning(
                 "github_token_sent_to_agents",
@@ -172,13 +220,22 @@ class GitHubLoop:
         )
 
     async def stop(self) -> None:
-        """Stop the loops; let webhook work finish for a grace period, then cancel it."""
+        """Stop the loops; let webhook work finish for a grace period, then cancel it and
+        give its deliveries back (due again at once, for whichever process runs next)."""
         self._stop.set()
-        if self._jobs:
-            _done, pending = await asyncio.wait(set(self._jobs), timeout=STOP_GRACE_SECONDS)
+        self._wake.set()
+        working = dict(self._working)
+        jobs = set(self._jobs) | {job for _attempt, job in working.values()}
+        if jobs:
+            _done, pending = await asyncio.wait(jobs, timeout=STOP_GRACE_SECONDS)
             for job in pending:
                 job.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if self._coordinator is not None:
+                for delivery_id, (attempt, job) in working.items():
+                    if job in pending:
+                        with contextlib.suppress(Exception):
+                            await self._coordinator.repo.release_delivery(delivery_id, attempt)
         if self.commenter is not None:
             # the final state of a task reaches its issue before the coordinator stops
             try:
@@ -197,43 +254,111 @@ class GitHubLoop:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the loop stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
+
     # --- webhook work -----------------------------------------------------------------
 
-    def submit(self, event: GitHubEvent, cfg: RepositoryConfig) -> None:
-        """Handle a recorded delivery after the response; its outcome goes on the row."""
-        self._spawn(self._process(event, cfg))
+    def wake(self) -> None:
+        """A delivery was recorded (or redelivered before it was processed): look now."""
+        self._wake.set()
 
-    async def _process(self, event: GitHubEvent, cfg: RepositoryConfig) -> None:
+    async def _deliveries_forever(self) -> None:
+        """Claim due deliveries and process them, up to :data:`DELIVERY_WORKERS` at once."""
         assert self._coordinator is not None
         repo = self._coordinator.repo
-        bound = log.bind(delivery=event.delivery_id, event=event.event, repository=cfg.full_name)
-        try:
-            async with self._lock_for(event, cfg):
-                outcome = await self.handle(event, cfg)
-        except (ClusterError, GitHubError) as exc:
-            outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
-            bound.warning("github_event_failed", error=str(exc))
-        except Exception as exc:
-            outcome = Outcome("error", f"{type(exc).__name__}: {exc}")
-            bound.exception("github_event_crashed")
-        bound.info("github_event", status=outcome.status, reason=outcome.reason)
-        try:
-            await repo.finish_delivery(
-                event.delivery_id, outcome.status, outcome.reason[:2000], outcome.task_id
-            )
-        except Exception:
-            bound.exception("github_delivery_not_recorded")
+        lease = self.settings.github_delivery_lease_seconds
+        while not self._stop.is_set():
+            self._wake.clear()
+            free = DELIVERY_WORKERS - len(self._working)
+            claimed: list[ClaimedDelivery] = []
+            if free > 0:
+                try:
+                    claimed = await repo.claim_deliveries(free, lease)
+                except Exception:  # the database is away: the next look tries again
+                    log.exception("github_delivery_claim_failed")
+            for delivery in claimed:
+                job = asyncio.ensure_future(self._work(delivery))
+                self._working[delivery.id] = (delivery.attempt, job)
+                job.add_done_callback(functools.partial(self._done_working, delivery.id))
+            if claimed and len(claimed) < free:
+                continue  # more may be due
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DELIVERY_POLL_SECONDS)
 
-    def _lock_for(self, event: GitHubEvent, cfg: RepositoryConfig) -> asyncio.Lock:
-        """One event at a time per issue or pull request, in arrival order (a ``closed``
-        right after ``labeled`` must see the task that ``labeled`` created). Issues and
-        pull requests share one number space on GitHub, so the number is the key."""
-        number = 0
-        if isinstance(event, IssuesEvent | IssueCommentEvent):
-            number = event.issue.number
-        elif isinstance(event, PullRequestEvent | PullRequestReviewEvent):
-            number = event.pull_request.number
-        return self._locks.setdefault((cfg.full_name, number), asyncio.Lock())
+    def _done_working(self, delivery_id: str, _job: object = None) -> None:
+        self._working.pop(delivery_id, None)
+        self._wake.set()  # a slot is free, and the issue's next delivery may be due
+
+    async def _work(self, delivery: ClaimedDelivery) -> None:
+        """Process one claimed delivery and record what became of it."""
+        assert self._coordinator is not None
+        repo = self._coordinator.repo
+        settings = self.settings
+        bound = log.bind(delivery=delivery.id, event=delivery.event, attempt=delivery.attempt)
+        renewer = asyncio.ensure_future(self._renew(delivery))
+        try:
+            try:
+                outcome = await self._process(delivery)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:2000]
+                if isinstance(exc, ClusterError | GitHubError):
+                    bound.warning("github_event_failed", error=str(exc))
+                else:
+                    bound.exception("github_event_crashed")
+                if delivery.attempt >= settings.github_delivery_attempts:
+                    await repo.finish_delivery(
+                        delivery.id, "error", reason, attempt=delivery.attempt
+                    )
+                    bound.warning("github_delivery_given_up", reason=reason)
+                    return
+                delay = retry_delay(delivery.attempt, settings.github_delivery_retry_seconds)
+                retry_at = utcnow() + timedelta(seconds=delay)
+                await repo.retry_delivery(delivery.id, delivery.attempt, reason, retry_at)
+                return
+            bound.info("github_event", status=outcome.status, reason=outcome.reason)
+            if not await repo.finish_delivery(
+                delivery.id,
+                outcome.status,
+                outcome.reason[:2000],
+                outcome.task_id,
+                attempt=delivery.attempt,
+            ):
+                bound.warning("github_delivery_claim_lost")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database is away: the lease runs out and it is retried
+            bound.exception("github_delivery_not_recorded")
+        finally:
+            renewer.cancel()
+
+    async def _renew(self, delivery: ClaimedDelivery) -> None:
+        """Keep the claim while the work lasts."""
+        assert self._coordinator is not None
+        lease = self.settings.github_delivery_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                if not await self._coordinator.repo.renew_delivery(
+                    delivery.id, delivery.attempt, lease
+                ):
+                    log.warning("github_delivery_claim_lost", delivery=delivery.id)
+                    return
+            except Exception:
+                log.exception("github_delivery_renew_failed", delivery=delivery.id)
+
+    async def _process(self, delivery: ClaimedDelivery) -> Outcome:
+        """The delivery's event, parsed again from the stored payload, handled."""
+        try:
+            event = parse_event(delivery.event, delivery.id, delivery.payload.encode())
+        except MalformedPayload as exc:  # cannot happen for what the route verified
+            return Outcome("error", f"stored payload unreadable: {exc}")
+        cfg = self.config_for(event.repository_name)
+        if cfg is None:
+            return ignored(f"repository {event.repository_name} is not watched")
+        return await self.handle(event, cfg)
 
     async def handle(self, event: GitHubEvent, cfg: RepositoryConfig) -> Outcome:
         """Route one event to its handler."""
@@ -249,10 +374,51 @@ class GitHubLoop:
             return await handler.on_comment(cfg, event)
         return ignored(f"{event.event} needs nothing")
 
+    # --- polling ----------------------------------------------------------------------
+
+    async def _poll_forever(self, cfg: RepositoryConfig) -> None:
+        """Poll ``cfg`` while this process holds its poller lease (one process of the
+        cluster does); the others check every while whether the lease ran out."""
+        assert self._coordinator is not None and self.client is not None
+        repo = self._coordinator.repo
+        interval = self.settings.github_poll_interval
+        poller = IssuePoller(self.client, [cfg], self._on_polled_issue, interval=interval)
+        name = f"github_poller:{cfg.full_name.lower()}"
+        check = min(interval, POLLER_LEASE_SECONDS / 3)
+        holding = False
+        next_round = 0.0
+        clock = asyncio.get_running_loop().time
+        try:
+            while not self._stop.is_set():
+                try:
+                    took = await repo.hold_lease(name, self.holder, POLLER_LEASE_SECONDS)
+                except Exception:
+                    log.exception("github_poller_lease_failed", repository=cfg.full_name)
+                    took = False
+                if took and not holding:
+                    log.info("github_poller_taken", repository=cfg.full_name, holder=self.holder)
+                    next_round = 0.0
+                holding = took
+                if holding and clock() >= next_round:
+                    report = await poller.run_once()
+                    if report.triggered or report.failed:
+                        log.info(
+                            "github_poll_round",
+                            repository=cfg.full_name,
+                            triggered=len(report.triggered),
+                            failed=len(report.failed),
+                            unchanged=len(report.unchanged),
+                        )
+                    next_round = clock() + poller.next_delay()
+                wait = min(check, next_round - clock()) if holding else check
+                await self._sleep(wait)
+        finally:
+            if holding:
+                with contextlib.suppress(Exception):
+                    await repo.release_lease(name, self.holder)
+
     async def _on_polled_issue(self, cfg: RepositoryConfig, issue: Issue) -> None:
         assert self.handler is not None
-        lock = self._locks.setdefault((cfg.full_name, issue.number), asyncio.Lock())
-        async with lock:
-            outcome = await self.handler.start_task(cfg, issue, source="poll")
+        outcome = await self.handler.start_task(cfg, issue, source="poll")
         if outcome.status == "processed":
             log.info("github_poll_task", repository=cfg.full_name, issue=issue.number)

@@ -1,8 +1,9 @@
 """The coordinator's housekeeping: what is old enough is deleted, once per
 ``HOUSEKEEPING_INTERVAL``.
 
-- webhook deliveries older than ``WEBHOOK_RETENTION_DAYS`` (default 30): they exist to
-  recognise redeliveries, which GitHub offers for 3 days;
+- finished webhook deliveries older than ``WEBHOOK_RETENTION_DAYS`` (default 30): they
+  exist to recognise redeliveries, which GitHub offers for 3 days (their payloads went when
+  they were processed; one still waiting stays);
 - the events of tasks that ended more than ``TASK_EVENT_RETENTION_DAYS`` ago (unset by
   default: kept forever); the tasks and their runs stay.
 

@@ -86,7 +86,10 @@ async def test_repository_settings_and_daily_budget(
     assert row.task_id is not None
     assert (await loop.store.get_task(row.task_id)).test_command is None
 
-    # a second coordinator with the overrides file: its own label, test command, budget
+    # a coordinator with the overrides file instead: its own label, test command, budget
+    # (the first stops: replicas share one configuration, and any of them may take a
+    # delivery from the database)
+    await asyncio.to_thread(loop.coordinator.server.stop)
     second = start_coordinator(
         **{
             **loop.coordinator.settings.model_dump(

@@ -88,7 +88,9 @@ async def test_concurrent_duplicates_make_one_task(loop: Loop) -> None:
     distinct = [loop.post("issues", payload, delivery=f"dist-{i}") for i in range(5)]
     answers = await asyncio.gather(*same, *distinct)
     states = [a.json()["status"] for a in answers[:5]]
-    assert sorted(states) == ["accepted", "duplicate", "duplicate", "duplicate", "duplicate"]
+    # one records it; the others nudge it while it waits, or find it processed
+    assert states.count("accepted") == 1
+    assert set(states) <= {"accepted", "pending", "duplicate"}
     rows = [await loop.delivery(d) for d in ["dup-1", *[f"dist-{i}" for i in range(5)]]]
     assert len({row.task_id for row in rows}) == 1
     assert [row.status for row in rows].count("processed") == 1

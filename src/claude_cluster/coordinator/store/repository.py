@@ -17,6 +17,7 @@ both), an agent slot is taken by a conditional update, and a run is finished onc
 - ``run_end``: the steps every run ending shares;
 - ``overview``: the dashboard's reads (queue by priority, active runs, cost, search);
 - ``queue_status``, ``webhooks``, ``tokens``: the queue's status, deliveries, API tokens;
+- ``cluster``: cluster-wide leases (one poller per repository) and once-marks;
 - ``common``: the clock, conflict retries and :class:`~.common.StoreBase`.
 
 Lock order everywhere is run → task → agent.
@@ -27,6 +28,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from claude_cluster.coordinator.store.agents import AgentQueries
+from claude_cluster.coordinator.store.cluster import ClusterQueries
 from claude_cluster.coordinator.store.common import retry_conflicts, utcnow
 from claude_cluster.coordinator.store.events import EventQueries
 from claude_cluster.coordinator.store.feedback import FeedbackQueries
@@ -60,6 +62,7 @@ class Repository(
     QueueQueries,
     OverviewQueries,
     WebhookQueries,
+    ClusterQueries,
     TokenQueries,
 ):
     """The coordinator's one handle on the database: ``Repository(sessions, postgres=...)``."""

@@ -2,9 +2,11 @@
 
 The route does only what must happen before GitHub gets its answer (GitHub waits 10 s at
 most): cap the body, verify the HMAC-SHA256 signature over the raw bytes, parse, record the
-``X-GitHub-Delivery`` id (a redelivery is then a no-op) and hand the event to the GitHub
-loop, which does the work after the response. Every accepted delivery is recorded in
-``webhook_deliveries`` with what became of it and counted in
+``X-GitHub-Delivery`` id with the payload in one transaction, and wake the GitHub loop's
+delivery worker, which does the work after the response, from the database (so a crash
+loses nothing: any process resumes it). A redelivery of a delivery not processed yet is a
+nudge (202 ``pending``); of a processed one, a no-op (200 ``duplicate``). Every accepted
+delivery is recorded in ``webhook_deliveries`` with what became of it and counted in
 ``claude_github_webhooks_total{event_type}``.
 
 Refused deliveries (unsigned, wrong signature, oversize, malformed) are never stored:
@@ -16,6 +18,7 @@ most once a minute per status (with how many were held back), and they never occ
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +26,7 @@ from fastapi.responses import JSONResponse
 
 from claude_cluster import metrics
 from claude_cluster.coordinator.api.deps import CoordinatorDep
-from claude_cluster.coordinator.github_loop import GitHubLoop
+from claude_cluster.coordinator.github_loop import GitHubLoop, issue_key
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.github import (
     InvalidSignature,
@@ -85,20 +88,35 @@ async def github_webhook(request: Request, coordinator: CoordinatorDep) -> JSONR
     metrics.GITHUB_WEBHOOKS.labels(event.event if event.event in _COUNTED else "other").inc()
     repo = coordinator.repo
     name = event.repository_name
-    if not await repo.record_delivery(event.delivery_id, event.event[:50], event.action, name):
-        return _answer(200, "duplicate", "this delivery was received before")
-    if isinstance(event, PingEvent):
-        await repo.finish_delivery(event.delivery_id, "processed", "ping")
-        return JSONResponse({"status": "pong", "zen": event.zen})
-    if isinstance(event, UnhandledEvent):
-        await repo.finish_delivery(event.delivery_id, "ignored", event.reason)
-        return _answer(200, "ignored", event.reason)
+    record = functools.partial(
+        repo.record_delivery, event.delivery_id, event.event[:50], event.action, name
+    )
     cfg = loop.config_for(name)
-    if cfg is None:
+    if isinstance(event, PingEvent):
+        if await record(status="processed", reason="ping") != "new":
+            return _answer(200, "duplicate", "this delivery was received before")
+        return JSONResponse({"status": "pong", "zen": event.zen})
+    reason = None
+    if isinstance(event, UnhandledEvent):
+        reason = event.reason
+    elif cfg is None:
         reason = f"repository {name} is not watched (GITHUB_REPOSITORIES)"
-        await repo.finish_delivery(event.delivery_id, "ignored", reason)
+    if reason is not None:
+        if await record(status="ignored", reason=reason) != "new":
+            return _answer(200, "duplicate", "this delivery was received before")
         return _answer(200, "ignored", reason)
-    loop.submit(event, cfg)
+    assert cfg is not None
+    # the body verified and parsed as UTF-8 JSON above, so it decodes
+    recorded = await record(
+        payload=body.decode("utf-8", errors="replace"), issue_key=issue_key(event, cfg)
+    )
+    if recorded == "done":
+        return _answer(200, "duplicate", "this delivery was processed before")
+    loop.wake()
+    if recorded == "pending":
+        return _answer(
+            202, "pending", "this delivery is not processed yet", delivery_id=event.delivery_id
+        )
     return _answer(202, "accepted", None, delivery_id=event.delivery_id)
 
 

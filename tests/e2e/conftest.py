@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -131,24 +130,3 @@ def cluster(tmp_path: Path, claude_cli: str) -> Iterator[Cluster]:
         )
         origin = make_origin(tmp_path / "remote")
         yield Cluster(coordinator.url, tmp_path, origin, claude_cli, stack)
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def kill_groups(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass

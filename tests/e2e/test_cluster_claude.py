@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Cluster, children_of, kill_groups
+from tests.e2e.conftest import Cluster
 from tests.fakes.anthropic_api import FakeAnthropic, edit, stall, text, tool_use
 from tests.support.agents import CALC_FIXED, branch_file, branches
+from tests.support.processes import children_of, kill_groups
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(150)]
 

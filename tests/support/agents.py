@@ -254,31 +254,42 @@ class AgentProcess:
         return self.log.read_text(errors="replace")
 
 
-@contextmanager
-def agent_process(env: dict[str, str], *, log: Path) -> Iterator[AgentProcess]:
-    """``python -m claude_cluster.agent`` in its own process group; always stopped."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
+def spawn_agent(env: dict[str, str], *, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m claude_cluster.agent`` in its own process group, output appended to
+    ``log`` (a restarted agent keeps one log)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "claude_cluster.agent"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def wait_agent_serving(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Wait until the agent answers ``/health`` (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited with {proc.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the agent did not serve /health in 30 s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def agent_process(env: dict[str, str], *, log: Path) -> Iterator[AgentProcess]:
+    """``python -m claude_cluster.agent`` in its own process group; always stopped."""
+    proc = spawn_agent(env, log=log)
     url = f"http://127.0.0.1:{env['AGENT_PORT']}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"agent exited with {proc.returncode}: {log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the agent did not serve /health in 30 s")
-            time.sleep(0.1)
+        wait_agent_serving(proc, url, log)
         yield AgentProcess(proc, url, log)
     finally:
         kill_group(proc)

@@ -53,6 +53,52 @@ def wait_healthy(
     raise RuntimeError(f"{url} did not become healthy in {timeout} s")
 
 
+def spawn_coordinator(env: dict[str, str], *, log: Path) -> subprocess.Popen[bytes]:
+    """``claude-cluster coordinator --no-migrate`` in its own process group, output to
+    ``log`` (appended: a restarted process keeps one log)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "claude_cluster", "coordinator", "--no-migrate"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every descendant of ``pid``, children first (from /proc)."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children = [c for p in frontier for c in children_of(p)]
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def kill_groups(pids: list[int]) -> None:
+    """SIGKILL the process group of each pid (the runners of an agent have their own)."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @dataclass(frozen=True)
 class CoordinatorProcess:
     url: str
@@ -65,15 +111,7 @@ def coordinator_process(
 ) -> Iterator[CoordinatorProcess]:
     """Start a coordinator process; yields its URL; always stops it (the whole group)."""
     port = free_port()
-    env = coordinator_env(database_url, PORT=str(port), **extra)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "claude_cluster", "coordinator", "--no-migrate"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_coordinator(coordinator_env(database_url, PORT=str(port), **extra), log=log)
     tls = "TLS_CERT_FILE" in extra
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     verify = ssl.create_default_context(cafile=extra["TLS_CA_FILE"]) if tls else True

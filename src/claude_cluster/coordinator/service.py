@@ -420,7 +420,13 @@ class Coordinator:
         return GitTokenReply(token=token)
 
     async def finish_run(self, run_id: int, agent_id: str, result: RunResult) -> RunEnd:
-        end = await self.repo.finish_run(run_id, agent_id, result, self.policy)
+        end = await self.repo.finish_run(
+            run_id,
+            agent_id,
+            result,
+            self.policy,
+            cooldown_seconds=self.settings.agent_cooldown_seconds,
+        )
         if not end.already_finished:
             await self._after_run_end(end)
         return end

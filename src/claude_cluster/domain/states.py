@@ -165,6 +165,8 @@ class ErrorCategory(StrEnum):
     EXECUTION_ERROR = "execution_error"  #: the CLI reported an error result of another kind
     RUNNER_ERROR = "runner_error"  #: the runner could not start (missing binary, bad config)
     WORKSPACE_ERROR = "workspace_error"  #: fetching the repository or making the worktree failed
+    SANDBOX_ERROR = "sandbox_error"  #: the run's sandbox or gateway could not be started
+    DISK_FULL = "disk_full"  #: the agent's disk had no space left for the run
     DELIVERY_ERROR = "delivery_error"  #: push or pull request failed
     LOST = "lost"  #: the agent stopped reporting the run (set by the coordinator)
     DISPATCH_FAILED = "dispatch_failed"  #: the agent refused or did not answer the push
@@ -189,6 +191,16 @@ RETRYABLE_CATEGORIES = frozenset(
 )
 
 
+#: outcomes that say the agent cannot work, not that the task is wrong: the task goes back
+#: to the queue without counting a retry and the agent's fault streak grows
+AGENT_FAULT_CATEGORIES = frozenset(
+    {
+        ErrorCategory.RUNNER_ERROR,
+        ErrorCategory.AUTH_ERROR,
+        ErrorCategory.SANDBOX_ERROR,
+        ErrorCategory.DISK_FULL,
+    }
+)
 #: runs in a row that failed for a reason of the agent after which it gets no more work
 AGENT_FAULT_LIMIT = 2
 

@@ -99,3 +99,79 @@ async def test_an_operator_clears_a_not_ready_agent(coordinator: RunningCoordina
             assert (await api.post("/api/v1/agents/nope/ready")).status_code == 404
         async with coordinator.async_client(sims.agents["a1"].token) as as_agent:
             assert (await as_agent.post("/api/v1/agents/a1/ready")).status_code == 403
+
+
+async def held_run(sims: SimAgents, agent_id: str) -> int | None:
+    held = sims.agents[agent_id].held
+    return next(iter(held), None)
+
+
+async def test_a_broken_agent_no_longer_fails_tasks(coordinator: RunningCoordinator) -> None:
+    """An agent whose runner is missing fails each run with runner_error: the task goes
+    back to the queue without spending a retry, the agent stops getting work after two
+    such failures in a row, and the task completes on a good agent."""
+    async with (
+        SimAgents(coordinator.url, heartbeat_interval=0.2) as sims,
+        coordinator.async_client() as api,
+    ):
+        await sims.add("broken", behaviour="hold")
+        task = await create(api, 1)
+        for streak, category in enumerate(("runner_error", "auth_error"), start=1):
+            run = await eventually(lambda: held_run(sims, "broken"), timeout=10)
+            reply = await sims.finish(
+                "broken", run, succeeded=False, error_category=category, message="no claude"
+            )
+            assert reply.json()["task_status"] == "queued"
+            row = await agent(api, "broken")
+            assert row["fault_streak"] == streak
+            queued = (await api.get(f"/api/v1/tasks/{task['id']}")).json()
+            assert (queued["retry_count"], queued["status"]) == (0, "queued")
+        assert "2 runs in a row failed for a reason of this agent" in row["not_ready_reason"]
+        assert "auth_error: no claude" in row["not_ready_reason"]
+        assert "claude-cluster agents ready broken" in row["not_ready_reason"]
+        # blocked: the agent's passing heartbeats do not clear a block its runs caused
+        await sims.heartbeat(sims.agents["broken"])
+        assert (await agent(api, "broken"))["not_ready_reason"] is not None
+
+        await sims.add("good")
+        done = await eventually(lambda: task_in(api, task["id"], "completed"), timeout=10)
+        assert (done["retry_count"], done["attempts"]) == (0, 3)
+        history = [(r["agent_id"], r["error_category"]) for r in await runs_of(api, task["id"])]
+        assert history == [("broken", "runner_error"), ("broken", "auth_error"), ("good", None)]
+        events = (await api.get(f"/api/v1/tasks/{task['id']}/events")).json()
+        faults = [e for e in events if e["kind"] == "agent_fault"]
+        assert len(faults) == 2 and "without counting a retry" in faults[0]["message"]
+
+        # the operator fixes the host and clears it: it takes work again
+        assert (await api.post("/api/v1/agents/broken/ready")).status_code == 200
+        sims.agents["good"].behaviour = "refuse"
+        second = await create(api, 2)
+        run = await eventually(lambda: held_run(sims, "broken"), timeout=10)
+        await sims.finish("broken", run)
+        await eventually(lambda: task_in(api, second["id"], "completed"), timeout=10)
+
+
+async def test_a_success_ends_the_fault_streak(coordinator: RunningCoordinator) -> None:
+    async with (
+        SimAgents(coordinator.url, heartbeat_interval=0.2) as sims,
+        coordinator.async_client() as api,
+    ):
+        await sims.add("flaky", behaviour="hold")
+        first = await create(api, 1)
+        run = await eventually(lambda: held_run(sims, "flaky"), timeout=10)
+        await sims.finish("flaky", run, succeeded=False, error_category="disk_full", message="x")
+        assert (await agent(api, "flaky"))["fault_streak"] == 1
+        run = await eventually(lambda: held_run(sims, "flaky"), timeout=10)
+        await sims.finish("flaky", run)
+        await eventually(lambda: task_in(api, first["id"], "completed"), timeout=10)
+        row = await agent(api, "flaky")
+        assert (row["fault_streak"], row["not_ready_reason"]) == (0, None)
+        # a task's own failure is not the agent's: it fails the task and leaves the streak
+        second = await create(api, 2)
+        run = await eventually(lambda: held_run(sims, "flaky"), timeout=10)
+        reply = await sims.finish(
+            "flaky", run, succeeded=False, error_category="tests_failed", message="red"
+        )
+        assert reply.json()["task_status"] == "failed"
+        assert (await agent(api, "flaky"))["fault_streak"] == 0
+        assert (await api.get(f"/api/v1/tasks/{second['id']}")).json()["retry_count"] == 0

@@ -17,12 +17,23 @@ from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
 from claude_cluster.domain import retry
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
+    AGENT_FAULT_LIMIT,
     RUNNING_TASK_STATUSES,
     AgentStatus,
     ErrorCategory,
     RunStatus,
     TaskStatus,
 )
+
+
+def fault_reason(agent_id: str, category: ErrorCategory | None, message: str | None) -> str:
+    """Why an agent whose runs failed for its own reasons gets no more work."""
+    last = f"{category.value if category else 'failed'}: {(message or '').strip()[:500]}"
+    return (
+        f"{AGENT_FAULT_LIMIT} runs in a row failed for a reason of this agent (the last "
+        f"{last}); fix the host, then restart the agent or run `claude-cluster agents "
+        f"ready {agent_id}`"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,12 @@ class RunEndSteps(StoreBase):
         message: str | None = None,
         figures: dict[str, Any] | None = None,
         cooldown_until: datetime | None = None,
+        fault: bool | None = None,
     ) -> Agent:
         """End a run (with the figures it reported) and give its agent slot back, with the
         agent's statistics; ``cooldown_until`` also counts a failed push against the agent.
+        ``fault`` True adds to the agent's fault streak (at :data:`AGENT_FAULT_LIMIT` the
+        agent is not ready), False (a success) ends the streak and a block it caused.
 
         One ``UPDATE … RETURNING`` on the agent row: the hottest rows of the schema are
         locked for as short a time as a statement allows."""
@@ -87,6 +101,20 @@ class RunEndSteps(StoreBase):
         if cooldown_until is not None:
             values["dispatch_failures"] = Agent.dispatch_failures + 1
             values["cooldown_until"] = cooldown_until
+        if fault is True:
+            values["fault_streak"] = Agent.fault_streak + 1
+            values["not_ready_reason"] = case(
+                (
+                    Agent.fault_streak + 1 >= AGENT_FAULT_LIMIT,
+                    fault_reason(run.agent_id, category, message),
+                ),
+                else_=Agent.not_ready_reason,
+            )
+        elif fault is False:
+            values["fault_streak"] = 0
+            values["not_ready_reason"] = case(
+                (Agent.fault_streak >= AGENT_FAULT_LIMIT, None), else_=Agent.not_ready_reason
+            )
         conn = await transitions.connection(s)
         row = (
             await conn.execute(

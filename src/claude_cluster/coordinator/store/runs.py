@@ -31,6 +31,7 @@ from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, Task
 from claude_cluster.domain import scoring
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
+    AGENT_FAULT_CATEGORIES,
     RUNNING_TASK_STATUSES,
     AgentStatus,
     ErrorCategory,
@@ -342,9 +343,17 @@ class RunQueries(RunEndSteps):
 
     @retry_conflicts
     async def finish_run(
-        self, run_id: int, agent_id: str, result: RunResult, policy: RetryPolicy
+        self,
+        run_id: int,
+        agent_id: str,
+        result: RunResult,
+        policy: RetryPolicy,
+        *,
+        cooldown_seconds: float = 15.0,
     ) -> RunEnd:
-        """Record a run's result and move its task. Finishing twice is a no-op.
+        """Record a run's result and move its task. Finishing twice is a no-op. A failure
+        for a reason of the agent (:data:`AGENT_FAULT_CATEGORIES`) requeues the task without
+        counting a retry and counts against the agent (``cooldown_seconds``, its fault streak).
 
         Core statements on locked snapshots: the run (with its figures), the agent's slot
         and statistics, the task, and the event, one statement each."""
@@ -372,7 +381,13 @@ class RunQueries(RunEndSteps):
                 changes["github_branch"] = result.branch
             if result.succeeded:
                 await self._end_run(
-                    s, run, RunStatus.SUCCEEDED, now, message=result.message, figures=figures
+                    s,
+                    run,
+                    RunStatus.SUCCEEDED,
+                    now,
+                    message=result.message,
+                    figures=figures,
+                    fault=False,
                 )
                 changes.update(feedback=None, result_data=_result_data(result), error_message=None)
                 target = TaskStatus.COMPLETED
@@ -411,6 +426,11 @@ class RunQueries(RunEndSteps):
                 )
                 await self._change_task(s, task, changes)
                 return RunEnd(task=task, run=run)
+            if category in AGENT_FAULT_CATEGORIES:
+                await self._agent_fault(
+                    s, task, run, category, result.message, figures, changes, now, cooldown_seconds
+                )
+                return RunEnd(task=task, run=run, retried=True)
             await self._end_run(
                 s,
                 run,
@@ -434,6 +454,55 @@ class RunQueries(RunEndSteps):
             return RunEnd(
                 task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds
             )
+
+    async def _agent_fault(
+        self,
+        s: AsyncSession,
+        task: Task,
+        run: TaskRun,
+        category: ErrorCategory,
+        message: str,
+        figures: dict[str, Any],
+        changes: dict[str, Any],
+        now: datetime,
+        cooldown_seconds: float,
+    ) -> None:
+        """The run failed for a reason of its agent, not of its task: like a failed push,
+        the task goes back to ``queued`` at once without counting a retry, and the agent
+        cools down and adds to its fault streak (at :data:`AGENT_FAULT_LIMIT` it is not
+        ready: no more work until it or an operator clears it)."""
+        agent = await self._end_run(
+            s,
+            run,
+            RunStatus.FAILED,
+            now,
+            category=category,
+            message=message,
+            figures=figures,
+            cooldown_until=now + timedelta(seconds=cooldown_seconds),
+            fault=True,
+        )
+        if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+            await self._change_task(s, task, changes)
+            return
+        blocked = f"; agent {agent.id} is not ready" if agent.not_ready_reason else ""
+        await transitions.move_task(
+            s,
+            task,
+            TaskStatus.QUEUED,
+            now,
+            kind="agent_fault",
+            message=f"run {run.id} {category.value} on agent {agent.id}: {message}; "
+            f"the agent's fault, not the task's: requeued without counting a retry{blocked}",
+            details={
+                "category": category.value,
+                "agent_id": agent.id,
+                "fault_streak": agent.fault_streak,
+            },
+            run_id=run.id,
+            level="warning",
+            **{**changes, "assigned_agent_id": None},
+        )
 
     # --- cost -------------------------------------------------------------------------
 

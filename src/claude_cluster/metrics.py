@@ -39,6 +39,17 @@ RUNS_TOTAL = Counter(
 RUN_COST_USD = Counter(
     "claude_run_cost_usd_total", "Model cost reported by finished runs.", registry=COORDINATOR
 )
+DELIVERY_CONFIRMATIONS = Counter(
+    "claude_delivery_confirmations_total",
+    "Fencing checks before a delivery, by outcome (confirmed, refused).",
+    ["outcome"],
+    registry=COORDINATOR,
+)
+AGENTS_PROBED_DEAD = Counter(
+    "claude_agents_probed_dead_total",
+    "Late agents whose /health refused the connection: their runs were lost at once.",
+    registry=COORDINATOR,
+)
 DISPATCH_LATENCY = Histogram(
     "claude_dispatch_latency_seconds",
     "From a task becoming queued to the agent accepting its run.",
@@ -117,6 +128,14 @@ AGENT_TASKS_COMPLETED = Counter(
     "claude_agent_tasks_completed_total",
     "Runs this agent finished successfully.",
     ["agent_id"],
+    registry=AGENT,
+)
+AGENT_DELIVERIES_DISCARDED = Counter(
+    "claude_delivery_refused_total",
+    "Finished runs whose result was discarded instead of delivered, by reason (refused: "
+    "the coordinator said the run no longer holds its task; unconfirmed: no confirmation "
+    "within the run's wall time).",
+    ["agent_id", "reason"],
     registry=AGENT,
 )
 AGENT_TASKS_FAILED = Counter(

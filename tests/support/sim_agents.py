@@ -211,6 +211,13 @@ class SimAgents:
             headers={"Authorization": f"Bearer {self.agents[agent_id].token}"},
         )
 
+    async def confirm_delivery(self, agent_id: str, run_id: int) -> httpx.Response:
+        """Ask whether the run may deliver, the way an agent does before its push."""
+        return await self._http.post(
+            f"/api/v1/runs/{run_id}/confirm-delivery",
+            headers={"Authorization": f"Bearer {self.agents[agent_id].token}"},
+        )
+
     def vanish(self, agent_id: str) -> None:
         """The agent dies: no more heartbeats, its runs silently gone."""
         agent = self.agents[agent_id]

@@ -52,6 +52,9 @@ class CoordinatorSettings(TlsSettings):
     max_agents: int = Field(default=10, ge=1)
     agent_heartbeat_timeout: float = Field(default=300.0, gt=0)
     run_lease_seconds: float = Field(default=30.0, gt=0)
+    #: how long a run has to push and open its pull request after its delivery was
+    #: confirmed; the run is not presumed lost before this plus a lease has passed
+    delivery_window_seconds: float = Field(default=300.0, gt=0)
     heartbeat_interval: float = Field(default=10.0, gt=0)
     max_concurrent_tasks: int = Field(default=50, ge=1)
     task_timeout: float = Field(default=3600.0, gt=0)

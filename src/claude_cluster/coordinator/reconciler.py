@@ -1,10 +1,18 @@
 """The reconciler keeps runs honest: leases from heartbeats, offline agents, wall-time
 limits, and the gauges. It runs every ``SWEEP_INTERVAL`` seconds in every coordinator
-process; the repository's row locks keep replicas from doing the same work twice."""
+process; the repository's row locks keep replicas from doing the same work twice.
+
+Grace: a reconciler that starts (a coordinator restart, a replica taking over) has not seen
+the heartbeats of the time it was away, and neither has one whose sweeps failed (the
+database was unreachable, so no heartbeat was recorded either). For one lease after its
+start or its last failed sweep it declares no run lost for silence; agents heartbeat at
+least twice per lease, so every live run is seen again by then. A run confirmed for
+delivery keeps its task for ``DELIVERY_WINDOW_SECONDS`` plus a lease (store/leases.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from claude_cluster import metrics
@@ -31,6 +39,7 @@ class Reconciler:
         task_timeout: float,
         sweep_interval: float,
         on_run_end: Callable[[RunEnd], Awaitable[None]],
+        delivery_window: float = 0.0,
     ) -> None:
         self._repo = repo
         self._client = client
@@ -40,12 +49,27 @@ class Reconciler:
         self._task_timeout = task_timeout
         self._sweep = sweep_interval
         self._on_run_end = on_run_end
+        #: a run confirmed for delivery is kept this long after the confirmation
+        self._delivering = delivery_window + lease_seconds
+        #: monotonic time before which no run is declared lost for silence (set by run())
+        self.grace_until = 0.0
+
+    def start_grace(self) -> None:
+        """No run is lost for silence for one lease from now (start, failed sweep)."""
+        self.grace_until = max(self.grace_until, time.monotonic() + self._lease)
+
+    @property
+    def in_grace(self) -> bool:
+        return time.monotonic() < self.grace_until
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.start_grace()
+        log.info("reconciler_grace", seconds=self._lease)
         while not stop.is_set():
             try:
                 await self.reconcile_once()
             except Exception:
+                self.start_grace()
                 log.exception("reconcile_failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self._sweep)
@@ -53,26 +77,39 @@ class Reconciler:
                 pass
 
     async def reconcile_once(self) -> None:
+        if not self.in_grace:
+            await self._expire()
+        for end, agent in await self._repo.timed_out_runs(
+            task_timeout=self._task_timeout,
+            grace=TIMEOUT_GRACE_SECONDS,
+            policy=self._policy,
+            delivery_window=self._delivering,
+        ):
+            log.warning("run_timed_out", task_id=end.task.id, run_id=end.run.id, agent_id=agent.id)
+            await self._client.cancel(agent, end.task.id)
+            await self._on_run_end(end)
+        await self.update_gauges()
+
+    async def _expire(self) -> None:
+        """Runs not seen for a lease, and agents silent for the heartbeat timeout."""
         for end in await self._repo.expire_runs(
-            lease_seconds=self._lease, dispatch_seconds=max(self._lease, 60.0), policy=self._policy
+            lease_seconds=self._lease,
+            dispatch_seconds=max(self._lease, 60.0),
+            policy=self._policy,
+            delivery_window=self._delivering,
         ):
             log.warning(
                 "run_lost", task_id=end.task.id, run_id=end.run.id, agent_id=end.run.agent_id
             )
             await self._on_run_end(end)
         for agent, ends in await self._repo.expire_agents(
-            heartbeat_timeout=self._heartbeat_timeout, policy=self._policy
+            heartbeat_timeout=self._heartbeat_timeout,
+            policy=self._policy,
+            delivery_window=self._delivering,
         ):
             log.warning("agent_offline", agent_id=agent.id, runs_lost=len(ends))
             for end in ends:
                 await self._on_run_end(end)
-        for end, agent in await self._repo.timed_out_runs(
-            task_timeout=self._task_timeout, grace=TIMEOUT_GRACE_SECONDS, policy=self._policy
-        ):
-            log.warning("run_timed_out", task_id=end.task.id, run_id=end.run.id, agent_id=agent.id)
-            await self._client.cancel(agent, end.task.id)
-            await self._on_run_end(end)
-        await self.update_gauges()
 
     async def update_gauges(self) -> None:
         status = await self._repo.queue_status()

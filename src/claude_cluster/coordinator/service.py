@@ -34,6 +34,7 @@ from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import Priority, RunStatus, TaskStatus
 from claude_cluster.domain.wire import (
     AgentRegistration,
+    DeliveryConfirmation,
     GitTokenReply,
     Heartbeat,
     HeartbeatReply,
@@ -139,6 +140,7 @@ class Coordinator:
             task_timeout=settings.task_timeout,
             sweep_interval=settings.sweep_interval,
             on_run_end=self._after_run_end,
+            delivery_window=settings.delivery_window_seconds,
         )
         self.observers: list[Observer] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -406,6 +408,9 @@ class Coordinator:
         pushes with a token minted moments before. Only the run's own agent gets one, and
         only while the run is active.
         """
+        if purpose == "deliver":
+            # the deliver token is issued only with the fencing check
+            return GitTokenReply(token=(await self.confirm_delivery(run_id, agent_id)).token)
         run = await self.repo.get_run(run_id)
         if run.agent_id != agent_id:
             raise Forbidden(f"run {run_id} is not run by agent {agent_id}")
@@ -418,6 +423,30 @@ class Coordinator:
         log.info("git_token_issued", run_id=run_id, agent_id=agent_id, purpose=purpose,
                  repository=task.github_repository, issued=token is not None)  # fmt: skip
         return GitTokenReply(token=token)
+
+    async def confirm_delivery(self, run_id: int, agent_id: str) -> DeliveryConfirmation:
+        """The fencing check before a delivery (SPEC §5 Fencing): answered from the
+        database in one transaction; with it the deliver token. A refusal is a
+        :class:`Conflict` (409) or :class:`Forbidden` (403) saying why."""
+        try:
+            run, task = await self.repo.confirm_delivery(run_id, agent_id)
+        except (Conflict, Forbidden) as exc:
+            metrics.DELIVERY_CONFIRMATIONS.labels("refused").inc()
+            log.warning("delivery_refused", run_id=run_id, agent_id=agent_id, reason=str(exc))
+            raise
+        metrics.DELIVERY_CONFIRMATIONS.labels("confirmed").inc()
+        token = None
+        if GITHUB_REPO.match(task.github_repository):
+            token = await self._tokens(task.github_repository, "deliver")
+        log.info("delivery_confirmed", run_id=run_id, agent_id=agent_id, task_id=task.id,
+                 repository=task.github_repository, token=token is not None)  # fmt: skip
+        assert run.delivery_confirmed_at is not None
+        return DeliveryConfirmation(
+            run_id=run.id,
+            confirmed_at=run.delivery_confirmed_at,
+            deliver_within_seconds=self.settings.delivery_window_seconds,
+            token=token,
+        )
 
     async def finish_run(self, run_id: int, agent_id: str, result: RunResult) -> RunEnd:
         end = await self.repo.finish_run(

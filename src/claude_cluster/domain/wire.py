@@ -164,6 +164,19 @@ class GitTokenReply(_Wire):
     token: str | None = None
 
 
+class DeliveryConfirmation(_Wire):
+    """Answer of ``POST /api/v1/runs/{id}/confirm-delivery``: the fencing check passed, the
+    run still holds its task and may push and open its pull request now."""
+
+    run_id: int
+    confirmed_at: datetime
+    #: the delivery (push and pull request) must be over this many seconds after the
+    #: agent asked; the coordinator keeps the run for a lease on top of that
+    deliver_within_seconds: float
+    #: the deliver token narrowed to the run's repository; None when it needs none
+    token: str | None = None
+
+
 class RunResult(_Inbound):
     """Body of ``POST /api/v1/runs/{id}/result``: how the run ended, with the real figures."""
 

@@ -60,6 +60,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/runs/{run_id}/events"): OWN,
     ("POST", "/api/v1/runs/{run_id}/phase"): OWN,
     ("POST", "/api/v1/runs/{run_id}/git-token"): OWN,
+    ("POST", "/api/v1/runs/{run_id}/confirm-delivery"): OWN,
     ("POST", "/api/v1/runs/{run_id}/result"): OWN,
     ("GET", "/api/v1/queue/status"): READ,
     ("POST", "/api/v1/tokens"): ADMIN,

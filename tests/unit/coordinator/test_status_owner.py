@@ -34,6 +34,7 @@ STATE_CHANGING = {
     "mark_accepted",
     "dispatch_failed",
     "set_phase",
+    "confirm_delivery",
     "finish_run",
     "expire_runs",
     "expire_agents",

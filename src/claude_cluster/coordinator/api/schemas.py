@@ -134,6 +134,8 @@ class RunOut(BaseModel):
     tests_ok: bool | None
     fix_rounds: int
     changed_files: list[str]
+    #: when the coordinator last confirmed that the run may deliver (the fencing check)
+    delivery_confirmed_at: datetime | None = None
 
 
 class EventOut(BaseModel):

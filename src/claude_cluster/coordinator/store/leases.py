@@ -1,12 +1,17 @@
 """Leases and timeouts: runs no heartbeat mentioned, agents gone silent, and runs past the
 wall time. Each sweep locks its rows with ``SKIP LOCKED`` so replicas share the work.
+
+A run whose delivery was confirmed (``delivery_confirmed_at``) is delivering: none of these
+sweeps ends it before ``delivery_window`` seconds (the reconciler passes
+``DELIVERY_WINDOW_SECONDS`` plus a lease) have passed since the confirmation, so that a
+requeue can never overlap the push of the run that still holds the task.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 
 from claude_cluster.coordinator.store.common import ACTIVE_RUNS, retry_conflicts, utcnow
 from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
@@ -18,9 +23,16 @@ from claude_cluster.domain.states import AgentStatus, ErrorCategory, RunStatus
 class LeaseQueries(RunEndSteps):
     @retry_conflicts
     async def expire_runs(
-        self, *, lease_seconds: float, dispatch_seconds: float, policy: RetryPolicy
+        self,
+        *,
+        lease_seconds: float,
+        dispatch_seconds: float,
+        policy: RetryPolicy,
+        delivery_window: float = 0.0,
     ) -> list[RunEnd]:
-        """Runs no heartbeat or report mentioned for a lease are lost; their tasks retry."""
+        """Runs no heartbeat or report mentioned for a lease are lost; their tasks retry.
+        A run confirmed for delivery keeps its task for ``delivery_window`` seconds after
+        the confirmation (the caller passes the agent's window plus a lease)."""
         async with self._tx() as s:
             now = utcnow()
             query = select(TaskRun).where(
@@ -28,6 +40,7 @@ class LeaseQueries(RunEndSteps):
                     and_(
                         TaskRun.status == RunStatus.RUNNING.value,
                         TaskRun.last_seen_at < now - timedelta(seconds=lease_seconds),
+                        not_delivering(now, delivery_window),
                     ),
                     and_(
                         TaskRun.status == RunStatus.DISPATCHING.value,
@@ -53,9 +66,11 @@ class LeaseQueries(RunEndSteps):
 
     @retry_conflicts
     async def expire_agents(
-        self, *, heartbeat_timeout: float, policy: RetryPolicy
+        self, *, heartbeat_timeout: float, policy: RetryPolicy, delivery_window: float = 0.0
     ) -> list[tuple[Agent, list[RunEnd]]]:
-        """Agents silent for ``heartbeat_timeout`` go offline and lose their runs."""
+        """Agents silent for ``heartbeat_timeout`` go offline and lose their runs (but a
+        run confirmed for delivery less than ``delivery_window`` ago: the lease sweep
+        ends it later if it never reports)."""
         async with self._tx() as s:
             now = utcnow()
             query = select(Agent).where(
@@ -70,7 +85,9 @@ class LeaseQueries(RunEndSteps):
                 runs = (
                     await s.scalars(
                         select(TaskRun).where(
-                            TaskRun.agent_id == agent.id, TaskRun.status.in_(ACTIVE_RUNS)
+                            TaskRun.agent_id == agent.id,
+                            TaskRun.status.in_(ACTIVE_RUNS),
+                            not_delivering(now, delivery_window),
                         )
                     )
                 ).all()
@@ -80,21 +97,33 @@ class LeaseQueries(RunEndSteps):
                     )
                     for r in runs
                 ]
-                agent.active_task_count = 0
+                kept = await s.scalar(
+                    select(func.count())
+                    .select_from(TaskRun)
+                    .where(TaskRun.agent_id == agent.id, TaskRun.status.in_(ACTIVE_RUNS))
+                )
+                agent.active_task_count = kept or 0
                 out.append((agent, ends))
             return out
 
     @retry_conflicts
     async def timed_out_runs(
-        self, *, task_timeout: float, grace: float, policy: RetryPolicy
+        self,
+        *,
+        task_timeout: float,
+        grace: float,
+        policy: RetryPolicy,
+        delivery_window: float = 0.0,
     ) -> list[tuple[RunEnd, Agent]]:
         """Runs past the wall time (plus a grace for the agent's own watchdog) are ended
-        as timeouts; the caller tells the agent to stop them."""
+        as timeouts; the caller tells the agent to stop them. A run confirmed for delivery
+        less than ``delivery_window`` ago is left to finish its push."""
         async with self._tx() as s:
             now = utcnow()
             query = select(TaskRun).where(
                 TaskRun.status == RunStatus.RUNNING.value,
                 TaskRun.started_at < now - timedelta(seconds=task_timeout + grace),
+                not_delivering(now, delivery_window),
             )
             if self._postgres:
                 query = query.with_for_update(skip_locked=True)
@@ -113,3 +142,11 @@ class LeaseQueries(RunEndSteps):
                 assert agent is not None
                 out.append((end, agent))
             return out
+
+
+def not_delivering(now: datetime, seconds: float) -> ColumnElement[bool]:
+    """The run's delivery was not confirmed in the last ``seconds``."""
+    return or_(
+        TaskRun.delivery_confirmed_at.is_(None),
+        TaskRun.delivery_confirmed_at < now - timedelta(seconds=seconds),
+    )

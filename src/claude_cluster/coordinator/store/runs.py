@@ -342,6 +342,44 @@ class RunQueries(RunEndSteps):
             return task
 
     @retry_conflicts
+    async def confirm_delivery(self, run_id: int, agent_id: str) -> tuple[TaskRun, Task]:
+        """The fencing check before a delivery, answered from the database: the run is the
+        calling agent's, still active, and so the active run of a task that is being worked
+        on (one active run per task: the partial unique index). Stamps
+        ``delivery_confirmed_at`` and ``last_seen_at``.
+
+        The run id is the fencing token: a lost run is never active again, and a requeued
+        task gets a new run with a higher id.
+
+        Raises:
+            Conflict: the run may not deliver; the message says why.
+            Forbidden: the run is another agent's.
+        """
+        async with self._tx() as s:
+            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            if run is None:
+                raise Conflict(f"run {run_id} is unknown to the coordinator: do not deliver")
+            if run.agent_id != agent_id:
+                raise Forbidden(f"run {run_id} belongs to another agent")
+            if run.status not in ACTIVE_RUNS:
+                why = f" ({run.message})" if run.message else ""
+                raise Conflict(
+                    f"run {run_id} is {run.status}, not active{why}: it no longer holds "
+                    f"task {run.task_id}, do not deliver"
+                )
+            now = utcnow()
+            if run.status == RunStatus.DISPATCHING.value:
+                await self._start_running(s, run, now)
+            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+            assert task is not None
+            if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+                raise Conflict(f"task {task.id} is {task.status}: run {run_id} may not deliver")
+            run.delivery_confirmed_at = now
+            run.last_seen_at = now
+            await s.flush()
+            return run, task
+
+    @retry_conflicts
     async def finish_run(
         self,
         run_id: int,

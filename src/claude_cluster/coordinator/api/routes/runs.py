@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from claude_cluster.coordinator.api.deps import AnyCaller, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.schemas import RunOut
 from claude_cluster.domain.wire import (
+    DeliveryConfirmation,
     GitTokenReply,
     GitTokenRequest,
     RunEventBatch,
@@ -54,6 +55,15 @@ async def git_token(
 ) -> GitTokenReply:
     """A fresh git token for the run's fetch or delivery; only for its agent, while active."""
     return await coordinator.git_token(run_id, _agent_of(caller), body.purpose)
+
+
+@router.post("/{run_id}/confirm-delivery")
+async def confirm_delivery(
+    run_id: IdPath, coordinator: CoordinatorDep, caller: AnyCaller
+) -> DeliveryConfirmation:
+    """The fencing check before a push or pull request: 200 with the deliver token while
+    the run holds its task; 409 (or 403 for another agent's run) when it must not deliver."""
+    return await coordinator.confirm_delivery(run_id, _agent_of(caller))
 
 
 @router.post("/{run_id}/result")

@@ -130,6 +130,8 @@ class FakeGitHub:
         #: every comment edit, in order: (comment id, new body)
         self.comment_edits: list[tuple[int, str]] = []
         self.hook: tuple[str, bytes] | None = None
+        #: seconds every API call takes (a slow GitHub)
+        self.latency = 0.0
         self.hook_id = 42_000_001
         self._limits = _Limiter()
         self._lock = threading.RLock()

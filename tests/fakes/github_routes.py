@@ -3,6 +3,7 @@ GitHub in :mod:`tests.fakes.github_api`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -41,6 +42,8 @@ def install_middleware(app: Any, fake: FakeGitHub) -> None:
                     "if_none_match": request.headers.get("if-none-match"),
                 }
             )
+        if fake.latency:
+            await asyncio.sleep(fake.latency)
         if path.startswith("/app/"):  # JWT-authenticated, checked by the endpoint
             return await call_next(request)
         token = request.headers.get("authorization", "").split(" ", 1)[-1].strip()

@@ -90,8 +90,6 @@ class EventHandler:
         self.github = github
         self.repositories = repositories
         self.trust = ActorTrust(github)
-        #: (repository, issue, day) already told that the budget is spent: one comment a day
-        self._budget_told: set[tuple[str, int, str]] = set()
 
     # --- issues -----------------------------------------------------------------------
 
@@ -203,9 +201,9 @@ class EventHandler:
             f"the daily budget of {cfg.full_name} is spent "
             f"(${spent:.2f} of ${cfg.daily_budget_usd:.2f} since 00:00 UTC)"
         )
-        key = (cfg.full_name, issue.number, today.date().isoformat())
-        if key not in self._budget_told:
-            self._budget_told.add(key)
+        # one refusal comment per issue a day, whichever replica or restart sees it first
+        key = f"budget_refused:{cfg.full_name.lower()}#{issue.number}:{today.date().isoformat()}"
+        if await self.coordinator.repo.mark_once_cluster(key):
             await self.github.comment(
                 cfg.full_name,
                 issue.number,

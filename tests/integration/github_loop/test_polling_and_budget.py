@@ -120,6 +120,18 @@ async def test_repository_settings_and_daily_budget(
     (comment,) = await loop.comments(over["number"], "did not start")
     assert "$0.60 of $0.50" in comment
 
+    # the refusal is said once a day: not again, nor after a restart (a once-mark)
+    await loop.act(loop.fake.label_issue, REPO, over["number"], "ai")
+    row = await loop.delivery(loop.last_delivery().id)
+    assert row.status == "ignored" and "daily budget" in (row.reason or "")
+    await asyncio.to_thread(second.server.stop)
+    third = start_coordinator(**second.settings.model_dump())
+    loop.fake.set_hook(third.url + "/webhook/github", SECRET)
+    await loop.act(loop.fake.label_issue, REPO, over["number"], "ai")
+    row = await loop.delivery(loop.last_delivery().id)
+    assert row.status == "ignored" and "daily budget" in (row.reason or "")
+    assert len(await loop.comments(over["number"], "did not start")) == 1
+
 
 async def _spend(loop: Loop, task_id: int, dollars: float) -> None:
     """Record a finished run that cost ``dollars`` (what an agent's result would do)."""

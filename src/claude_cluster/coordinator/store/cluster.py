@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from claude_cluster.coordinator.store.common import StoreBase, retry_conflicts, utcnow
@@ -50,6 +50,11 @@ class ClusterQueries(StoreBase):
             await s.execute(
                 delete(ClusterLease).where(ClusterLease.name == name, ClusterLease.holder == holder)
             )
+
+    async def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` (expired or not), or None."""
+        async with self._sessions() as s:
+            return await s.scalar(select(ClusterLease.holder).where(ClusterLease.name == name))
 
     async def mark_once_cluster(self, key: str) -> bool:
         """Claim ``key`` cluster-wide: True the first time, False ever after."""

@@ -3,16 +3,22 @@ bound: ``task_id``, ``run_id``, ``agent_id``, ``repository``, ``issue``.
 
 ``LOG_FORMAT`` picks the rendering: ``json`` (one JSON object a line, for machines and
 files), ``console`` (one readable line per event) or ``color`` (the same with colours,
-which ``claude-cluster up`` asks for on a terminal)."""
+which ``claude-cluster up`` asks for on a terminal).
+
+Logging never fails its caller: a log stream that cannot be written (the reader of a pipe
+went away, the disk is full) loses the line, not the signal handler or the shutdown that
+logged it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO, cast
 
 import structlog
 from structlog.typing import Processor
@@ -47,10 +53,52 @@ def _renderer(fmt: str) -> Any:
     )
 
 
+class NeverFails:
+    """A text stream whose ``write`` and ``flush`` never raise.
+
+    A closed pipe (``BrokenPipeError``), a full disk or a closed file (``ValueError``)
+    drops what was written. Logging happens in signal handlers and shutdown paths, which
+    must run to their end whatever becomes of the log. A pipe whose reader is gone stays
+    gone: its descriptor is pointed at ``/dev/null`` (as the Python documentation advises
+    for SIGPIPE), so the bytes still buffered do not fail every later flush and the exit.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.dropped = 0  #: writes lost so far
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.dropped += 1
+        if isinstance(exc, BrokenPipeError):
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self.stream.fileno())
+                finally:
+                    os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def configure(
     level: str = "INFO", *, service: str, log_file: Path | None = None, fmt: str = "json"
 ) -> None:
-    stream = sys.stderr if log_file is None else log_file.open("a", encoding="utf-8")
+    opened = sys.stderr if log_file is None else log_file.open("a", encoding="utf-8")
+    stream = cast(TextIO, NeverFails(opened))
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -298,35 +298,45 @@ class AgentDaemon:
 
     def stop_gracefully(self) -> None:
         """Drain: refuse new runs, let held runs finish and report, then exit."""
-        if not self._draining.is_set():
-            log.info("agent_draining", agent_id=self.agent_id, runs=len(self.pool.jobs))
+        first = not self._draining.is_set()
         self.pool.drain()
         self._draining.set()
+        if first:
+            log.info("agent_draining", agent_id=self.agent_id, runs=len(self.pool.jobs))
 
     def stop_ungracefully(self) -> None:
         """Stop every run now (handed back to the coordinator), then exit."""
         self.stop_gracefully()
         self.pool.report_timeout = SHUTDOWN_GRACE
         stopped = self.pool.stop_all(StopCause.SHUTDOWN)
-        log.warning("agent_stopping_runs", agent_id=self.agent_id, runs_stopped=stopped)
         self._forced.set()
+        log.warning("agent_stopping_runs", agent_id=self.agent_id, runs_stopped=stopped)
 
     def _on_signal(self, signum: int) -> None:
+        """One rung of the ladder. The step comes before any logging, and a failure to log
+        (a closed pipe, a full disk) cannot stop it."""
         self.signals += 1
-        log.info("signal_received", signal=signal.Signals(signum).name, count=self.signals)
-        if self.signals == 1:
-            self.stop_gracefully()
-        elif self.signals == 2:
-            self.stop_ungracefully()
-        else:
+        try:
+            if self.signals == 1:
+                self.stop_gracefully()
+            elif self.signals == 2:
+                self.stop_ungracefully()
+            else:
+                self._exit_now()
+        finally:
+            with contextlib.suppress(Exception):
+                log.info("signal_received", signal=signal.Signals(signum).name, count=self.signals)
+
+    def _exit_now(self) -> None:
+        self._forced.set()
+        # the cancelled runners kill their process groups in their own finally blocks,
+        # which need the loop: leave through the normal path, but do not wait for reports
+        self.pool.report_timeout = 0.5
+        for job in self.pool.jobs.values():
+            if job.task is not None:
+                job.task.cancel()
+        with contextlib.suppress(Exception):
             log.error("agent_exiting_now", agent_id=self.agent_id)
-            for job in self.pool.jobs.values():
-                if job.task is not None:
-                    job.task.cancel()
-            # the cancelled runners kill their process groups in their own finally blocks,
-            # which need the loop: leave through the normal path, but do not wait for reports
-            self.pool.report_timeout = 0.5
-            self._forced.set()
 
     # --- running ---------------------------------------------------------------------
 

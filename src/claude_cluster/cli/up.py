@@ -57,6 +57,8 @@ class Children:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._relay = relay
         self._threads: list[threading.Thread] = []
+        #: set by a signal that arrives while stopping: go to the next step now
+        self.hurry = threading.Event()
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         # Own session: a Ctrl-C in the terminal reaches only `up`, which then stops each
@@ -76,11 +78,13 @@ class Children:
             self._threads.append(thread)
 
     def _pump(self, stream: IO[bytes]) -> None:
+        """Relay the child's lines; keep draining its pipe even when our own output is
+        gone, or the child would block on a full pipe and never reach its exit."""
         assert self._relay is not None
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             if line:
-                self._relay.print(Text.from_ansi(line))
+                _say(self._relay, Text.from_ansi(line))
 
     def exited(self) -> tuple[str, int] | None:
         for name, proc in self.procs.items():
@@ -89,17 +93,36 @@ class Children:
         return None
 
     def stop(self, grace: float) -> None:
-        """Agents first (they report to the coordinator), then the coordinator."""
-        agents = [p for name, p in self.procs.items() if name != "coordinator"]
-        _stop(agents, grace)
-        _stop([p for name, p in self.procs.items() if name == "coordinator"], grace)
+        """Agents first (they report to the coordinator), then the coordinator.
+
+        A signal that arrives meanwhile (a second Ctrl-C) cannot cut this short, which
+        would leave the children running: it moves every child to its next step at once.
+        """
+        previous = _on_stop_signals(lambda *_: self.hurry.set())
+        try:
+            agents = [p for name, p in self.procs.items() if name != "coordinator"]
+            _stop(agents, grace, self.hurry)
+            _stop([p for name, p in self.procs.items() if name == "coordinator"], grace, self.hurry)
+        finally:
+            for signal_number, handler in previous.items():
+                signal.signal(signal_number, handler)
         for thread in self._threads:
             thread.join(timeout=2)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Install ``handler`` for SIGINT, SIGTERM and SIGHUP; the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float, hurry: threading.Event) -> None:
     """SIGTERM (agents drain), again after ``grace`` (agents hand their runs back), then
-    SIGKILL to the process group."""
+    SIGKILL to the process group. ``hurry`` set (by a signal) ends the current wait."""
     for signal_number, wait in (
         (signal.SIGTERM, grace),
         (signal.SIGTERM, grace),
@@ -108,6 +131,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
         alive = [p for p in procs if p.poll() is None]
         if not alive:
             return
+        hurry.clear()
         for proc in alive:
             with contextlib.suppress(ProcessLookupError):
                 if signal_number == signal.SIGKILL:
@@ -115,9 +139,9 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
                 else:
                     proc.send_signal(signal_number)
         deadline = time.monotonic() + wait
-        for proc in alive:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+        while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
+            if hurry.wait(0.05):
+                break
 
 
 def _sandbox_mode(data_dir: Path) -> str:
@@ -148,6 +172,12 @@ def _sandbox_mode(data_dir: Path) -> str:
     return "on"
 
 
+def _say(console: Console, message: object) -> None:
+    """Print, unless our output is gone (a closed pipe): stopping must go on regardless."""
+    with contextlib.suppress(OSError, ValueError):
+        console.print(message)
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     """SIGTERM, and SIGHUP (the terminal closed), stop `up` the way Ctrl-C does: the
     children live in sessions of their own, so nothing else would stop them."""
@@ -160,15 +190,16 @@ def _wait_for(what: str, probe: Callable[[], bool], children: Children, timeout:
     while time.monotonic() < deadline:
         gone = children.exited()
         if gone:
-            err.print(
-                f"[red]the {gone[0]} exited with {gone[1]}[/red] before {what}; its log is above"
+            _say(
+                err,
+                f"[red]the {gone[0]} exited with {gone[1]}[/red] before {what}; its log is above",
             )
             raise typer.Exit(1)
         with contextlib.suppress(httpx.HTTPError, ValueError):
             if probe():
                 return
         time.sleep(0.2)
-    err.print(f"[red]{what} did not happen within {timeout:.0f} s[/red]; the logs above say why")
+    _say(err, f"[red]{what} did not happen within {timeout:.0f} s[/red]; the logs above say why")
     raise typer.Exit(1)
 
 
@@ -279,7 +310,7 @@ def up(
         signal.signal(signal.SIGTERM, _interrupt)
         _watch(children, api, url, agent_ids, terminal)
     except KeyboardInterrupt:
-        out.print("stopping…")
+        _say(out, "stopping…")
     finally:
         api.close()
         children.stop(STOP_GRACE_SECONDS)
@@ -287,14 +318,16 @@ def up(
 
 def _banner(url: str, agents: int, agent_port: int, data_dir: Path, admin: str) -> None:
     agents_at = f"from 127.0.0.1:{agent_port}" if agents else ""
-    out.print(
+    _say(
+        out,
         f"[bold green]claude-cluster is up[/bold green]: dashboard {url}/ , API docs "
-        f"{url}/docs, {agents} agent(s) {agents_at}".rstrip()
+        f"{url}/docs, {agents} agent(s) {agents_at}".rstrip(),
     )
-    out.print(f"admin token (also in {data_dir / 'admin-token'}): {admin}")
-    out.print(
+    _say(out, f"admin token (also in {data_dir / 'admin-token'}): {admin}")
+    _say(
+        out,
         "submit work:  claude-cluster task submit --repository /path/to/repo "
-        "--issue 1 --title 'Fix the failing test'"
+        "--issue 1 --title 'Fix the failing test'",
     )
 
 
@@ -312,9 +345,10 @@ def _watch(
         while True:
             gone = children.exited()
             if gone:
-                err.print(f"[red]the {gone[0]} exited with {gone[1]}[/red]; its log is above")
+                _say(err, f"[red]the {gone[0]} exited with {gone[1]}[/red]; its log is above")
                 raise typer.Exit(1)
             if terminal and time.monotonic() - last >= 2:
-                live.update(_status_line(api, url, agent_ids), refresh=True)
+                with contextlib.suppress(OSError, ValueError):  # the terminal is gone
+                    live.update(_status_line(api, url, agent_ids), refresh=True)
                 last = time.monotonic()
             time.sleep(0.25)

@@ -3,7 +3,9 @@ push, and what the agent reports (events, phases, the result), plus what runs co
 
 A task is claimed once: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
 SQLite, and a partial unique index on active runs behind both. An agent slot is taken by a
-conditional update, and a run is finished once.
+conditional update, and a run is finished once. Claims take one advisory lock on
+PostgreSQL (SQLite's writers are serial anyway), so ``MAX_CONCURRENT_TASKS`` holds exactly
+across replicas.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from claude_cluster.domain.states import (
 from claude_cluster.domain.wire import RunEvent, RunResult
 from claude_cluster.errors import Conflict, Forbidden, NotFound
 
+#: the PostgreSQL advisory lock every claim takes first (held to its commit), so the count
+#: of active runs it checks against ``MAX_CONCURRENT_TASKS`` includes every other claim's
+CLAIM_LOCK = 0x636C61696D  # "claim"
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -72,6 +78,8 @@ class RunQueries(RunEndSteps):
         """
         async with self._tx() as s:
             conn = await s.connection()
+            if self._postgres:  # the global cap holds across replicas: one claim at a time
+                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
             now = utcnow()
             active = (
                 await conn.scalar(

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -43,7 +44,7 @@ from claude_cluster.agent.identity import TokenFile
 from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpener
 from claude_cluster.agent.pool import JobPool, StopCause
 from claude_cluster.agent.registration import RegistrationConfig, register
-from claude_cluster.agent.reporter import ReporterConfig, RunReporter
+from claude_cluster.agent.reporter import ReporterConfig, RunReporter, replay_spilled
 from claude_cluster.agent.runbox import GatewayConfig
 from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
 from claude_cluster.agent.sweep import force_rmtree
@@ -212,6 +213,9 @@ class AgentDaemon:
             git_tokens=self.client.git_token,
         )
         reporter_config = reporter_config or ReporterConfig()
+        if reporter_config.spill_dir is None:  # unsent reports beyond memory go to disk
+            reporter_config = replace(reporter_config, spill_dir=settings.state_dir / "reports")
+        self.reporter_config = reporter_config
         self.pool = JobPool(
             self.job_runner,
             lambda run_id: RunReporter(self.client, run_id, reporter_config),
@@ -435,6 +439,8 @@ class AgentDaemon:
             asyncio.create_task(self.heartbeat.run(self._loops_stop), name="heartbeat"),
             asyncio.create_task(housekeeping.run(self._loops_stop), name="housekeeping"),
         ]
+        # reports an earlier life could not deliver (kept on disk): send them now
+        replay = asyncio.create_task(replay_spilled(self.client, self.reporter_config))
         try:
             await self._draining.wait()
             await self._wait_for_runs()
@@ -442,8 +448,9 @@ class AgentDaemon:
             with contextlib.suppress(CoordinatorError):
                 await self.heartbeat.beat()
         finally:
+            replay.cancel()  # what it did not send stays on disk for the next start
             self._loops_stop.set()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.gather(*loops, replay, return_exceptions=True)
         return 0
 
     async def _wait_for_runs(self) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from claude_cluster.agent.coordinator_client import CoordinatorClient
-from claude_cluster.agent.reporter import MAX_BATCH, ReporterConfig, RunReporter
+from claude_cluster.agent.reporter import MAX_BATCH, ReporterConfig, RunReporter, replay_spilled
 from claude_cluster.domain.wire import RunResult
 
 pytestmark = pytest.mark.timeout(20)
@@ -52,12 +54,12 @@ class FakeCoordinator:
         return [kind for kind, _ in self.calls]
 
 
-def reporter(fake: FakeCoordinator) -> RunReporter:
+def reporter(fake: FakeCoordinator, config: ReporterConfig = FAST) -> RunReporter:
     client = CoordinatorClient(
         "http://coordinator", registration_token="x", transport=httpx.MockTransport(fake.handler)
     )
     client.token = "agent-token"
-    return RunReporter(client, 5, FAST)
+    return RunReporter(client, 5, config)
 
 
 async def test_events_phase_and_result_arrive_in_order() -> None:
@@ -141,3 +143,59 @@ async def test_finish_gives_up_waiting_at_the_timeout() -> None:
     rep.start()
     assert not await rep.finish(timeout=0.2)
     assert rep.pending == 1
+
+
+async def test_a_backlog_beyond_memory_spills_and_goes_out_in_order(tmp_path: Path) -> None:
+    down = True
+    fake = FakeCoordinator(lambda kind, n: 503 if down else None)
+    rep = reporter(fake, replace(FAST, memory_events=7, spill_dir=tmp_path))
+    rep.start()
+    for i in range(50):
+        rep.event("output", str(i))
+        assert rep.in_memory <= 7
+    rep.phase("testing")
+    rep.event("output", "50")
+    rep.result(RunResult(succeeded=True))
+    assert rep.spilled == 44 and (tmp_path / "5.jsonl").stat().st_mode & 0o777 == 0o600
+    down = False
+    assert await rep.finish(timeout=5)
+    assert [int(fake.events[seq]["message"]) for seq in sorted(fake.events)] == list(range(51))
+    kinds = fake.kinds()
+    assert kinds.index("phase") < kinds.index("result") and kinds[-1] == "result"
+    assert not (tmp_path / "5.jsonl").exists()
+
+
+async def test_a_spill_dir_that_cannot_be_written_keeps_reports_in_memory(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    down = True
+    fake = FakeCoordinator(lambda kind, n: 503 if down else None)
+    rep = reporter(fake, replace(FAST, memory_events=3, spill_dir=blocked))
+    rep.start()
+    for i in range(10):
+        rep.event("output", str(i))
+    rep.result(RunResult(succeeded=True))
+    assert rep.in_memory == 10  # nothing lost, if not bounded while the disk refuses
+    down = False
+    assert await rep.finish(timeout=5)
+    assert sorted(fake.events) == list(range(10))
+
+
+async def test_reports_abandoned_at_a_stop_are_replayed_by_the_next_start(tmp_path: Path) -> None:
+    config = replace(FAST, memory_events=4, spill_dir=tmp_path)
+    rep = reporter(FakeCoordinator(lambda kind, n: 503), config)
+    rep.start()
+    for i in range(12):
+        rep.event("output", str(i))
+    rep.result(RunResult(succeeded=False, error_category="lost"))
+    assert not await rep.finish(timeout=0.2)
+    assert (tmp_path / "5.jsonl").stat().st_mode & 0o777 == 0o600
+
+    fake = FakeCoordinator()
+    client = CoordinatorClient(
+        "http://coordinator", registration_token="x", transport=httpx.MockTransport(fake.handler)
+    )
+    client.token = "agent-token"
+    assert await replay_spilled(client, config) == 1
+    assert [int(fake.events[seq]["message"]) for seq in sorted(fake.events)] == list(range(12))
+    assert fake.kinds() == ["events"] * 3 and not (tmp_path / "5.jsonl").exists()

@@ -120,7 +120,7 @@ def _close_pipes_then_sigterm(proc: subprocess.Popen[bytes], *, signals: int = 1
     while alive := [pid for pid in children if pid_alive(pid)]:
         assert time.monotonic() < deadline, f"children outlived it: {_commands(alive)}"
         time.sleep(0.1)
-    print(f"exited {took:.1f} s after SIGTERM with its pipes closed")  # noqa: T201
+    print(f"exited {took:.1f} s after SIGTERM with its pipes closed")
     return took
 
 

@@ -29,6 +29,11 @@ async def test_purge(coordinator: RunningCoordinator, db_url: str) -> None:
     repo = Repository(sessionmaker(engine), postgres=engine.dialect.name == "postgresql")
     try:
         assert await repo.record_delivery("d-old", "issues", "labeled", "acme/app")
+        # one still waiting to be processed is never purged (its payload is the work)
+        waiting = await repo.record_delivery(
+            "d-waiting", "issues", "labeled", "acme/app", payload="{}", issue_key="acme/app#1"
+        )
+        assert waiting == "new"
         now = utcnow()
 
         # default settings: deliveries kept 30 days, events forever
@@ -37,6 +42,7 @@ async def test_purge(coordinator: RunningCoordinator, db_url: str) -> None:
         purged = await purge_once(repo, defaults, now + timedelta(days=31))
         assert (purged.deliveries, purged.task_events) == (1, 0)
         assert await repo.get_delivery("d-old") is None
+        assert (await repo.get_delivery("d-waiting")).payload == "{}"  # type: ignore[union-attr]
         assert await repo.list_events(ended)
 
         # with an event retention: the ended task's log goes, the open task's stays

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -166,3 +167,68 @@ async def test_one_process_polls_a_repository_and_another_takes_over(
             await eventually(lambda: tasks(2), timeout=20)
         finally:
             await api.aclose()
+
+
+async def test_a_burst_with_redeliveries_survives_a_killed_process(
+    pg_url: str, fake_github: FakeGitHub, store: Repository, tmp_path: Path
+) -> None:
+    """200 deliveries for 40 issues to two processes, 10% redelivered at once, one process
+    killed with -9 halfway: every delivery is finished, each issue has one task."""
+    issues = [fake_github.create_issue(REPO, f"B{i}", deliver=False)["number"] for i in range(40)]
+    fake_github.latency = 0.02
+    common = {"repository": {"full_name": REPO, "id": 1}, "sender": {"login": "octocat"}}
+    labels = ["claude-code", "claude-code-urgent", "bug", "claude-code-backend", "docs"]
+    deliveries = [
+        (
+            f"burst-{n}-{k}",
+            {
+                "action": "labeled",
+                "issue": fake_github.issue(REPO, n),
+                "label": {"name": labels[k]},
+                **common,
+            },
+        )
+        for k in range(len(labels))
+        for n in issues
+    ]
+    with ExitStack() as stack:
+        a, b = start_two(stack, pg_url, fake_github, tmp_path, GITHUB_DELIVERY_LEASE_SECONDS="3")
+        answers: list[int] = []
+
+        async def send(i: int, delivery: str, payload: dict[str, Any]) -> None:
+            target = a if i % 2 else b
+            try:
+                answers.append(await post(target.url, "issues", payload, delivery))
+            except httpx.HTTPError:  # the killed process: GitHub would redeliver
+                answers.append(0)
+                await post(b.url, "issues", payload, delivery)
+            if i % 10 == 0:  # redelivered while the first is under way
+                answers.append(await post(b.url, "issues", payload, delivery))
+
+        half = len(deliveries) // 2
+        await asyncio.gather(*(send(i, *d) for i, d in enumerate(deliveries[:half])))
+        os.killpg(a.pid, signal.SIGKILL)  # mid-work: some claims die with it
+        await asyncio.gather(*(send(i, *d) for i, d in enumerate(deliveries[half:], half)))
+
+        async def all_finished() -> list[Any] | None:
+            rows = [await store.get_delivery(d) for d, _ in deliveries]
+            return rows if all(r is not None and r.status != "received" for r in rows) else None
+
+        rows = await eventually(all_finished, timeout=60, interval=0.5)
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=b.url, headers=headers, timeout=30) as api:
+            tasks = (await api.get("/api/v1/tasks", params={"limit": 1000})).json()
+    assert {r.status for r in rows} <= {"processed", "ignored"}, {r.reason for r in rows}
+    assert sorted(t["github_issue_number"] for t in tasks) == sorted(issues)
+    # each issue's task was created by one delivery; one the killed process had created
+    # before it could record so is resumed and finds it ("already open")
+    created = Counter(r.task_id for r in rows if r.reason == f"task {r.task_id} created")
+    assert max(created.values()) == 1
+    for task in tasks:
+        assert created[task["id"]] == 1 or any(
+            r.task_id == task["id"] and r.attempts > 1 and "already open" in (r.reason or "")
+            for r in rows
+        )
+    assert all(len(fake_github.comments(REPO, n)) <= 1 for n in issues)
+    resumed = sum(1 for r in rows if r.attempts > 1)
+    print(f"deliveries={len(rows)} redelivered={len(answers) - len(rows)} resumed={resumed}")

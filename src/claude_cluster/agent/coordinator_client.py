@@ -20,6 +20,7 @@ import httpx
 from claude_cluster.agent.identity import TokenFile
 from claude_cluster.domain.wire import (
     AgentRegistration,
+    DeliveryConfirmation,
     GitTokenReply,
     GitTokenRequest,
     Heartbeat,
@@ -193,6 +194,18 @@ class CoordinatorClient:
             json=GitTokenRequest(purpose=purpose).model_dump(mode="json"),
         )
         return GitTokenReply.model_validate(reply).token
+
+    async def confirm_delivery(self, run_id: int) -> DeliveryConfirmation:
+        """``POST /api/v1/runs/{id}/confirm-delivery``: the fencing check before a delivery.
+
+        Raises:
+            CoordinatorRejected: the run no longer holds its task (409) or is not ours (403).
+            CoordinatorUnavailable, NotRegistered: no answer yet; ask again later.
+        """
+        reply = await self._call(
+            "POST", f"/api/v1/runs/{run_id}/confirm-delivery", "confirm-delivery", json=None
+        )
+        return DeliveryConfirmation.model_validate(reply)
 
     async def _call(
         self,

@@ -211,6 +211,7 @@ class AgentDaemon:
             open_pull_request=open_pull_request,
             github_api_url=settings.github_api_url,
             git_tokens=self.client.git_token,
+            confirm_delivery=self.client.confirm_delivery,
         )
         reporter_config = reporter_config or ReporterConfig()
         if reporter_config.spill_dir is None:  # unsent reports beyond memory go to disk

@@ -1,11 +1,11 @@
 """The heartbeat loop: every interval, tell the coordinator which runs this agent holds.
 
 The answer names runs the coordinator no longer assigns to us (cancelled, or presumed lost
-and given to another agent): those are stopped at once. If no heartbeat gets through for a
-whole lease, the coordinator has presumed our runs lost and may have handed them to other
-agents; to keep one issue from getting two pull requests, the agent then stops its runs
-itself (self-fencing). A coordinator that forgot us (404, or our token is no longer valid)
-gets a new registration.
+and given to another agent): those are stopped at once. While no heartbeat gets through the
+runs go on: a coordinator restart or an outage must not throw paid work away. What must
+never happen twice is a delivery, and that is fenced where it happens: a run pushes only
+after the coordinator confirmed that it still holds its task (``JobRunner._confirm``). A
+coordinator that forgot us (404, or our token is no longer valid) gets a new registration.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class HeartbeatConfig:
     """Attributes:
     interval: seconds between heartbeats (``HEARTBEAT_INTERVAL``).
     lease_seconds: the coordinator's run lease; without a heartbeat for this long the
-        agent stops its runs.
+        agent says that its runs may have been handed to others (they go on; their
+        delivery waits for the coordinator's confirmation).
     """
 
     interval: float = 10.0
@@ -93,7 +94,7 @@ class HeartbeatLoop:
                 await self.reregister()
                 reply = await self.client.heartbeat(self.agent_id, self._heartbeat())
         except CoordinatorError as exc:
-            self._fence_if_lease_passed(str(exc))
+            self._say_unreachable(str(exc))
             return False
         self.last_success = time.monotonic()
         for run_id in reply.stop_run_ids:
@@ -122,7 +123,7 @@ class HeartbeatLoop:
             not_ready_reason=pool.not_ready,
         )
 
-    def _fence_if_lease_passed(self, error: str) -> None:
+    def _say_unreachable(self, error: str) -> None:
         silent = time.monotonic() - self.last_success
         if silent < self.config.lease_seconds:
             log.info(
@@ -132,11 +133,11 @@ class HeartbeatLoop:
                 last_success_ago=round(silent, 1),
             )
             return
-        stopped = self.pool.stop_all(StopCause.FENCED)
         log.warning(
-            "heartbeat failed for a lease; stopping runs",
+            "heartbeat failed for a lease; runs go on, their delivery waits for the "
+            "coordinator's confirmation",
             agent_id=self.agent_id,
             error=error,
             last_success_ago=round(silent, 1),
-            runs_stopped=stopped,
+            runs_held=len(self.pool.held_run_ids()),
         )

@@ -45,9 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from claude_cluster.agent.coordinator_client import CoordinatorError
+from claude_cluster import metrics
+from claude_cluster.agent.coordinator_client import CoordinatorError, CoordinatorRejected
 from claude_cluster.agent.deliver import (
     DEFAULT_PROTECTED_PATHS,
+    Delivery,
     ProtectedPathError,
     commit_and_push,
     deliver_run_repository,
@@ -71,14 +73,28 @@ from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.baseline import TestVerdict, judge
 from claude_cluster.domain.contract import RunPolicy
 from claude_cluster.domain.states import ErrorCategory
-from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
+from claude_cluster.domain.wire import DeliveryConfirmation, ExecuteTaskRequest, RunResult
 from claude_cluster.logging import get_logger
 from claude_cluster.runners import Runner, RunnerEvent, RunnerOutcome, RunSpec
 
-__all__ = ["GitTokenSource", "JobConfig", "JobRunner", "PullRequestOpener", "PullRequestRequest"]
+__all__ = [
+    "DeliveryConfirmer",
+    "GitTokenSource",
+    "JobConfig",
+    "JobRunner",
+    "PullRequestOpener",
+    "PullRequestRequest",
+]
 
 #: asks the coordinator for a fresh git token: ``(run_id, "fetch" | "deliver") → token``
 GitTokenSource = Callable[[int, str], Awaitable[str | None]]
+#: the fencing check before a delivery: ``run_id → confirmation`` (raises
+#: :class:`CoordinatorRejected` when the run no longer holds its task)
+DeliveryConfirmer = Callable[[int], Awaitable[DeliveryConfirmation]]
+
+#: back-off between confirmation attempts while the coordinator does not answer
+CONFIRM_RETRY_FIRST = 1.0
+CONFIRM_RETRY_MAX = 15.0
 
 log = get_logger(__name__)
 
@@ -162,6 +178,10 @@ class _Progress:
     fix_rounds: int = 0
     #: when the run started (the event loop's clock), for its duration
     started: float = 0.0
+    #: when the run's wall time runs out (the event loop's clock)
+    deadline: float = 0.0
+    #: until when the coordinator's delivery confirmation holds (the event loop's clock)
+    deliver_by: float | None = None
     changed_files: list[str] = field(default_factory=list)
     summary: str = ""
 
@@ -232,6 +252,9 @@ class JobRunner:
         github_api_url: ``GITHUB_API_URL``, for the default opener.
         git_tokens: asks the coordinator for a fresh git token ``(run_id, purpose)``
             when the run fetches and when it delivers; dispatches carry none.
+        confirm_delivery: the fencing check before every push and pull request (SPEC §5);
+            its answer carries the deliver token. ``None`` (tests without a coordinator):
+            no check, the deliver token comes from ``git_tokens``.
     """
 
     def __init__(
@@ -243,8 +266,10 @@ class JobRunner:
         open_pull_request: PullRequestOpener | None = None,
         github_api_url: str = "https://api.github.com",
         git_tokens: GitTokenSource | None = None,
+        confirm_delivery: DeliveryConfirmer | None = None,
     ) -> None:
         self.config = config
+        self._confirm_delivery = confirm_delivery
         self.workspaces = workspaces
         self.runner = runner
         self.github_api_url = github_api_url
@@ -256,7 +281,7 @@ class JobRunner:
         ``cancelled`` and carries whatever was used up to that point)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (request.timeout_seconds or self.config.task_timeout)
-        progress = _Progress(started=loop.time())
+        progress = _Progress(started=loop.time(), deadline=deadline)
         ws: Workspace | None = None
         box: RunBox | None = None
         try:
@@ -678,44 +703,34 @@ class JobRunner:
         progress: _Progress,
         policy: RunPolicy,
     ) -> RunResult | str | None:
-        """Commit and push the run's work; a failure's result, or the token for the PR."""
+        """Commit and push the run's work; a failure's result, or the token for the PR.
+
+        First the fencing check: no confirmation from the coordinator that the run still
+        holds its task, no push (:meth:`_confirm`)."""
         reporter.event("phase", "committing and pushing", {"phase": "deliver"})
         title = " ".join(request.title.split())
         summary = f"Resolve issue #{request.github_issue_number}: {title}"[:120]
         tokens: list[str | None] = []
+        confirmed = await self._confirm(request, reporter, progress)
+        if isinstance(confirmed, RunResult):
+            return confirmed
 
         async def token() -> str | None:
-            tokens.append(await self._token(request, "deliver"))
+            if confirmed is None:
+                tokens.append(await self._token(request, "deliver"))
+            else:
+                tokens.append(confirmed.token)
             return tokens[-1]
 
         protected = tuple(dict.fromkeys([*self.config.protected_paths, *policy.protected_paths]))
+        window = (
+            asyncio.timeout_at(progress.deliver_by)
+            if progress.deliver_by is not None
+            else contextlib.nullcontext()
+        )
         try:
-            if box.confined:
-                delivery = await deliver_run_repository(
-                    ws,
-                    box,
-                    run_id=request.run_id,
-                    task_id=request.task_id,
-                    summary=summary,
-                    author_name=self.config.git_user_name,
-                    author_email=self.config.git_user_email,
-                    remote_url=request.repository_url,
-                    git_token=token,
-                    mirror_lock=lambda: self.workspaces.mirrors.locked(ws.mirror),
-                    protected=protected,
-                    timeout=self.config.git_timeout,
-                )
-            else:
-                delivery = await commit_and_push(
-                    ws,
-                    task_id=request.task_id,
-                    summary=summary,
-                    author_name=self.config.git_user_name,
-                    author_email=self.config.git_user_email,
-                    remote_url=request.repository_url,
-                    git_token=await token(),
-                    timeout=self.config.git_timeout,
-                )
+            async with window:
+                delivery = await self._commit_and_push(request, ws, box, summary, token, protected)
         except ProtectedPathError as exc:
             reporter.event("delivery_refused", str(exc), {}, level="error")
             return progress.result(
@@ -724,6 +739,13 @@ class JobRunner:
         except (DeliveryError, CoordinatorError) as exc:
             return progress.result(
                 succeeded=False, category=ErrorCategory.DELIVERY_ERROR, message=str(exc)
+            )
+        except TimeoutError:
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.DELIVERY_ERROR,
+                message="the push did not end within the delivery window the coordinator "
+                "confirmed; it was stopped",
             )
         if delivery.no_changes:
             return progress.result(
@@ -743,6 +765,119 @@ class JobRunner:
             },
         )
         return tokens[-1] if tokens else None
+
+    async def _commit_and_push(
+        self,
+        request: ExecuteTaskRequest,
+        ws: Workspace,
+        box: RunBox,
+        summary: str,
+        token: Callable[[], Awaitable[str | None]],
+        protected: tuple[str, ...],
+    ) -> Delivery:
+        """Commit and push, inside the run's box when it is confined."""
+        if box.confined:
+            return await deliver_run_repository(
+                ws,
+                box,
+                run_id=request.run_id,
+                task_id=request.task_id,
+                summary=summary,
+                author_name=self.config.git_user_name,
+                author_email=self.config.git_user_email,
+                remote_url=request.repository_url,
+                git_token=token,
+                mirror_lock=lambda: self.workspaces.mirrors.locked(ws.mirror),
+                protected=protected,
+                timeout=self.config.git_timeout,
+            )
+        return await commit_and_push(
+            ws,
+            task_id=request.task_id,
+            summary=summary,
+            author_name=self.config.git_user_name,
+            author_email=self.config.git_user_email,
+            remote_url=request.repository_url,
+            git_token=await token(),
+            timeout=self.config.git_timeout,
+        )
+
+    async def _confirm(
+        self, request: ExecuteTaskRequest, reporter: RunReporter, progress: _Progress
+    ) -> DeliveryConfirmation | RunResult | None:
+        """The fencing check before a delivery (SPEC §5 Fencing at delivery).
+
+        Returns the confirmation (``progress.deliver_by`` set: the delivery must be over by
+        then), ``None`` when this runner has no coordinator to ask, or the result of a
+        discarded delivery: the coordinator refused (the run no longer holds its task:
+        someone else has it), or it did not answer before the run's wall time ran out.
+        While it does not answer, the result is kept and the question asked again with
+        back-off."""
+        if self._confirm_delivery is None:
+            return None
+        loop = asyncio.get_running_loop()
+        delay = CONFIRM_RETRY_FIRST
+        waiting_said = False
+        while True:
+            asked = loop.time()
+            try:
+                confirmation = await self._confirm_delivery(request.run_id)
+            except CoordinatorRejected as exc:
+                return self._discard(request, reporter, progress, "refused", str(exc))
+            except CoordinatorError as exc:
+                left = progress.deadline - loop.time()
+                if left <= 0:
+                    return self._discard(
+                        request,
+                        reporter,
+                        progress,
+                        "unconfirmed",
+                        f"no confirmation before the run's wall time ran out: {exc}",
+                    )
+                if not waiting_said:
+                    waiting_said = True
+                    reporter.event(
+                        "delivery_waiting",
+                        "the coordinator did not confirm the delivery; the result is kept "
+                        f"and the confirmation asked for again until the wall time ({left:.0f}"
+                        " s) runs out",
+                        {"error": str(exc)},
+                        level="warning",
+                    )
+                log.warning(
+                    "delivery_unconfirmed", run_id=request.run_id, error=str(exc),
+                    retry_in=delay, wall_time_left=round(left, 1),
+                )  # fmt: skip
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, CONFIRM_RETRY_MAX)
+                continue
+            progress.deliver_by = asked + confirmation.deliver_within_seconds
+            reporter.event(
+                "delivery_confirmed",
+                f"the coordinator confirmed that run {request.run_id} still holds the task",
+                {"deliver_within_seconds": confirmation.deliver_within_seconds},
+            )
+            return confirmation
+
+    def _discard(
+        self,
+        request: ExecuteTaskRequest,
+        reporter: RunReporter,
+        progress: _Progress,
+        reason: str,
+        detail: str,
+    ) -> RunResult:
+        """Give up a delivery: nothing is pushed, and the record says why."""
+        message = f"the result was discarded, nothing was delivered: {detail}"
+        reporter.event(
+            "delivery_discarded", message, {"reason": reason, "detail": detail}, level="warning"
+        )
+        log.warning(
+            "delivery_discarded", run_id=request.run_id, task_id=request.task_id,
+            reason=reason, detail=detail,
+        )  # fmt: skip
+        metrics.AGENT_DELIVERIES_DISCARDED.labels(self.config.agent_id, reason).inc()
+        return progress.result(succeeded=False, category=ErrorCategory.LOST, message=message)
 
     async def _deliver(
         self,
@@ -779,9 +914,28 @@ class JobRunner:
             return pushed
         draft = what == "draft"
         if request.open_pull_request and pushed and (draft or not failing):
-            failure = await self._pull_request(
-                request, reporter, ws, progress, pushed, box, draft=draft
-            )
+            loop = asyncio.get_running_loop()
+            if progress.deliver_by is not None and loop.time() >= progress.deliver_by:
+                # the push took the whole window: the pull request needs a fresh check
+                again = await self._confirm(request, reporter, progress)
+                if isinstance(again, RunResult):
+                    return again
+            try:
+                async with (
+                    asyncio.timeout_at(progress.deliver_by)
+                    if progress.deliver_by is not None
+                    else contextlib.nullcontext()
+                ):
+                    failure = await self._pull_request(
+                        request, reporter, ws, progress, pushed, box, draft=draft
+                    )
+            except TimeoutError:
+                failure = progress.result(
+                    succeeded=False,
+                    category=ErrorCategory.DELIVERY_ERROR,
+                    message=f"the branch {ws.branch} was pushed but the pull request did not "
+                    "open within the delivery window the coordinator confirmed",
+                )
             if failure is not None:
                 return failure
         where = f"pull request {progress.pr_url}" if progress.pr_url else f"branch {ws.branch}"

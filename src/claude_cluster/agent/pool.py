@@ -52,17 +52,12 @@ class StopCause(StrEnum):
 
     CANCELLED = "cancelled"  #: the coordinator cancelled the task
     NOT_ASSIGNED = "not_assigned"  #: the heartbeat said the run is no longer ours
-    FENCED = "fenced"  #: no heartbeat got through for a lease: someone else may run it
     SHUTDOWN = "shutdown"  #: the daemon is stopping: hand the run back
 
 
 _STOP_RESULTS = {
     StopCause.CANCELLED: (ErrorCategory.CANCELLED, "the task was cancelled"),
     StopCause.NOT_ASSIGNED: (ErrorCategory.LOST, "the coordinator no longer assigns this run"),
-    StopCause.FENCED: (
-        ErrorCategory.LOST,
-        "the coordinator was unreachable for a lease period; the run was stopped",
-    ),
     StopCause.SHUTDOWN: (ErrorCategory.LOST, "the agent is shutting down; the run is handed back"),
 }
 

@@ -238,29 +238,6 @@ async def test_cancelling_the_task_stops_the_process(
         assert await agent.stop() == 0
 
 
-async def test_an_agent_cut_off_for_a_lease_stops_its_runs(
-    start_coordinator: StartCoordinator, tmp_path: Path
-) -> None:
-    coordinator = start_coordinator(heartbeat_interval=0.3, run_lease_seconds=2.0)
-    origin, script, pid_file = slow_fixer(tmp_path, sleep=60)
-    settings = command_settings(coordinator.url, tmp_path, script, heartbeat_interval=0.3)
-    agent = await start_daemon(settings)
-    try:
-        async with admin(coordinator.url) as api:
-            await submit_and_wait_for_runner(api, origin, pid_file)
-        pid = int(pid_file.read_text())
-        await asyncio.to_thread(coordinator.server.stop)  # the network is gone
-        cut_at = time.monotonic()
-        await eventually(lambda: _async(not pid_alive(pid)), timeout=10)
-        fenced_after = time.monotonic() - cut_at
-        assert 1.0 < fenced_after < 6.0, fenced_after
-        job = next(iter(agent.daemon.pool.jobs.values()), None)
-        assert job is None or job.stop_cause == "fenced"
-    finally:
-        agent.daemon.stop_ungracefully()
-        assert await asyncio.wait_for(agent.task, 30) == 0
-
-
 async def test_sigterm_drains_then_exits(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:

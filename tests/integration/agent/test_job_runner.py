@@ -68,7 +68,7 @@ def reporter() -> RunReporter:
 
 
 def kinds(rep: RunReporter) -> list[str]:
-    return [e.kind for e in rep._events]
+    return [e.kind for e in rep._events.first(len(rep._events))]
 
 
 async def test_a_fixed_bug_is_delivered_with_the_real_test_counts(

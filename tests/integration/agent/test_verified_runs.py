@@ -215,7 +215,7 @@ async def test_a_failed_setup_step_makes_the_run_untested(tmp_path: Path) -> Non
     assert "untested: setup failed: setup step 'deps' exited 3" in result.message
     (pr,) = opener.opened
     assert pr.draft and "setup failed" in pr.body
-    setup = [e for e in rep._events if e.kind == "setup"]
+    setup = [e for e in rep._events.first(len(rep._events)) if e.kind == "setup"]
     assert setup and "installing" in setup[0].data["output_tail"]
 
 

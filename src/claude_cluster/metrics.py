@@ -26,6 +26,16 @@ TASKS_TOTAL = Counter(
 TASKS_QUEUE_SIZE = Gauge(
     "claude_tasks_queue_size", "Tasks waiting in status queued.", registry=COORDINATOR
 )
+TASKS_OLDEST_QUEUED = Gauge(
+    "claude_tasks_oldest_queued_seconds",
+    "How long the longest-waiting queued task (past its retry back-off) has waited.",
+    registry=COORDINATOR,
+)
+TASKS_WAITING_FOR_AGENT = Gauge(
+    "claude_tasks_waiting_for_agent",
+    "Queued tasks that no online, ready agent has the requirements for.",
+    registry=COORDINATOR,
+)
 TASKS_ACTIVE = Gauge("claude_tasks_active", "Tasks with a run on an agent.", registry=COORDINATOR)
 TASK_DURATION = Histogram(
     "claude_task_duration_seconds",

@@ -391,6 +391,7 @@ def test_prometheus_config_and_rules(rendered: dict[str, Path], tmp_path: Path) 
         "CoordinatorDown", "AllAgentsDown", "DatabaseDown", "TaskQueueOverflow", "HighAgentLoad",
         "SlowTaskExecution", "HighClaudeAPILatency", "LowDiskSpace", "NewAgentRegistered",
         "HighDevelopmentVelocity", "GitHubAPIRateLimitApproaching", "AgentNotReady",
+        "TaskWaitingTooLong", "TasksWaitingForAgent",
     } <= names  # fmt: skip
 
 

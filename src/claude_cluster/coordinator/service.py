@@ -225,6 +225,7 @@ class Coordinator:
                 requirements=request.requirements
                 if request.requirements is not None
                 else analysis.requirements,
+                preferences=analysis.preferences,
                 labels=list(request.labels),
                 complexity=analysis.complexity,
                 estimated_duration_minutes=analysis.estimated_duration_minutes,

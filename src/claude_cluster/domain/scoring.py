@@ -1,8 +1,10 @@
 """Which agent gets a task: the seed's score, over the candidates the design allows.
 
-Candidates are online, not draining, below their slot limit, and match a requirement in
-their specialties or capabilities (a task without requirements, or only ``general``,
-matches any agent). The best score wins; ties go to the less loaded agent, then the id.
+Candidates are online, not draining, ready, below their slot limit, and match a
+requirement in their specialties or capabilities (a task without requirements, or only
+``general``, matches any agent). Requirements come only from explicit labels or the API;
+preferences (keywords of the issue) raise the score and restrict nothing. The best score
+wins; ties go to the less loaded agent, then the id.
 """
 
 from __future__ import annotations
@@ -42,11 +44,17 @@ def matches(agent: AgentView, requirements: Sequence[str]) -> bool:
     return bool(wanted & skills) or "general" in {s.lower() for s in agent.specialties}
 
 
-def score(agent: AgentView, requirements: Sequence[str], estimated_minutes: int) -> float:
-    """+10 per requirement in the specialties, −5·load, +2·success rate,
+def score(
+    agent: AgentView,
+    requirements: Sequence[str],
+    estimated_minutes: int,
+    preferences: Sequence[str] = (),
+) -> float:
+    """+10 per requirement or preference in the specialties, −5·load, +2·success rate,
     −|average duration − estimate| / 60 (both in minutes)."""
     specialties = {s.lower() for s in agent.specialties}
-    value = 10.0 * sum(1 for r in requirements if r.lower() in specialties)
+    wanted = {r.lower() for r in (*requirements, *preferences)}
+    value = 10.0 * sum(1 for r in wanted if r in specialties)
     value -= 5.0 * agent.load
     value += 2.0 * agent.success_rate
     if agent.average_duration_seconds > 0:
@@ -60,9 +68,10 @@ def pick(
     estimated_minutes: int,
     *,
     require_match: bool = True,
+    preferences: Sequence[str] = (),
 ) -> list[AgentView]:
-    """Agents with a free slot that match the requirements, best first. A manual
-    assignment (``require_match=False``) overrides the match."""
+    """Agents with a free slot that match the requirements, best first (preferences only
+    score). A manual assignment (``require_match=False``) overrides the match."""
     candidates = [
         a
         for a in agents
@@ -70,5 +79,16 @@ def pick(
     ]
     return sorted(
         candidates,
-        key=lambda a: (-score(a, requirements, estimated_minutes), a.load, a.id),
+        key=lambda a: (-score(a, requirements, estimated_minutes, preferences), a.load, a.id),
     )
+
+
+def waiting_for(agents: Sequence[AgentView], requirements: Sequence[str]) -> str | None:
+    """Why no agent of ``agents`` (the online, ready ones) can ever take a task with these
+    requirements, or None when one can (busy or not)."""
+    if any(matches(a, requirements) for a in agents):
+        return None
+    wanted = [r for r in requirements if r != "general"]
+    if not agents:
+        return "waiting for an agent: none is online and ready"
+    return f"waiting for an agent with: {', '.join(wanted)}"

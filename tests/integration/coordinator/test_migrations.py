@@ -34,3 +34,48 @@ def test_upgrade_check_downgrade_upgrade(empty_db: str) -> None:
         migrate.check(empty_db)
     migrate.upgrade(empty_db)
     migrate.check(empty_db)
+
+
+def test_0004_moves_keyword_requirements_of_live_tasks_to_preferences(tmp_path: Path) -> None:
+    """A live task the old analysis made require ``testing`` for "fix" prefers it after the
+    upgrade; explicit requirements (API) and label requirements stay required."""
+    import json
+    import sqlite3
+
+    url = databases.new_sqlite_database(tmp_path, migrated=False)
+    migrate.upgrade(url, "0003")
+    db = sqlite3.connect(tmp_path / "coordinator.db")
+    rows = [
+        # (issue, title, labels, requirements as stored, status)
+        (1, "Fix the API", [], ["backend", "testing"], "queued"),
+        (2, "Fix the login", ["claude-code-security"], ["testing", "security"], "queued"),
+        (3, "Fix the API", [], ["frontend"], "queued"),  # given through the API
+        (4, "Fix the API", [], ["backend", "testing"], "completed"),  # history stays
+    ]
+    for issue, title, labels, requirements, status in rows:
+        db.execute(
+            "INSERT INTO tasks (title, description, status, priority, priority_rank, "
+            "github_repository, github_issue_number, repository_url, labels, requirements, "
+            "estimated_complexity, estimated_duration_minutes, result_data, attempts, "
+            "retry_count, cost_usd, created_at, updated_at, created_by) VALUES "
+            "(?, '', ?, 'medium', 1, 'acme/app', ?, 'x', ?, ?, 'low', 60, '{}', 0, 0, 0, "
+            "'2026-12-04 12:00:00', '2026-12-04 12:00:00', '')",
+            (title, status, issue, json.dumps(labels), json.dumps(requirements)),
+        )
+    db.commit()
+    db.close()
+    migrate.upgrade(url)
+    db = sqlite3.connect(tmp_path / "coordinator.db")
+    got = {
+        issue: (json.loads(req), json.loads(pref))
+        for issue, req, pref in db.execute(
+            "SELECT github_issue_number, requirements, preferences FROM tasks"
+        )
+    }
+    db.close()
+    assert got == {
+        1: (["general"], ["backend", "testing"]),
+        2: (["security"], ["testing"]),
+        3: (["frontend"], []),
+        4: (["backend", "testing"], []),
+    }

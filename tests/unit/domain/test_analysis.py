@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from claude_cluster.domain.analysis import analyse, priority_from_labels, requirements_from_text
+from claude_cluster.domain.analysis import (
+    analyse,
+    preferences_from_text,
+    priority_from_labels,
+    requirements_from_labels,
+)
 from claude_cluster.domain.states import Priority
 
 
@@ -25,16 +30,22 @@ def test_priority_from_labels(labels: list[str], expected: Priority) -> None:
     assert priority_from_labels(labels) == expected
 
 
-def test_requirements_match_whole_words_only() -> None:
+def test_keywords_are_preferences_matched_as_whole_words() -> None:
     # "build" contains "ui" and "capital" contains "api": neither is a match
-    assert requirements_from_text("Build the capital page", "") == ["general"]
-    assert requirements_from_text("Fix the API", "the server is slow") == ["backend", "testing"]
-    assert requirements_from_text("New React component", "") == ["frontend"]
-    assert requirements_from_text("Deploy with Docker", "") == ["devops"]
+    assert preferences_from_text("Build the capital page", "") == []
+    assert preferences_from_text("Fix the API", "the server is slow") == ["backend", "testing"]
+    assert preferences_from_text("New React component", "") == ["frontend"]
+    assert preferences_from_text("Deploy with Docker", "") == ["devops"]
 
 
-def test_trigger_labels_name_requirements() -> None:
-    assert requirements_from_text("Something", "", ["claude-code-security"]) == ["security"]
+def test_only_trigger_labels_name_requirements() -> None:
+    assert requirements_from_labels(["claude-code-security", "bug"]) == ["security"]
+    assert requirements_from_labels(["bug"]) == ["general"]
+    # "bug" and "fix" in an issue no longer make it require testing: they prefer it
+    result = analyse("Fix the bug in the parser", "it crashes", ["bug"])
+    assert (result.requirements, result.preferences) == (["general"], ["testing"])
+    labelled = analyse("Fix the API", "", ["claude-code-testing"])
+    assert (labelled.requirements, labelled.preferences) == (["testing"], ["backend", "testing"])
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from claude_cluster.domain.scoring import AgentView, matches, pick, score
+from claude_cluster.domain.scoring import AgentView, matches, pick, score, waiting_for
 
 
 def agent(
@@ -44,3 +44,19 @@ def test_ties_go_to_the_less_loaded_agent() -> None:
     busy = agent("a", ["backend"], active=2)
     idle = agent("b", ["backend"])
     assert [a.id for a in pick([busy, idle], ["backend"], 60)] == ["b", "a"]
+
+
+def test_preferences_raise_the_score_but_restrict_nothing() -> None:
+    tester = agent("tester", ["testing"])
+    backend = agent("backend", ["backend"])
+    best = pick([backend, tester], ["general"], 60, preferences=["testing"])
+    assert [a.id for a in best] == ["tester", "backend"]
+    assert [a.id for a in pick([backend], ["general"], 60, preferences=["testing"])] == ["backend"]
+
+
+def test_waiting_for_names_what_no_agent_has() -> None:
+    backend = agent("backend", ["backend"], active=3)  # busy agents still count
+    assert waiting_for([backend], ["backend"]) is None
+    assert waiting_for([backend], ["general"]) is None
+    assert waiting_for([backend], ["testing"]) == "waiting for an agent with: testing"
+    assert waiting_for([], ["general"]) == "waiting for an agent: none is online and ready"

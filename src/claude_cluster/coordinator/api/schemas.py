@@ -82,7 +82,13 @@ class TaskOut(BaseModel):
     github_pr_number: int | None
     github_pr_url: str | None
     labels: list[str]
+    #: what an agent must have to take the task (explicit labels or the API)
     requirements: list[str]
+    #: what raises an agent's score but restricts nothing (keywords of the issue)
+    preferences: list[str] = []
+    #: why a queued task waits when no online, ready agent can take it
+    #: (``waiting for an agent with: testing``); None when one can or it is not queued
+    waiting_for: str | None = None
     estimated_complexity: str
     estimated_duration_minutes: int
     assigned_agent_id: str | None

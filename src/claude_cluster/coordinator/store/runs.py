@@ -614,6 +614,7 @@ def _choose(
             task.requirements,
             task.estimated_duration_minutes,
             require_match=require_match,
+            preferences=task.preferences,
         )
         if not best:
             continue

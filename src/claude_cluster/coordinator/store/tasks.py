@@ -5,7 +5,7 @@ request), listing, changes, cancelling, status changes from outside a run, and a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from claude_cluster.coordinator.store.common import (
 )
 from claude_cluster.coordinator.store.run_end import RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
+from claude_cluster.domain.analysis import preferences_from_text
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     TERMINAL_TASK_STATUSES,
@@ -50,6 +51,7 @@ class NewTask:
     budget_usd: float | None = None
     test_command: str | None = None
     created_by: str = ""
+    preferences: list[str] = field(default_factory=list)
 
 
 class TaskQueries(RunEndSteps):
@@ -85,6 +87,7 @@ class TaskQueries(RunEndSteps):
                         repository_url=new.repository_url,
                         labels=new.labels,
                         requirements=new.requirements,
+                        preferences=new.preferences,
                         estimated_complexity=new.complexity,
                         estimated_duration_minutes=new.estimated_duration_minutes,
                         budget_usd=new.budget_usd,
@@ -99,7 +102,11 @@ class TaskQueries(RunEndSteps):
                         s,
                         task,
                         now,
-                        {"requirements": new.requirements, "created_by": new.created_by},
+                        {
+                            "requirements": new.requirements,
+                            "preferences": new.preferences,
+                            "created_by": new.created_by,
+                        },
                     )
                 return task, True
             except IntegrityError:
@@ -157,6 +164,8 @@ class TaskQueries(RunEndSteps):
                     task.priority_rank = Priority(value).rank
                 else:
                     setattr(task, key, value)
+            if "title" in changes or "description" in changes:
+                task.preferences = preferences_from_text(task.title, task.description)
             task.updated_at = utcnow()
             self._event(s, task.id, "updated", "task updated", {"fields": sorted(changes)})
             return task

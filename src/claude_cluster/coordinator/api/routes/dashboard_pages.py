@@ -209,6 +209,7 @@ async def task_page(
         tallies=tally(items),
         last_event_id=events[-1].id if events else 0,
         agents=await coordinator.repo.list_agents(),
+        waiting_for=(await coordinator.repo.waiting_reasons([task])).get(task.id),
         issue_link=views.issue_href(task.github_repository, task.github_issue_number, web_url),
         pr_link=views.safe_href(task.github_pr_url, web_url),
         safe_href=views.safe_href,

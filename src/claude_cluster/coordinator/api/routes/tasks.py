@@ -51,12 +51,18 @@ async def list_tasks(
     tasks = await coordinator.repo.list_tasks(
         status=status_.value if status_ else None, repository=repository, limit=limit, offset=offset
     )
-    return [TaskOut.model_validate(t) for t in tasks]
+    waiting = await coordinator.repo.waiting_reasons(tasks)
+    return [
+        TaskOut.model_validate(t).model_copy(update={"waiting_for": waiting.get(t.id)})
+        for t in tasks
+    ]
 
 
 @router.get("/{task_id}")
 async def get_task(task_id: IdPath, coordinator: CoordinatorDep, _: Reader) -> TaskOut:
-    return TaskOut.model_validate(await coordinator.repo.get_task(task_id))
+    task = await coordinator.repo.get_task(task_id)
+    waiting = await coordinator.repo.waiting_reasons([task])
+    return TaskOut.model_validate(task).model_copy(update={"waiting_for": waiting.get(task.id)})
 
 
 @router.put("/{task_id}")

@@ -20,7 +20,8 @@ def test_create_analyses_and_queues(api: httpx.Client) -> None:
     task = response.json()
     assert task["status"] == "queued"
     assert task["priority"] == "urgent"
-    assert set(task["requirements"]) == {"backend", "testing"}
+    # keywords prefer, only explicit labels require (SPEC §4)
+    assert (task["requirements"], set(task["preferences"])) == (["general"], {"backend", "testing"})
     assert task["estimated_complexity"] == "low"
     assert task["estimated_duration_minutes"] == 60
     assert task["attempts"] == 0

@@ -39,7 +39,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
 async def lab(private_pg: PrivatePostgres) -> AsyncIterator[Lab]:
     # not tmp_path: pytest keeps those, and a lab leaves workspaces of some size
     root = Path(tempfile.mkdtemp(prefix="cc-chaos-"))
-    lab = Lab(root, await private_pg.new_database())
+    lab = Lab(root, await private_pg.new_database(), private_pg)
     try:
         yield lab
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from tests.support.chaos import Agent, Figures, Lab, seconds_between
+from tests.support.sim_agents import SimAgents
 
 #: how every scenario's coordinators are tightened (said in the figures)
 FAST = {
@@ -136,3 +137,285 @@ async def _next_run_accepted(lab: Lab, run: object) -> object:
         if later["attempt"] > run["attempt"] and later["accepted_at"] is not None:  # type: ignore[index]
             return later
     return None
+
+
+# --- coordinator kill -9 during a burst, two replicas ----------------------------------
+
+
+async def coordinator_kill_burst(
+    lab: Lab,
+    *,
+    tasks: int,
+    agents: int = 10,
+    settings: dict[str, str] | None = None,
+) -> Figures:
+    """Two coordinator replicas on one PostgreSQL behind a load balancer; simulated agents
+    (real HTTP, no-op work) take ``tasks`` submitted as fast as 16 clients can, and one
+    replica is killed with -9 a third of the way in, then started again. Recovery: kill →
+    each task that was active at the kill completed."""
+    settings = FAST if settings is None else settings
+    replicas = [lab.coordinator(**settings), lab.coordinator(**settings)]
+    balancer = lab.proxy(c.port for c in replicas)
+    figures = Figures(
+        "coordinator kill -9 in a burst (2 replicas)",
+        settings=f"{described(settings)}; simulated agents",
+    )
+    async with (
+        SimAgents(balancer.url, heartbeat_interval=1.0) as sims,
+        lab.api(balancer.url, timeout=30) as api,
+    ):
+        for i in range(agents):
+            await sims.add(f"sim-{i:02d}", capacity=4)
+        ids: list[int] = []
+        semaphore = asyncio.Semaphore(16)
+        killed = asyncio.Event()
+        killed_at = 0.0
+        active_at_kill: list[int] = []
+
+        async def one() -> None:
+            async with semaphore:
+                ids.append(await lab.submit(api))
+
+        async def killer() -> None:
+            nonlocal killed_at, active_at_kill
+            while len(ids) < tasks // 3:
+                await asyncio.sleep(0.01)
+            replicas[0].kill()
+            killed_at = time.time()
+            figures.faults += 1
+            killed.set()
+            active_at_kill = [r["task_id"] for r in await lab.active_runs()]
+            await asyncio.sleep(2)
+            await asyncio.to_thread(replicas[0].start)
+
+        kill = asyncio.create_task(killer())
+        await asyncio.gather(*(one() for _ in range(tasks)))
+        await kill
+        figures.tasks = len(set(ids))
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=180)
+        figures.duplicated += _executed_twice(sims)
+        rows = await lab.query(
+            "SELECT id, completed_at FROM tasks WHERE id = ANY($1)", active_at_kill
+        )
+        figures.recovery = [
+            s for r in rows if (s := seconds_between(killed_at, r["completed_at"])) is not None
+        ]
+        figures.notes.append(f"{len(active_at_kill)} runs active at the kill")
+    return figures
+
+
+def _executed_twice(sims: SimAgents) -> int:
+    """Tasks for which more than one run's result was sent by an agent."""
+    runs: dict[int, set[int]] = {}
+    for agent in sims.agents.values():
+        for body in agent.bodies:
+            if int(body["run_id"]) in sims.results_sent:
+                runs.setdefault(int(body["task_id"]), set()).add(int(body["run_id"]))
+    return sum(1 for r in runs.values() if len(r) > 1)
+
+
+# --- PostgreSQL restarted under load ---------------------------------------------------
+
+
+async def postgres_restart(
+    lab: Lab,
+    *,
+    restarts: int = 1,
+    tasks: int = 12,
+    agents: int = 2,
+    work_seconds: float = 4.0,
+    down_seconds: float = 2.0,
+    settings: dict[str, str] | None = None,
+) -> Figures:
+    """A coordinator and agents working through ``tasks``; while runs are in their
+    runners, PostgreSQL is stopped (``-m immediate``: clients see a crash) for
+    ``down_seconds`` and started again, ``restarts`` times. The coordinator must answer
+    again without a restart of its own, and no run in flight may be stopped or lost.
+    Recovery: PostgreSQL up again → the coordinator's ``/health`` is 200."""
+    assert lab.pg is not None
+    settings = {**FAST, "RUN_LEASE_SECONDS": "10"} if settings is None else settings
+    coordinator = lab.coordinator(**settings)
+    for i in range(agents):
+        lab.agent(f"agent-{i}", coordinator.url, work_seconds=work_seconds)
+    figures = Figures("PostgreSQL restarted under load", settings=described(settings))
+    in_flight: set[int] = set()
+    async with lab.api(coordinator.url) as api:
+        ids = [await lab.submit(api) for _ in range(tasks)]
+        for _ in range(restarts):
+            working = await until(
+                lambda: _runs_in_runner(lab), 60, "runs in their runners", interval=0.2
+            )
+            in_flight |= {r["id"] for r in working}  # type: ignore[attr-defined]
+            await asyncio.to_thread(lab.pg.stop, "immediate")
+            figures.faults += 1
+            await asyncio.sleep(down_seconds)
+            await asyncio.to_thread(lab.pg.start)
+            up_at = time.time()
+            await until(lambda: _healthy(api), 60, "the coordinator healthy again")
+            figures.recovery.append(time.time() - up_at)
+        figures.tasks = len(ids)
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=120)
+    assert coordinator.alive()
+    ended = await lab.query(
+        "SELECT id, status, error_category FROM task_runs WHERE id = ANY($1)", list(in_flight)
+    )
+    stopped = [f"run {r['id']} {r['status']} {r['error_category']}" for r in ended
+               if r["status"] != "succeeded"]  # fmt: skip
+    figures.notes.append(f"{len(in_flight)} runs in flight, {len(stopped)} of them stopped")
+    figures.notes += stopped
+    figures.stopped = len(stopped)
+    return figures
+
+
+async def _runs_in_runner(lab: Lab) -> list[object]:
+    return [
+        r
+        for r in await lab.active_runs()
+        if r["status"] == "running" and lab.runner_started(r["id"])
+    ]
+
+
+async def _healthy(api: httpx.AsyncClient) -> bool:
+    try:
+        return (await api.get("/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- an agent partitioned from the coordinator past its lease --------------------------
+
+
+async def partition(
+    lab: Lab,
+    *,
+    partitions: int = 1,
+    work_seconds: float = 8.0,
+    settings: dict[str, str] | None = None,
+) -> Figures:
+    """Agent A reaches the coordinator, and the coordinator A, only through proxies;
+    while A's runner works, both are cut for longer than the lease and A's work, then
+    healed. The coordinator gives the task to agent B; A must not deliver it too.
+    Recovery: cut → the task's next run accepted by B."""
+    settings = FAST if settings is None else settings
+    lease = float(settings.get("RUN_LEASE_SECONDS", "30"))
+    coordinator = lab.coordinator(**settings)
+    to_coordinator = lab.proxy([coordinator.port])
+    agent_port = lab.free_port()
+    to_agent = lab.proxy([agent_port])
+    lab.agent(
+        "agent-a", to_coordinator.url, work_seconds=work_seconds,
+        AGENT_PORT=str(agent_port), AGENT_URL=to_agent.url,
+    )  # fmt: skip
+    figures = Figures(
+        "agent partitioned past its lease",
+        settings=f"{described(settings)}; a proxy cut both ways (bytes dropped, connections hang)",
+    )
+    ids: list[int] = []
+    async with lab.api(coordinator.url) as api:
+        for n in range(partitions):
+            if n == 1:
+                lab.agents["agent-b"].kill()  # B idle again: A gets the next task
+            ids.append(await lab.submit(api))
+            run = await until(
+                lambda: _runner_on(lab, ids[-1], "agent-a"), 60, "A working on the task"
+            )
+            if "agent-b" not in lab.agents:
+                lab.agent("agent-b", coordinator.url, work_seconds=1.0)
+            elif lab.agents["agent-b"].proc is None:
+                await asyncio.to_thread(lab.agents["agent-b"].start)
+            to_coordinator.cut()
+            to_agent.cut()
+            cut_at = time.time()
+            figures.faults += 1
+            moved = await until(
+                lambda run=run: _next_run_accepted(lab, run), lease * 3 + 30, "the task on B"
+            )
+            recovery = seconds_between(cut_at, moved["accepted_at"])  # type: ignore[index]
+            assert recovery is not None
+            figures.recovery.append(recovery)
+            # stay cut until A's runner is done, so that A has a result it wants to deliver
+            await asyncio.sleep(max(0.0, cut_at + max(work_seconds, lease) + 2 - time.time()))
+            to_coordinator.heal()
+            to_agent.heal()
+            await asyncio.sleep(lease)  # A hears back and must not deliver
+        figures.tasks = len(ids)
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=60)
+    return figures
+
+
+async def _runner_on(lab: Lab, task_id: int, agent_id: str) -> object:
+    for run in await lab.runs(task_id):
+        if (
+            run["agent_id"] == agent_id
+            and run["status"] == "running"
+            and lab.runner_started(run["id"])
+        ):
+            return run
+    return None
+
+
+# --- the coordinator stopped with runs in flight ---------------------------------------
+
+
+async def coordinator_stopped(
+    lab: Lab,
+    *,
+    mode: str = "pause",
+    down_seconds: float = 12.0,
+    tasks: int = 4,
+    agents: int = 2,
+    work_seconds: float = 3.0,
+    settings: dict[str, str] | None = None,
+) -> Figures:
+    """Runs in their runners when the coordinator is stopped for ``down_seconds`` (longer
+    than the lease): ``pause`` = SIGSTOP then SIGCONT, ``kill`` = kill -9 then a new
+    process on the same port. Every run in flight must deliver once after it returns,
+    none stopped or lost. Recovery: the coordinator back (SIGCONT, or the new process
+    started) → each task completed."""
+    settings = FAST if settings is None else settings
+    coordinator = lab.coordinator(**settings)
+    for i in range(agents):
+        lab.agent(f"agent-{i}", coordinator.url, work_seconds=work_seconds)
+    figures = Figures(
+        f"coordinator {'stopped (SIGSTOP)' if mode == 'pause' else 'killed'} "
+        f"{down_seconds:g} s with runs in flight",
+        settings=described(settings),
+    )
+    async with lab.api(coordinator.url) as api:
+        ids = [await lab.submit(api) for _ in range(tasks)]
+        working = await until(
+            lambda: _all_in_runner(lab, min(tasks, agents * 3)), 60, "runs in their runners"
+        )
+        in_flight = [r["id"] for r in working]  # type: ignore[attr-defined]
+        if mode == "pause":
+            coordinator.pause()
+        else:
+            coordinator.kill()
+        figures.faults += 1
+        await asyncio.sleep(down_seconds)
+        back_at = time.time()
+        if mode == "pause":
+            coordinator.resume()
+        else:
+            await asyncio.to_thread(coordinator.start)
+        figures.tasks = len(ids)
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=90)
+    ended = await lab.query(
+        "SELECT id, status, error_category, ended_at FROM task_runs WHERE id = ANY($1)",
+        in_flight,
+    )
+    stopped = [f"run {r['id']} {r['status']} {r['error_category']}" for r in ended
+               if r["status"] != "succeeded"]  # fmt: skip
+    figures.stopped = len(stopped)
+    done = await lab.query("SELECT completed_at FROM tasks WHERE id = ANY($1)", ids)
+    figures.recovery = [
+        s for r in done if (s := seconds_between(back_at, r["completed_at"])) is not None
+    ]
+    figures.notes.append(f"{len(in_flight)} runs in flight, {len(stopped)} of them stopped")
+    figures.notes += stopped
+    return figures
+
+
+async def _all_in_runner(lab: Lab, count: int) -> list[object] | None:
+    working = await _runs_in_runner(lab)
+    return working if len(working) >= count else None

@@ -19,3 +19,41 @@ async def test_agents_killed_mid_run_lose_nothing_and_deliver_once(lab: Lab) -> 
     report(figures)
     assert figures.faults == 3
     assert (figures.lost, figures.duplicated) == (0, 0), figures.notes
+
+
+@pytest.mark.timeout(150)
+async def test_a_replica_killed_in_a_burst_loses_and_doubles_no_task(lab: Lab) -> None:
+    figures = await scenarios.coordinator_kill_burst(lab, tasks=150)
+    report(figures)
+    assert figures.faults == 1 and figures.tasks == 150
+    assert (figures.lost, figures.duplicated) == (0, 0), figures.notes
+
+
+@pytest.mark.timeout(120)
+async def test_postgres_restarted_under_load_stops_no_run(lab: Lab) -> None:
+    figures = await scenarios.postgres_restart(lab)
+    report(figures)
+    assert figures.faults == 1
+    assert (figures.lost, figures.duplicated, figures.stopped) == (0, 0, 0), figures.notes
+
+
+@pytest.mark.timeout(120)
+async def test_an_agent_partitioned_past_its_lease_does_not_deliver_twice(lab: Lab) -> None:
+    figures = await scenarios.partition(lab)
+    report(figures)
+    assert figures.faults == 1
+    assert (figures.lost, figures.duplicated) == (0, 0), figures.notes
+
+
+FENCE = "needs fencing at delivery (#15 'fence'): agents stop their runs after a lease"
+
+
+@pytest.mark.xfail(strict=True, reason=FENCE)
+@pytest.mark.parametrize("mode", ["pause", "kill"])
+@pytest.mark.timeout(120)
+async def test_runs_in_flight_deliver_once_after_the_coordinator_returns(
+    lab: Lab, mode: str
+) -> None:
+    figures = await scenarios.coordinator_stopped(lab, mode=mode)
+    report(figures)
+    assert (figures.lost, figures.duplicated, figures.stopped) == (0, 0, 0), figures.notes

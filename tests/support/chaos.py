@@ -78,8 +78,10 @@ def pct(values: list[float], q: float) -> float | None:
 class PrivatePostgres:
     """A PostgreSQL cluster of its own in a temporary directory, on a free port.
 
-    Durability is traded for speed (``fsync=off``): the data survives a restart of the
-    server (even ``-m immediate``), not a crash of the machine, which no test makes.
+    Durability is traded for speed (``fsync=off``): a commit is written before it is
+    acknowledged, so the data survives a restart of the server (even ``-m immediate``),
+    not a crash of the machine, which no test makes. (``synchronous_commit=off`` would
+    lose acknowledged commits to ``-m immediate``.)
     """
 
     def __init__(self) -> None:
@@ -108,7 +110,7 @@ class PrivatePostgres:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c fsync=off -c full_page_writes=off "
             "-c max_connections=300"
         )
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
@@ -189,7 +191,8 @@ class PrivateRedis:
 
 
 class Proxy:
-    """Forwards loopback TCP connections to the first of ``backends`` (ports) that accepts.
+    """Forwards loopback TCP connections to ``backends`` (ports) in turn, skipping those
+    that refuse (a load balancer in front of replicas).
 
     :meth:`cut` swallows every byte both ways on open connections and lets new ones hang
     (connected, never answered), as a partition does; :meth:`heal` closes the hung
@@ -202,6 +205,7 @@ class Proxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.is_cut = False
+        self._turn = 0
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
@@ -217,6 +221,13 @@ class Proxy:
         )
         self._ready.set()
         self._loop.run_forever()
+        # stopped: let the handlers see their connections closed, then close the loop
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -224,7 +235,9 @@ class Proxy:
         try:
             while self.is_cut:  # a partition: the connection hangs
                 await asyncio.sleep(0.1)
-            for port in list(self.backends):
+            self._turn += 1
+            start = self._turn % max(1, len(self.backends))
+            for port in self.backends[start:] + self.backends[:start]:
                 try:
                     up_reader, upstream = await asyncio.open_connection("127.0.0.1", port)
                     break
@@ -429,6 +442,8 @@ class Figures:
     tasks: int = 0
     lost: int = 0
     duplicated: int = 0
+    #: runs in flight at a fault that did not succeed (stopped, lost)
+    stopped: int = 0
     recovery: list[float] = field(default_factory=list)
     settings: str = ""
     notes: list[str] = field(default_factory=list)
@@ -449,12 +464,21 @@ class Lab:
     Args:
         root: a directory for logs, workspaces and the origin (removed by the caller).
         database_url: a migrated PostgreSQL database.
+        pg: the server it is on, when the lab may restart it.
         coordinator_settings: environment for every coordinator (the tightened settings).
     """
 
-    def __init__(self, root: Path, database_url: str, **coordinator_settings: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        pg: PrivatePostgres | None = None,
+        **coordinator_settings: str,
+    ) -> None:
         self.root = root
         self.database_url = database_url
+        #: the server of ``database_url``, for the scenarios that restart it
+        self.pg = pg
         self.coordinator_settings = coordinator_settings
         self.coordinators: list[Coordinator] = []
         self.agents: dict[str, Agent] = {}
@@ -520,6 +544,10 @@ class Lab:
                 await asyncio.wait_for(self._db.close(), 10)
         await asyncio.to_thread(self.close)
 
+    @staticmethod
+    def free_port() -> int:
+        return free_port()
+
     # load
 
     def api(self, url: str, timeout: float = 10) -> httpx.AsyncClient:
@@ -549,7 +577,7 @@ class Lab:
 
     async def db(self) -> asyncpg.Pool:
         if self._db is None:
-            self._db = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+            self._db = await asyncpg.create_pool(self.database_url, min_size=0, max_size=2)
         return self._db
 
     async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:

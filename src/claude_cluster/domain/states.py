@@ -37,9 +37,18 @@ RUNNING_TASK_STATUSES = frozenset({TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS, 
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.ANALYZING, TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.ANALYZING: frozenset({TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.CANCELLED}),
-    TaskStatus.QUEUED: frozenset({TaskStatus.ASSIGNED, TaskStatus.CANCELLED, TaskStatus.FAILED}),
+    # queued/assigned → completed: the pull request was merged while a follow-up waited
+    TaskStatus.QUEUED: frozenset(
+        {TaskStatus.ASSIGNED, TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETED}
+    ),
     TaskStatus.ASSIGNED: frozenset(
-        {TaskStatus.IN_PROGRESS, TaskStatus.QUEUED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.IN_PROGRESS,
+            TaskStatus.QUEUED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+            TaskStatus.COMPLETED,
+        }
     ),
     TaskStatus.IN_PROGRESS: frozenset(
         {

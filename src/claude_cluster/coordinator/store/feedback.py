@@ -16,6 +16,30 @@ from claude_cluster.domain.states import TERMINAL_TASK_STATUSES, TaskStatus
 from claude_cluster.errors import Conflict
 
 
+async def deferred_feedback(s: AsyncSession, task_id: int) -> list[str]:
+    """The feedback held for the task's next follow-up, oldest first: every
+    ``feedback_deferred`` event newer than the task's last ``feedback`` event (the one that
+    queued a follow-up, which takes them all)."""
+    last_taken = await s.scalar(
+        select(func.max(TaskEvent.id)).where(
+            TaskEvent.task_id == task_id, TaskEvent.kind == "feedback"
+        )
+    )
+    waiting = (
+        await s.scalars(
+            select(TaskEvent)
+            .where(
+                TaskEvent.task_id == task_id,
+                TaskEvent.kind == "feedback_deferred",
+                TaskEvent.id > (last_taken or 0),
+            )
+            .order_by(TaskEvent.id)
+        )
+    ).all()
+    texts = [str(e.details.get("feedback") or "") for e in waiting]
+    return [t for t in texts if t]
+
+
 class FeedbackQueries(StoreBase):
     @retry_conflicts
     async def add_feedback(self, task_id: int, feedback: str) -> tuple[Task, str]:
@@ -33,7 +57,9 @@ class FeedbackQueries(StoreBase):
                 raise Conflict(f"task {task_id} is {task.status}; feedback is not taken")
             now = utcnow()
             if status == TaskStatus.REVIEW:
-                await self._queue_feedback(s, task, feedback, now)
+                # feedback still held (a follow-up that failed left its own) goes along
+                held = await deferred_feedback(s, task.id)
+                await self._queue_feedback(s, task, "\n\n".join([*held, feedback]), now)
                 return task, "queued"
             if status == TaskStatus.QUEUED and task.feedback:
                 task.feedback = f"{task.feedback}\n\n{feedback}"
@@ -61,24 +87,7 @@ class FeedbackQueries(StoreBase):
             task = await self._task_for_update(s, task_id)
             if task.status != TaskStatus.REVIEW.value:
                 return None
-            last_taken = await s.scalar(
-                select(func.max(TaskEvent.id)).where(
-                    TaskEvent.task_id == task_id, TaskEvent.kind == "feedback"
-                )
-            )
-            waiting = (
-                await s.scalars(
-                    select(TaskEvent)
-                    .where(
-                        TaskEvent.task_id == task_id,
-                        TaskEvent.kind == "feedback_deferred",
-                        TaskEvent.id > (last_taken or 0),
-                    )
-                    .order_by(TaskEvent.id)
-                )
-            ).all()
-            texts = [str(e.details.get("feedback") or "") for e in waiting]
-            texts = [t for t in texts if t]
+            texts = await deferred_feedback(s, task_id)
             if not texts:
                 return None
             await self._queue_feedback(s, task, "\n\n".join(texts), utcnow())

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import ONLINE_AGENTS, StoreBase
+from claude_cluster.coordinator.store.feedback import deferred_feedback
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
 from claude_cluster.domain import retry
 from claude_cluster.domain.retry import RetryPolicy
@@ -165,6 +166,9 @@ class RunEndSteps(StoreBase):
             return retry.RetryDecision(False, reason=f"task is {task.status}")
         decision = policy.decide(category, retries_so_far=task.retry_count, retry_after=retry_after)
         changes["assigned_agent_id"] = None
+        if not decision.retry and task.feedback and task.github_pr_number:
+            await self._follow_up_failed(s, task, run, category, message, now, changes)
+            return decision
         if decision.retry:
             ready = now + timedelta(seconds=decision.delay_seconds)
             changes.update(retry_count=task.retry_count + 1, not_before=ready)
@@ -197,6 +201,61 @@ class RunEndSteps(StoreBase):
                 level="error",
             )
         return decision
+
+    async def _follow_up_failed(
+        self,
+        s: AsyncSession,
+        task: Task,
+        run: TaskRun,
+        category: ErrorCategory,
+        message: str,
+        now: datetime,
+        changes: dict[str, Any],
+    ) -> None:
+        """A follow-up run (review feedback on an open pull request) failed for good. The
+        pull request still stands, so the task goes back to ``review``, not ``failed``, and
+        the feedback it worked on is kept for the next follow-up. Feedback that came in
+        during the run starts that follow-up now, carrying both; without new feedback none
+        starts by itself (it would fail the same way)."""
+        error = f"{category.value}: {message}" if message else category.value
+        unfinished = task.feedback or ""
+        held = await deferred_feedback(s, task.id)
+        details = {"category": category.value, "follow_up": True}
+        if held:
+            await transitions.move_task(
+                s,
+                task,
+                TaskStatus.QUEUED,
+                now,
+                kind="feedback",  # takes the held feedback (see deferred_feedback)
+                message=f"follow-up run {run.id} failed ({error}); a follow-up with its "
+                "feedback and the feedback that came meanwhile is queued",
+                details=details,
+                run_id=run.id,
+                **{**changes, "feedback": "\n\n".join([unfinished, *held]), "not_before": None},
+            )
+            return
+        await transitions.move_task(
+            s,
+            task,
+            TaskStatus.REVIEW,
+            now,
+            kind="follow_up_failed",
+            message=f"follow-up run {run.id} failed ({error}); the pull request stays as it "
+            "was, and the next feedback starts a follow-up that carries this one too",
+            details=details,
+            run_id=run.id,
+            level="warning",
+            **{**changes, "feedback": None},
+        )
+        if unfinished:
+            self._event(
+                s,
+                task.id,
+                "feedback_deferred",
+                "feedback of the failed follow-up, kept for the next one",
+                {"feedback": unfinished},
+            )
 
     @staticmethod
     async def _change_task(s: AsyncSession, task: Task, changes: dict[str, Any]) -> None:

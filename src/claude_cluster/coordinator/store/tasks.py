@@ -278,6 +278,8 @@ class TaskQueries(RunEndSteps):
                     message=message,
                 )
                 to_stop = (run, agent)
+            if target in TERMINAL_TASK_STATUSES:
+                task.feedback = None  # a follow-up still waiting will not run
             for key, value in fields.items():
                 setattr(task, key, value)
             if target == TaskStatus.FAILED:

@@ -92,6 +92,11 @@ class AgentSettings(TlsSettings):
     #: paths a run may not change; refused at delivery (``dir/**`` = all below ``dir``)
     protected_paths: CommaList = Field(default_factory=lambda: [".github/workflows/**"])
     workspace_cleanup_days: float = Field(default=7.0, gt=0)
+    #: the agent is not ready (takes no work) with less free space under WORKSPACE_PATH
+    workspace_min_free_gb: float = Field(default=1.0, ge=0)
+    #: seconds between rechecks of the agent's readiness (runner, credential, sandbox,
+    #: workspace); a failing check stops its work, a passing one resumes it
+    ready_check_interval: float = Field(default=60.0, gt=0)
     workspace_max_size_gb: float = Field(default=100.0, gt=0)
 
     # --- the runner -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import shutil
 import signal
@@ -34,6 +35,7 @@ from pathlib import Path
 import uvicorn
 
 from claude_cluster import __version__, metrics
+from claude_cluster.agent import readiness
 from claude_cluster.agent.api import create_agent_app
 from claude_cluster.agent.config import AgentSettings, load_agent_settings
 from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
@@ -232,6 +234,8 @@ class AgentDaemon:
         self._forced = asyncio.Event()
         self._loops_stop = asyncio.Event()
         self._server: _Server | None = None
+        self._sandbox_failed = False
+        self._sandbox_checked = False
 
     # --- identity (for the API) ----------------------------------------------------
 
@@ -243,18 +247,56 @@ class AgentDaemon:
     def sandbox(self) -> str:
         return "on" if self.sandbox_on else "off"
 
+    async def check_ready(self) -> bool:
+        """Run every readiness check (runner, model credential, sandbox canary, workspace);
+        when one fails the agent is not ready (no runs) and says why, in its registration,
+        its heartbeats, ``/status`` and ``claude_agent_ready``."""
+        s = self.settings
+        runner = self.job_runner.runner
+        credentials = {
+            "ANTHROPIC_API_KEY": s.anthropic_api_key,
+            "CLAUDE_CODE_OAUTH_TOKEN": s.claude_code_oauth_token,
+            "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY"),
+        }
+        problems = [
+            readiness.runner_problem(runner),
+            readiness.credential_problem(getattr(runner, "name", ""), credentials),
+            await self._sandbox_problem(),
+            await asyncio.to_thread(
+                readiness.workspace_problem, s.workspace_path, s.workspace_min_free_gb
+            ),
+        ]
+        reason = "; ".join(p for p in problems if p) or None
+        if reason != self.pool.not_ready:
+            if reason is None:
+                log.info("agent_ready", agent_id=self.agent_id)
+            else:
+                log.error("agent_not_ready", agent_id=self.agent_id, reason=reason)
+        self.pool.not_ready = reason
+        metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1 if reason is None else 0)
+        return reason is None
+
     async def check_sandbox(self) -> bool:
         """Run the sandbox canary; on failure the agent is not ready (no runs) and says why."""
+        problem = await self._sandbox_problem()
+        self.pool.not_ready = problem
+        metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1 if problem is None else 0)
+        return problem is None
+
+    async def _sandbox_problem(self) -> str | None:
+        """The sandbox canary's failure, or None (also with ``RUN_SANDBOX=off``)."""
         metrics.AGENT_SANDBOX.labels(agent_id=self.agent_id).set(1 if self.sandbox_on else 0)
         if not self.sandbox_on:
+            if self._sandbox_checked:
+                return None
+            self._sandbox_checked = True
             log.warning(
                 "sandbox_off",
                 agent_id=self.agent_id,
                 detail="RUN_SANDBOX=off: runs are NOT confined; they can read this agent's "
                 "files and credentials and reach the network",
             )
-            metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1)
-            return True
+            return None
         s = self.settings
         try:
             await self.run_sandbox.canary(
@@ -262,14 +304,17 @@ class AgentDaemon:
                 forbidden_dirs=[s.workspace_path, self.env_file.parent, Path(sys.prefix)],
             )
         except SandboxUnavailable as exc:
-            self.pool.not_ready = str(exc)
-            metrics.AGENT_READY.labels(agent_id=self.agent_id).set(0)
-            log.error("sandbox_not_ready", agent_id=self.agent_id, reason=str(exc), fix=SANDBOX_FIX)
-            return False
-        self.pool.not_ready = None
-        metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1)
-        log.info("sandbox_ready", agent_id=self.agent_id)
-        return True
+            if not self._sandbox_failed:
+                log.error(
+                    "sandbox_not_ready", agent_id=self.agent_id, reason=str(exc), fix=SANDBOX_FIX
+                )
+            self._sandbox_failed = True
+            return str(exc)
+        if self._sandbox_failed or not self._sandbox_checked:
+            log.info("sandbox_ready", agent_id=self.agent_id)
+        self._sandbox_failed = False
+        self._sandbox_checked = True
+        return None
 
     def registration(self) -> AgentRegistration:
         """What we tell the coordinator about ourselves."""
@@ -412,7 +457,7 @@ class AgentDaemon:
         runs_state = s.workspace_path / "runs"
         if runs_state.exists():
             await asyncio.to_thread(force_rmtree, runs_state)
-        await self.check_sandbox()
+        await self.check_ready()
         registered = await register(
             self.client, self.registration(), config=self.registration_config, stop=self._draining
         )
@@ -438,6 +483,7 @@ class AgentDaemon:
         )
         loops = [
             asyncio.create_task(self.heartbeat.run(self._loops_stop), name="heartbeat"),
+            asyncio.create_task(self._recheck_readiness(), name="readiness"),
             asyncio.create_task(housekeeping.run(self._loops_stop), name="housekeeping"),
         ]
         # reports an earlier life could not deliver (kept on disk): send them now
@@ -453,6 +499,20 @@ class AgentDaemon:
             self._loops_stop.set()
             await asyncio.gather(*loops, replay, return_exceptions=True)
         return 0
+
+    async def _recheck_readiness(self) -> None:
+        """Run the readiness checks every ``READY_CHECK_INTERVAL`` seconds: the heartbeat
+        carries their result, so a host that broke stops getting work and a fixed one
+        gets it again without a restart."""
+        while not self._loops_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loops_stop.wait(), self.settings.ready_check_interval)
+            if self._loops_stop.is_set() or self._draining.is_set():
+                return
+            try:
+                await self.check_ready()
+            except Exception:  # a check that breaks must not end the loop
+                log.exception("readiness_check_failed", agent_id=self.agent_id)
 
     async def _wait_for_runs(self) -> None:
         idle = asyncio.create_task(self.pool.wait_idle())

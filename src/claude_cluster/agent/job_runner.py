@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ from claude_cluster.agent.pull_request import (
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.agent.run_policy import ContractError, load_run_policy
 from claude_cluster.agent.runbox import GatewayConfig, RunBox
-from claude_cluster.agent.sandbox import Sandbox
+from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
 from claude_cluster.agent.verify import TestReport, run_tests
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
 from claude_cluster.domain.baseline import TestVerdict, judge
@@ -298,6 +299,15 @@ class JobRunner:
             return await self._work(request, reporter, ws, box, progress, deadline, policy)
         except _Failed as failed:
             return failed.result
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # the agent's disk, not the task: the coordinator requeues without a retry
+            return progress.result(
+                succeeded=False,
+                category=ErrorCategory.DISK_FULL,
+                message=f"no space left on the agent's disk: {exc}",
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
@@ -326,10 +336,13 @@ class JobRunner:
                 git_token=await self._token(request, "fetch"),
             )
         except (GitError, CoordinatorError) as exc:
+            category = (
+                ErrorCategory.DISK_FULL
+                if "no space left on device" in str(exc).lower()
+                else ErrorCategory.WORKSPACE_ERROR
+            )
             raise _Failed(
-                _Progress().result(
-                    succeeded=False, category=ErrorCategory.WORKSPACE_ERROR, message=str(exc)
-                )
+                _Progress().result(succeeded=False, category=category, message=str(exc))
             ) from None
 
     async def _token(self, request: ExecuteTaskRequest, purpose: str) -> str | None:
@@ -412,19 +425,31 @@ class JobRunner:
         state_dir = self.config.state_dir or self.config.homes_dir.parent / "runs"
         cache = self.env_cache(ws)
         cache.mkdir(parents=True, exist_ok=True)
-        box = await RunBox.open(
-            sandbox,
-            run_id=request.run_id,
-            state_dir=state_dir,
-            repository=ws.path,
-            home=home,
-            readable=(ws.mirror / "objects", *self.config.readable),
-            gateway=self.config.gateway,
-            allow=policy.network_allow,
-            budget_usd=policy.budget_usd,
-            on_event=on_event,
-            writable=(cache,),
-        )
+        try:
+            box = await RunBox.open(
+                sandbox,
+                run_id=request.run_id,
+                state_dir=state_dir,
+                repository=ws.path,
+                home=home,
+                readable=(ws.mirror / "objects", *self.config.readable),
+                gateway=self.config.gateway,
+                allow=policy.network_allow,
+                budget_usd=policy.budget_usd,
+                on_event=on_event,
+                writable=(cache,),
+            )
+        except (SandboxUnavailable, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise
+            # the agent's sandbox or gateway, not the task: requeued without a retry
+            message = f"the run's sandbox could not start: {exc}"
+            reporter.event("sandbox", message, {"error": str(exc)}, level="error")
+            raise _Failed(
+                _Progress().result(
+                    succeeded=False, category=ErrorCategory.SANDBOX_ERROR, message=message
+                )
+            ) from None
         reporter.event(
             "sandbox",
             "the run is confined (bubblewrap; network only through the agent's gateway)",

@@ -288,7 +288,9 @@ class EventHandler:
         who = review.user.login if review.user else "a reviewer"
         text = review.body or "Changes were requested without a comment."
         feedback = f"Review by @{who} on pull request #{event.pull_request.number}:\n\n{text}"
-        return await self._feedback(cfg, task, event.pull_request.number, feedback)
+        return await self._feedback(
+            cfg, task, event.pull_request.number, feedback, event.delivery_id
+        )
 
     async def on_comment(self, cfg: RepositoryConfig, event: IssueCommentEvent) -> Outcome:
         comment = event.comment
@@ -315,17 +317,25 @@ class EventHandler:
             return self._untrusted(cfg, event, verdict, task.id)
         who = comment.user.login if comment.user else "someone"
         feedback = f"Comment by @{who} on pull request #{number}:\n\n{comment.body}"
-        return await self._feedback(cfg, task, number, feedback)
+        return await self._feedback(cfg, task, number, feedback, event.delivery_id)
 
     async def _feedback(
-        self, cfg: RepositoryConfig, task: Task, pr_number: int, feedback: str
+        self, cfg: RepositoryConfig, task: Task, pr_number: int, feedback: str, delivery: str
     ) -> Outcome:
         if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
             return ignored(f"task {task.id} is {task.status}; feedback is not taken", task.id)
+        # a delivery resumed after its process died mid-work must not queue it (and answer)
+        # twice: the first attempt claims it, and gives the claim back if queueing failed
+        repo, mark = self.coordinator.repo, f"feedback:{delivery}"
+        if not await repo.mark_once_cluster(mark):
+            return ignored("this delivery's feedback was taken before", task.id)
         try:
             task, outcome = await self.coordinator.queue_feedback(task.id, feedback)
         except Conflict as exc:  # the task ended between the lookup and the update
             return ignored(str(exc), task.id)
+        except BaseException:
+            await repo.forget_once_cluster(mark)
+            raise
         if outcome == "deferred":
             note = "A run is still active; this feedback starts a follow-up run when it ends."
         elif outcome == "merged":

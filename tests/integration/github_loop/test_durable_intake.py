@@ -12,14 +12,23 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from claude_cluster.coordinator.github_loop import GitHubLoop
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
+from claude_cluster.coordinator.store.tables import WebhookDelivery
 from claude_cluster.github import GitHubEvent, RepositoryConfig, sign
 from tests.conftest import RunningCoordinator
 from tests.fakes.github_api import FakeGitHub
 from tests.integration.github_loop.conftest import REPO, SECRET, Loop
+from tests.integration.github_loop.test_pull_requests import (
+    labelled_task,
+    next_run,
+    open_pr,
+    result,
+)
+from tests.support.sim_agents import SimAgents
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -160,3 +169,41 @@ async def test_events_of_one_issue_keep_their_order(loop: Loop) -> None:
         row = await loop.delivery(f"close-{n}")
         assert (row.status, row.reason) == ("processed", "issue closed: task cancelled")
     assert {t["status"] for t in await loop.tasks()} == {"cancelled"}
+
+
+async def test_feedback_of_a_resumed_delivery_is_taken_once(loop: Loop) -> None:
+    """A review whose process died after queueing its feedback is processed again: the
+    feedback is not queued twice, nor answered twice."""
+    async with SimAgents(loop.coordinator.url) as sims:
+        agent = await sims.add("a1", behaviour="hold")
+        task_id, issue = await labelled_task(loop)
+        run_id, _ = await next_run(agent)
+        branch = f"claude/issue-{issue}-crash"
+        pr = await open_pr(loop, task_id, issue, branch)
+        await sims.finish("a1", run_id, **result(pr, branch))
+        await loop.task(task_id, "review")
+        await loop.act(loop.fake.submit_review, REPO, pr["number"], "changes_requested", "More")
+        review = loop.last_delivery()
+        row = await loop.delivery(review.id)
+        assert row.reason == "feedback queued", row.reason
+        follow_up, request = await next_run(agent, after=run_id)
+        assert "More" in request["feedback"]
+        # as if the process had died before recording the outcome: due again, redelivered
+        async with loop.sessions.begin() as s:
+            await s.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == review.id)
+                .values(status="received", payload=review.body.decode(), processed_at=None)
+            )
+        nudge = await loop.act(loop.fake.redeliver, review.id)
+        assert json.loads(nudge.response_text)["status"] == "pending"
+        again = await loop.delivery(review.id)
+        assert (again.status, again.reason) == (
+            "ignored",
+            "this delivery's feedback was taken before",
+        )
+        assert (again.attempts, sorted(agent.held)) == (2, [follow_up])
+        feedback = (await loop.store.get_task(task_id)).feedback or ""
+        assert feedback.count("More") == 1  # not queued again
+        replies = [c for c in loop.fake.comments(REPO, pr["number"]) if "🤖" in c["body"]]
+        assert len(replies) == 1

@@ -64,3 +64,9 @@ class ClusterQueries(StoreBase):
             return True
         except IntegrityError:
             return False
+
+    @retry_conflicts
+    async def forget_once_cluster(self, key: str) -> None:
+        """Give ``key`` back (what it claimed did not happen), so a retry may claim it."""
+        async with self._tx() as s:
+            await s.execute(delete(OnceMark).where(OnceMark.key == key[:500]))

@@ -61,6 +61,36 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists(), "nothing may start before the checks pass"
 
 
+def test_a_port_taken_after_the_check_is_named_and_no_agent_starts(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as taker:
+        # bound but not listening: the check (SO_REUSEADDR) can bind it as well
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taker.bind(("127.0.0.1", port))
+        up = subprocess.Popen(
+            _up("--agents", "1", "--port", str(port), "--agent-port", str(free_port()),
+                "--runner", "command", "--data-dir", str(tmp_path / "data")),
+            env=_env(tmp_path, AGENT_COMMAND="true"), cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            # the checks passed once the secrets exist; now another program takes the port
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "data" / "admin-token").exists():
+                assert up.poll() is None and time.monotonic() < deadline, "up did not start"
+                time.sleep(0.01)
+            taker.listen()
+            stdout, stderr = up.communicate(timeout=90)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.communicate()
+    assert up.returncode == 2, stdout + stderr
+    assert f"port {port} (the coordinator) is taken by another program" in stderr
+    assert "claude-cluster is up" not in stdout, "no banner without our coordinator"
+    assert "agent_started" not in stderr and not (tmp_path / "data" / "agents").exists()
+
+
 def test_missing_credentials_name_the_variable(tmp_path: Path) -> None:
     args = ("--port", str(free_port()), "--agent-port", str(free_port()))
     claude = subprocess.run(

@@ -8,7 +8,9 @@ first, so that their runs end, then the coordinator.
 Before starting anything it checks that the ports are free and that the runner has its
 credentials (exit 2 naming the fix). On a terminal the children's logs are one coloured
 line per event under a live status line; elsewhere (or with ``--json-logs``) they are
-JSON lines. The banner appears once the coordinator answers and every agent registered.
+JSON lines. The banner appears once the coordinator answers (ours: it takes our admin
+token) and every agent registered; agents start only after the coordinator answers. A port
+taken after the checks is named when the child that needed it exits (exit 2).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from claude_cluster.cli.preflight import preflight
+from claude_cluster.cli.preflight import port_problem, preflight
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # a message is one line
@@ -272,12 +274,25 @@ def up(
     signal.signal(signal.SIGHUP, _interrupt)
     try:
         children.spawn("coordinator", ["coordinator", "--migrate"], base_env)
-        _wait_for(
-            f"the coordinator answering {url}/health",
-            lambda: api.get("/health").status_code == 200,
-            children,
-            START_TIMEOUT_SECONDS,
-        )
+        try:
+            # ours: another program that took the port since the check may answer /health
+            # too, but not to our admin token
+            _wait_for(
+                f"the coordinator answering {url}/health",
+                lambda: (
+                    api.get("/health").status_code == 200
+                    and api.get("/api/v1/queue/status").status_code == 200
+                ),
+                children,
+                START_TIMEOUT_SECONDS,
+            )
+        except typer.Exit:
+            exited = children.procs["coordinator"].poll() is not None
+            taken = port_problem(port, "the coordinator", "--port") if exited else None
+            if taken is not None:  # taken between the check and the coordinator's start
+                _say(err, f"[red]cannot start:[/red] {taken}")
+                raise typer.Exit(2) from None
+            raise
         sandbox = _sandbox_mode(data_dir)
         started = datetime.now(UTC)
         for i, agent_id in enumerate(agent_ids):
@@ -305,7 +320,17 @@ def up(
             }
             return set(agent_ids) <= seen
 
-        _wait_for(f"{agents} agent(s) registering", registered, children, START_TIMEOUT_SECONDS)
+        try:
+            _wait_for(f"{agents} agent(s) registering", registered, children, START_TIMEOUT_SECONDS)
+        except typer.Exit:
+            for i, agent_id in enumerate(agent_ids):
+                exited = children.procs[f"agent {agent_id}"].poll() is not None
+                what = f"agent {agent_id}"
+                taken = port_problem(agent_port + i, what, "--agent-port") if exited else None
+                if taken is not None:
+                    _say(err, f"[red]cannot start:[/red] {taken}")
+                    raise typer.Exit(2) from None
+            raise
         _banner(url, agents, agent_port, data_dir, admin)
         signal.signal(signal.SIGTERM, _interrupt)
         _watch(children, api, url, agent_ids, terminal)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tests.support.chaos import Agent, Figures, Lab, seconds_between
+from tests.support.chaos import Agent, Figures, Lab, pct, seconds_between
 from tests.support.sim_agents import SimAgents
 
 #: how every scenario's coordinators are tightened (said in the figures)
@@ -245,7 +245,7 @@ async def postgres_restart(
             working = await until(
                 lambda: _runs_in_runner(lab), 60, "runs in their runners", interval=0.2
             )
-            in_flight |= {r["id"] for r in working}  # type: ignore[attr-defined]
+            in_flight |= {r["id"] for r in working}
             await asyncio.to_thread(lab.pg.stop, "immediate")
             figures.faults += 1
             await asyncio.sleep(down_seconds)
@@ -386,7 +386,7 @@ async def coordinator_stopped(
         working = await until(
             lambda: _all_in_runner(lab, min(tasks, agents * 3)), 60, "runs in their runners"
         )
-        in_flight = [r["id"] for r in working]  # type: ignore[attr-defined]
+        in_flight = [r["id"] for r in working]
         if mode == "pause":
             coordinator.pause()
         else:
@@ -419,3 +419,95 @@ async def coordinator_stopped(
 async def _all_in_runner(lab: Lab, count: int) -> list[object] | None:
     working = await _runs_in_runner(lab)
     return working if len(working) >= count else None
+
+
+# --- Redis down for a while --------------------------------------------------------------
+
+
+async def redis_down(
+    lab: Lab,
+    *,
+    down_seconds: float = 6.0,
+    before_seconds: float = 4.0,
+    after_seconds: float = 8.0,
+    settings: dict[str, str] | None = None,
+) -> Figures:
+    """Two replicas fanning out over a Redis of their own. A run reports a line every
+    0.3 s to replica A while a dashboard stream on replica B shows it; Redis is killed for
+    ``down_seconds``, and tasks submitted meanwhile must still be dispatched. The live
+    log must degrade to B's periodic re-read and come back to live when Redis does.
+    Recovery: Redis back → the first log item shown on B within 1.5 s of its event."""
+    settings = FAST if settings is None else settings
+    redis = lab.redis()
+    a = lab.coordinator(**settings, REDIS_URL=redis.url)
+    b = lab.coordinator(**settings, REDIS_URL=redis.url)
+    work = before_seconds + down_seconds + after_seconds + 4
+    lab.agent("agent-live", a.url, work_seconds=work, tick=0.3, MAX_CONCURRENT_TASKS="1")
+    figures = Figures("Redis down", settings=f"{described(settings)}; live log re-read every 5 s")
+    received: dict[int, float] = {}
+    async with lab.api(a.url) as api_a, lab.api(b.url) as api_b:
+        live = await lab.submit(api_a)
+        await until(lambda: _runner_on(lab, live, "agent-live"), 60, "the run working")
+        lab.agent("agent-short", a.url, work_seconds=0.5)
+        stream = asyncio.create_task(_follow(api_b, live, received))
+        opened_at = time.time()
+        await asyncio.sleep(before_seconds)
+        down_at = time.time()
+        redis.stop()
+        figures.faults += 1
+        during = [await lab.submit(api_b) for _ in range(3)]
+        await asyncio.sleep(down_seconds)
+        await asyncio.to_thread(redis.start)
+        up_at = time.time()
+        await asyncio.sleep(after_seconds)
+        after = [await lab.submit(api_b) for _ in range(3)]
+        ids = [live, *during, *after]
+        figures.tasks = len(ids)
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=60)
+        stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await stream
+    events = await lab.query(
+        "SELECT id, timestamp FROM task_events WHERE task_id = $1 AND seq IS NOT NULL", live
+    )
+    delays: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for event in events:
+        if event["id"] not in received:
+            continue
+        at = seconds_between(0.0, event["timestamp"]) or 0.0  # the event's own time
+        if at < opened_at + 1:  # shown when the stream opened, not live
+            continue
+        delay = received[event["id"]] - at
+        phase = "before" if at < down_at else "during" if at < up_at else "after"
+        delays[phase].append(delay)
+        if at >= up_at and delay < 1.5 and not figures.recovery:
+            figures.recovery.append(received[event["id"]] - up_at)
+    figures.live_log = {k: pct(v, 0.5) for k, v in delays.items()}
+    figures.notes.append(
+        "live log delay p50 "
+        + ", ".join(f"{k} {v:.1f} s" if v is not None else f"{k} -"
+                    for k, v in figures.live_log.items())
+        + f"; {sum(len(v) for v in delays.values())} items shown live"
+    )  # fmt: skip
+    dispatch = await lab.query(
+        "SELECT t.id, extract(epoch FROM r.accepted_at - t.created_at) AS s FROM tasks t "
+        "JOIN task_runs r ON r.task_id = t.id AND r.attempt = 1 WHERE t.id = ANY($1)",
+        during,
+    )
+    figures.notes.append(
+        "dispatch during the outage: created → accepted "
+        + ", ".join(f"{float(r['s']):.1f} s" for r in dispatch if r["s"] is not None)
+    )
+    return figures
+
+
+async def _follow(api: httpx.AsyncClient, task_id: int, received: dict[int, float]) -> None:
+    """Read the task's live log (Server-Sent Events) and note when each item arrives."""
+    async with api.stream("GET", f"/tasks/{task_id}/stream", timeout=None) as response:
+        response.raise_for_status()
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("id:") and event == "log":
+                received.setdefault(int(line.split(":", 1)[1]), time.time())

@@ -58,3 +58,14 @@ async def test_runs_in_flight_deliver_once_after_the_coordinator_returns(
     figures = await scenarios.coordinator_stopped(lab, mode=mode)
     report(figures)
     assert (figures.lost, figures.duplicated, figures.stopped) == (0, 0, 0), figures.notes
+
+
+@pytest.mark.timeout(120)
+async def test_redis_down_degrades_dispatch_and_live_logs_and_they_come_back(lab: Lab) -> None:
+    figures = await scenarios.redis_down(lab)
+    report(figures)
+    assert (figures.lost, figures.duplicated) == (0, 0), figures.notes
+    before, after = figures.live_log["before"], figures.live_log["after"]
+    assert before is not None and before < 1.5, figures.notes
+    assert after is not None and after < 1.5, f"the live log did not come back: {figures.notes}"
+    assert figures.recovery, figures.notes

@@ -389,12 +389,14 @@ class Agent:
 CONTRACT = "test: 'true'\nbaseline: false\n"
 
 #: the ``command`` runner of every chaos agent: records its pid under ``--pids`` as
-#: ``<run id>.pid``, works ``--sleep`` seconds, changes ``notes.txt``, reports a result
+#: ``<run id>.pid``, works ``--sleep`` seconds (printing a line every ``--tick``), changes
+#: ``notes.txt``, reports a result
 RUNNER = """
 import argparse, json, os, pathlib, time
 parser = argparse.ArgumentParser()
 parser.add_argument("--sleep", type=float, default=0.0)
 parser.add_argument("--pids", default="")
+parser.add_argument("--tick", type=float, default=0.0)
 args = parser.parse_args()
 run_id = os.environ.get("CLUSTER_RUN_ID", "0")
 if args.pids:
@@ -402,7 +404,11 @@ if args.pids:
     pid_file.with_suffix(".tmp").write_text(str(os.getpid()))
     os.replace(pid_file.with_suffix(".tmp"), pid_file)
 print("working on run", run_id, flush=True)
-time.sleep(args.sleep)
+end = time.monotonic() + args.sleep
+while (left := end - time.monotonic()) > 0:
+    time.sleep(min(left, args.tick or left))
+    if args.tick:
+        print("tick", flush=True)
 with open("notes.txt", "a") as notes:
     notes.write(f"run {run_id}\\n")
 print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
@@ -447,6 +453,8 @@ class Figures:
     recovery: list[float] = field(default_factory=list)
     settings: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Redis scenario: the live log's delay p50 before, during and after the outage
+    live_log: dict[str, float | None] = field(default_factory=dict)
 
     def line(self) -> str:
         p50, p99 = pct(self.recovery, 0.5), pct(self.recovery, 0.99)
@@ -483,6 +491,7 @@ class Lab:
         self.coordinators: list[Coordinator] = []
         self.agents: dict[str, Agent] = {}
         self.proxies: list[Proxy] = []
+        self.redises: list[PrivateRedis] = []
         self.pushes_file = root / "pushes.log"
         self.origin = make_chaos_origin(root / "remote", self.pushes_file)
         self.pids_dir = root / "runner-pids"
@@ -492,6 +501,13 @@ class Lab:
         self._issue = 0
 
     # processes
+
+    def redis(self) -> PrivateRedis:
+        """Start a Redis of the lab's own (stopped at close)."""
+        redis = PrivateRedis(self.root)
+        self.redises.append(redis)
+        redis.start()
+        return redis
 
     def coordinator(self, **extra: str) -> Coordinator:
         """Start one more coordinator process (a replica on the same database)."""
@@ -510,10 +526,20 @@ class Lab:
         return proxy
 
     def agent(
-        self, agent_id: str, coordinator_url: str, *, work_seconds: float, **extra: str
+        self,
+        agent_id: str,
+        coordinator_url: str,
+        *,
+        work_seconds: float,
+        tick: float = 0.0,
+        **extra: str,
     ) -> Agent:
-        """Start an agent daemon with the ``command`` runner working ``work_seconds``."""
-        command = f"{sys.executable} {self.runner} --sleep {work_seconds} --pids {self.pids_dir}"
+        """Start an agent daemon with the ``command`` runner working ``work_seconds``
+        (printing a line, an event, every ``tick`` seconds)."""
+        command = (
+            f"{sys.executable} {self.runner} --sleep {work_seconds} --pids {self.pids_dir} "
+            f"--tick {tick}"
+        )
         env = agent_env(
             coordinator_url,
             self.root / agent_id,
@@ -537,6 +563,8 @@ class Lab:
             coordinator.close()
         for proxy in self.proxies:
             proxy.close()
+        for redis in self.redises:
+            redis.stop()
 
     async def aclose(self) -> None:
         if self._db is not None:

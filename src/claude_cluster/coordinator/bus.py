@@ -3,7 +3,8 @@
 ``LocalBus`` serves one process (the embedded default); ``RedisBus`` uses Redis pub/sub so
 that every replica sees every event: a task created on one replica wakes the dispatcher of
 all, and a dashboard connected to any replica sees every run's log. Losing the bus loses no
-task: the database is the truth and the sweep catches up.
+task: the database is the truth and the sweep catches up; subscriptions come back by
+themselves when Redis does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from claude_cluster.logging import get_logger
 log = get_logger(__name__)
 
 WAKE = "claude-cluster:wake"
+#: seconds before a lost subscription is tried again, doubling up to the maximum
+RESUBSCRIBE_INITIAL = 0.5
+RESUBSCRIBE_MAX = 5.0
 Handler = Callable[[str, dict[str, Any]], None]
 
 
@@ -85,14 +89,27 @@ class RedisBus:
             log.warning("bus_publish_failed", channel=channel, error=str(exc))
 
     async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(channel)
-        try:
-            async for item in pubsub.listen():
-                if item.get("type") == "message":
-                    yield json.loads(item["data"])
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        """Messages on ``channel`` for as long as the caller listens. A lost connection is
+        subscribed again (after 0.5 s, doubling to 5 s): what was published meanwhile is
+        missed, which the sweep and the live log's periodic re-read cover."""
+        delay = RESUBSCRIBE_INITIAL
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                delay = RESUBSCRIBE_INITIAL
+                async for item in pubsub.listen():
+                    if item.get("type") == "message":
+                        yield json.loads(item["data"])
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning(
+                    "bus_subscription_lost", channel=channel, error=str(exc), retry_in=delay
+                )
+            finally:
+                with contextlib.suppress(aioredis.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESUBSCRIBE_MAX)
 
 
 def make_bus(redis_url: str) -> Bus:

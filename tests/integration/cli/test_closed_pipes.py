@@ -28,6 +28,9 @@ from tests.support.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
+#: the processes below each started process when it was signalled, for the clean-up
+_SEEN: dict[int, set[int]] = {}
+
 #: the first SIGTERM drains an idle agent and stops an idle coordinator within this
 EXIT_BOUND = 15.0
 
@@ -73,7 +76,8 @@ def _piped(argv: list[str], env: dict[str, str], cwd: Path) -> Iterator[subproce
     try:
         yield proc
     finally:
-        for pid in [proc.pid, *_descendants(proc.pid)]:
+        # children seen earlier too: one orphaned by a failed stop is no descendant any more
+        for pid in [proc.pid, *_descendants(proc.pid), *_SEEN.pop(proc.pid, set())]:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -103,7 +107,7 @@ def _close_pipes_then_sigterm(proc: subprocess.Popen[bytes], *, signals: int = 1
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     proc.stderr.close()
-    children = _descendants(proc.pid)
+    children = _SEEN[proc.pid] = _descendants(proc.pid)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     for _ in range(signals - 1):

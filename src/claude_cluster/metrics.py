@@ -122,6 +122,23 @@ GITHUB_RATE_LIMIT_REMAINING = Gauge(
     "X-RateLimit-Remaining of the last GitHub response.",
     registry=COORDINATOR,
 )
+GITHUB_DELIVERIES = Counter(
+    "claude_github_deliveries_total",
+    "Webhook delivery attempts by outcome: processed, ignored, error (given up after its "
+    "attempts) or retried (put back for a later attempt).",
+    ["outcome"],
+    registry=COORDINATOR,
+)
+GITHUB_DELIVERIES_WAITING = Gauge(
+    "claude_github_deliveries_waiting",
+    "Webhook deliveries received and not finished yet, cluster-wide (from the database).",
+    registry=COORDINATOR,
+)
+GITHUB_DELIVERY_OLDEST_WAITING = Gauge(
+    "claude_github_delivery_oldest_waiting_seconds",
+    "Age of the oldest webhook delivery not finished yet; 0 when none waits.",
+    registry=COORDINATOR,
+)
 GITHUB_PRS_CREATED = Counter(
     "claude_github_prs_created_total", "Pull requests opened.", registry=COORDINATOR
 )

@@ -101,6 +101,15 @@ async def test_failures_are_retried_with_back_off_then_given_up_in_issue_order(
     assert after.processed_at >= gave_up.processed_at
     assert after.status == "processed", after.reason
     assert (calls["broken-1"], calls["broken-2"]) == (3, 1)
+    # counted by outcome (the registry is shared by the tests of this process: at least);
+    # the gauges say how many wait
+    text = (await loop.api.get("/metrics")).text
+    for outcome, least in (("retried", 3), ("error", 1), ("processed", 1)):
+        line = f'claude_github_deliveries_total{{outcome="{outcome}"}} '
+        value = next(x for x in text.splitlines() if x.startswith(line)).split()[1]
+        assert float(value) >= least, outcome
+    assert "claude_github_deliveries_waiting " in text
+    assert "claude_github_delivery_oldest_waiting_seconds " in text
     # a redelivery of the given-up delivery is a duplicate: it is finished
     again = await post(loop.coordinator.url, labeled(loop.fake, broken), "broken-1")
     assert (again.status_code, again.json()["status"]) == (200, "duplicate")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -218,6 +218,15 @@ class WebhookQueries(StoreBase):
                 )
                 .values(next_attempt_at=utcnow(), attempts=attempt - 1)
             )
+
+    async def waiting_deliveries(self) -> tuple[int, datetime | None]:
+        """How many deliveries wait to be processed, and when the oldest was received."""
+        query = select(func.count(), func.min(WebhookDelivery.received_at)).where(
+            WebhookDelivery.status == RECEIVED, WebhookDelivery.payload.is_not(None)
+        )
+        async with self._sessions() as s:
+            count, oldest = (await s.execute(query)).one()
+        return int(count or 0), oldest
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         async with self._sessions() as s:

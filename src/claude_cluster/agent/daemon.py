@@ -236,6 +236,9 @@ class AgentDaemon:
         self._server: _Server | None = None
         self._sandbox_failed = False
         self._sandbox_checked = False
+        #: set when a run failed for a reason of the agent: recheck readiness at once
+        self._recheck_now = asyncio.Event()
+        self.pool.on_agent_fault = self._recheck_now.set
 
     # --- identity (for the API) ----------------------------------------------------
 
@@ -501,12 +504,21 @@ class AgentDaemon:
         return 0
 
     async def _recheck_readiness(self) -> None:
-        """Run the readiness checks every ``READY_CHECK_INTERVAL`` seconds: the heartbeat
-        carries their result, so a host that broke stops getting work and a fixed one
-        gets it again without a restart."""
+        """Run the readiness checks every ``READY_CHECK_INTERVAL`` seconds, and at once
+        after a run failed for a reason of the agent: the heartbeat carries their result,
+        so a host that broke stops getting work and a fixed one gets it again without a
+        restart."""
         while not self._loops_stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._loops_stop.wait(), self.settings.ready_check_interval)
+            stop = asyncio.create_task(self._loops_stop.wait())
+            now = asyncio.create_task(self._recheck_now.wait())
+            await asyncio.wait(
+                {stop, now},
+                timeout=self.settings.ready_check_interval,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stop.cancel()
+            now.cancel()
+            self._recheck_now.clear()
             if self._loops_stop.is_set() or self._draining.is_set():
                 return
             try:

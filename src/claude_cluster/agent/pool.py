@@ -24,7 +24,7 @@ from enum import StrEnum
 from claude_cluster import metrics
 from claude_cluster.agent.job_runner import JobRunner
 from claude_cluster.agent.reporter import RunReporter
-from claude_cluster.domain.states import ErrorCategory
+from claude_cluster.domain.states import AGENT_FAULT_CATEGORIES, ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
 from claude_cluster.logging import get_logger
 
@@ -102,8 +102,11 @@ class JobPool:
         self.agent_id = agent_id
         self.jobs: dict[int, Job] = {}
         self.draining = False
-        #: why the agent takes no runs (the sandbox canary failed), or None
+        #: why the agent takes no runs (a readiness check failed), or None
         self.not_ready: str | None = None
+        #: called when a run fails for a reason of the agent (runner, credential, sandbox,
+        #: disk): the daemon checks its readiness again at once
+        self.on_agent_fault: Callable[[], None] | None = None
         self.last_completed_at: datetime | None = None
         #: seconds a stopped run's reports get to go out during shutdown
         self.report_timeout: float | None = None
@@ -248,6 +251,8 @@ class JobPool:
             self.last_completed_at = datetime.now(UTC)
         else:
             metrics.AGENT_TASKS_FAILED.labels(agent).inc()
+            if result.error_category in AGENT_FAULT_CATEGORIES and self.on_agent_fault:
+                self.on_agent_fault()
         metrics.AGENT_TASK_DURATION.observe(duration)
         metrics.MODEL_COST_USD.labels(agent).inc(result.cost_usd)
         for kind, count in (

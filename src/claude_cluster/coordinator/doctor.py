@@ -220,14 +220,21 @@ async def _agents(settings: CoordinatorSettings) -> list[Check]:
         seen = agent.last_heartbeat
         age = f"{(now - _aware(seen)).total_seconds():.0f} s ago" if seen else "never"
         told = agent.configuration or {}
-        if told.get("ready") is False or agent.status == "maintenance":
-            reason = str(told.get("not_ready_reason") or "it reported itself not ready")
+        if agent.not_ready_reason or told.get("ready") is False or agent.status == "maintenance":
+            # the live reason (its latest checks, or runs that failed for its own reasons)
+            # before what it said at registration
+            reason = str(
+                agent.not_ready_reason
+                or told.get("not_ready_reason")
+                or "it reported itself not ready"
+            )
             checks.append(
                 Check(
                     f"agent {agent.id}",
                     False,
                     f"not ready: {reason[:300]}",
-                    "fix what the reason names on that host, then restart its agent",
+                    "fix what the reason names on that host: its recheck clears it, or run "
+                    f"'claude-cluster agents ready {agent.id}'",
                 )
             )
         elif agent.status == "offline":

@@ -98,3 +98,60 @@ async def test_too_little_free_space_is_not_ready(
             )
     finally:
         await agent.stop()
+
+
+async def test_a_run_that_fails_for_the_agent_rechecks_it_at_once(
+    start_coordinator: Callable[..., RunningCoordinator], tmp_path: Path
+) -> None:
+    """The runner vanishes after start: the run fails as runner_error, the task goes back
+    to the queue without a retry, and the agent's immediate recheck says why it is not
+    ready (long before its periodic one)."""
+    coordinator = start_coordinator(heartbeat_interval=0.3)
+    origin = make_origin(tmp_path / "remote")
+    script = fixer_script(tmp_path / "scripts")
+    runner = tmp_path / "bin" / "fixer"
+    runner.parent.mkdir(parents=True)
+    runner.symlink_to(sys.executable)
+    settings = agent_settings(
+        coordinator.url,
+        tmp_path / "ws",
+        agent_command=f"{runner} {script}",
+        ready_check_interval=600,
+        heartbeat_interval=0.3,
+    )
+    agent = await start_daemon(settings)
+    try:
+        async with admin(coordinator.url) as api:
+
+            async def ready() -> bool:
+                answer = await api.get("/api/v1/agents/agent-1")
+                return answer.status_code == 200 and answer.json()["not_ready_reason"] is None
+
+            await eventually(ready, timeout=20, interval=0.1)
+            runner.unlink()
+            created = await api.post(
+                "/api/v1/tasks",
+                json={
+                    "title": "add() subtracts",
+                    "description": "add(2, 3) returns -1",
+                    "github_repository": str(origin),
+                    "github_issue_number": 4,
+                },
+            )
+            task_id = created.json()["id"]
+
+            async def not_ready() -> str | None:
+                reason: str | None = (await api.get("/api/v1/agents/agent-1")).json()[
+                    "not_ready_reason"
+                ]
+                return reason
+
+            reason = await eventually(not_ready, timeout=20, interval=0.1)
+            assert "runner command" in reason
+            runs = (await api.get(f"/api/v1/tasks/{task_id}/runs")).json()
+            # one run, or two when the cool-down ended before the recheck's heartbeat
+            assert {r["error_category"] for r in runs} == {"runner_error"}
+            task = (await api.get(f"/api/v1/tasks/{task_id}")).json()
+            assert (task["status"], task["retry_count"]) == ("queued", 0)
+    finally:
+        await agent.stop()

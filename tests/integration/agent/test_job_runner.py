@@ -276,3 +276,43 @@ async def test_the_default_opener_opens_the_pull_request_on_github(
 
 def _pr() -> dict[str, Any]:
     return {"github_repository": "octo/app", "open_pull_request": True}
+
+
+async def test_a_sandbox_that_cannot_start_is_the_agents_fault(
+    tmp_path: Path, origin: Path
+) -> None:
+    """sandbox_error: the coordinator requeues the task without a retry (SPEC §6)."""
+    from claude_cluster.agent.sandbox import Sandbox
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = JobConfig(
+        agent_id="agent-t",
+        homes_dir=tmp_path / "ws" / "homes",
+        test_timeout=30,
+        sandbox=Sandbox.for_agent(enabled=True),
+        state_dir=blocker / "runs",  # the run's scratch cannot be made under a file
+    )
+    job_runner = JobRunner(
+        config,
+        workspaces=WorkspaceManager(tmp_path / "ws", git_timeout=30),
+        runner=ScriptedRunner([writes(CALC_FIXED)]),
+    )
+    rep = reporter()
+    result = await job_runner.run(request(origin), rep)
+    assert (result.succeeded, result.error_category) == (False, ErrorCategory.SANDBOX_ERROR)
+    assert "the run's sandbox could not start" in result.message
+    assert "sandbox" in kinds(rep)
+
+
+async def test_a_full_disk_is_the_agents_fault(tmp_path: Path, origin: Path) -> None:
+    import errno
+
+    def no_space(spec: RunSpec) -> RunnerOutcome:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    result = await make_job_runner(tmp_path, ScriptedRunner([no_space])).run(
+        request(origin), reporter()
+    )
+    assert (result.succeeded, result.error_category) == (False, ErrorCategory.DISK_FULL)
+    assert "no space left on the agent's disk" in result.message

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from claude_cluster.coordinator.github_loop import GitHubLoop
+from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
 from claude_cluster.coordinator.store.tables import WebhookDelivery
@@ -216,3 +217,28 @@ async def test_feedback_of_a_resumed_delivery_is_taken_once(loop: Loop) -> None:
         assert feedback.count("More") == 1  # not queued again
         replies = [c for c in loop.fake.comments(REPO, pr["number"]) if "🤖" in c["body"]]
         assert len(replies) == 1
+
+
+async def test_a_stopping_coordinator_gives_its_unfinished_claims_back(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work still under way when the grace runs out is cancelled, and its delivery is due
+    again at once (its attempt not counted) for whichever process runs next."""
+    number = loop.fake.create_issue(REPO, "Slow", deliver=False)["number"]
+
+    async def stuck(self: GitHubLoop, event: GitHubEvent, cfg: RepositoryConfig) -> Any:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(GitHubLoop, "handle", stuck)
+    assert (await post(loop.coordinator.url, labeled(loop.fake, number), "slow")).status_code == 202
+
+    async def claimed() -> Any:
+        row = await loop.store.get_delivery("slow")
+        return row if row is not None and row.attempts == 1 else None
+
+    await eventually(claimed, timeout=10)
+    await asyncio.to_thread(loop.coordinator.server.stop)
+    row = await loop.store.get_delivery("slow")
+    assert row is not None
+    assert (row.status, row.attempts, row.payload is not None) == ("received", 0, True)
+    assert row.next_attempt_at is not None and row.next_attempt_at <= utcnow()

@@ -103,7 +103,7 @@ async def test_a_task_no_agent_can_take_says_why_everywhere(
             text = (await api.get("/metrics")).text
             return text if gauge(text, "claude_tasks_waiting_for_agent") == 1 else None
 
-        text = await eventually(metrics, timeout=10)
+        text = await eventually(metrics, timeout=25)  # the gauges update every 10 s
         assert gauge(text, "claude_tasks_oldest_queued_seconds") > 0
 
         # an agent with the requirement arrives: the task runs and the word is gone

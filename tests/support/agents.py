@@ -42,13 +42,13 @@ def git(cwd: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def make_origin(root: Path) -> Path:
-    """A bare repository ``origin.git`` whose ``main`` has ``calc.py`` with a bug that
-    ``test_calc.py`` catches (1 of 2 tests fails)."""
+def make_origin(root: Path, files: dict[str, str] | None = None) -> Path:
+    """A bare repository ``origin.git`` whose ``main`` has ``files``; by default
+    ``calc.py`` with a bug that ``test_calc.py`` catches (1 of 2 tests fails)."""
     work, bare = root / "seed", root / "origin.git"
     work.mkdir(parents=True)
-    (work / "calc.py").write_text(CALC_BUGGY)
-    (work / "test_calc.py").write_text(CALC_TEST)
+    for name, text in (files or {"calc.py": CALC_BUGGY, "test_calc.py": CALC_TEST}).items():
+        (work / name).write_text(text)
     git(root, "init", "-q", "--bare", "-b", "main", str(bare))
     git(work, "init", "-q", "-b", "main")
     git(work, "add", ".")

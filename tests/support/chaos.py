@@ -44,8 +44,8 @@ from claude_cluster.coordinator.store import migrate
 from tests.conftest import ADMIN_TOKEN
 from tests.support.agents import (
     agent_env,
-    git,
     kill_group,
+    make_origin,
     make_script,
     spawn_agent,
     wait_agent_serving,
@@ -293,8 +293,31 @@ class Proxy:
 # --- the processes -----------------------------------------------------------------------
 
 
+class _Signalled:
+    """What a coordinator and an agent process have in common: stop and continue."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def pause(self) -> None:
+        """SIGSTOP of the whole process group."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _continue_for_the_kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGCONT)
+
+
 @dataclass
-class Coordinator:
+class Coordinator(_Signalled):
     """A coordinator process on a fixed port, to kill, stop, continue and start again."""
 
     name: str
@@ -321,26 +344,14 @@ class Coordinator:
         if self.proc is not None:
             kill_group(self.proc)
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def close(self) -> None:
+        self._continue_for_the_kill()
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGCONT)
             kill_group(self.proc)
 
 
 @dataclass
-class Agent:
+class Agent(_Signalled):
     """An agent daemon process with a fixed id, port and workspace across restarts."""
 
     id: str
@@ -367,18 +378,9 @@ class Agent:
         kill_group(self.proc)
         self.proc = None
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGCONT)
-
     def close(self) -> None:
+        self._continue_for_the_kill()
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGCONT)
             self.orphans += descendants_of(self.proc.pid)
             kill_group(self.proc)
         kill_groups(self.orphans)
@@ -420,15 +422,7 @@ print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
 def make_chaos_origin(root: Path, pushes: Path) -> Path:
     """A bare repository with ``notes.txt`` and a contract whose tests are ``true``; its
     ``post-receive`` hook appends ``<ref> <sha>`` to ``pushes`` for every pushed ref."""
-    work, bare = root / "seed", root / "origin.git"
-    work.mkdir(parents=True)
-    (work / "notes.txt").write_text("notes\n")
-    (work / ".claude-cluster.yml").write_text(CONTRACT)
-    git(root, "init", "-q", "--bare", "-b", "main", str(bare))
-    git(work, "init", "-q", "-b", "main")
-    git(work, "add", ".")
-    git(work, "commit", "-q", "-m", "start")
-    git(work, "push", "-q", str(bare), "main")
+    bare = make_origin(root, {"notes.txt": "notes\n", ".claude-cluster.yml": CONTRACT})
     hook = bare / "hooks" / "post-receive"
     hook.write_text(f'#!/bin/sh\nwhile read old new ref; do echo "$ref $new" >> {pushes}; done\n')
     hook.chmod(0o755)

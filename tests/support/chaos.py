@@ -75,6 +75,45 @@ def pct(values: list[float], q: float) -> float | None:
 # --- PostgreSQL and Redis of our own ----------------------------------------------------
 
 
+def mark_owner(root: Path) -> None:
+    """Record this process as the owner of ``root`` (see :func:`reap_abandoned`)."""
+    (root / "owner.pid").write_text(str(os.getpid()))
+
+
+def note_process(root: Path, pid: int) -> None:
+    """Record a process group started for ``root`` (see :func:`reap_abandoned`)."""
+    with (root / "processes").open("a") as out:
+        out.write(f"{pid}\n")
+
+
+def reap_abandoned() -> None:
+    """Clean up after chaos runs whose process was killed before its clean-up ran (a
+    ``timeout`` around pytest sends SIGTERM, which skips finalizers): their PostgreSQL is
+    stopped, their process groups killed and their directories removed. A directory is
+    abandoned when the process named in its ``owner.pid`` is gone."""
+    for root in Path(tempfile.gettempdir()).glob("cc-chaos-*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if owner == os.getpid() or Path(f"/proc/{owner}").exists():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            for line in (root / "processes").read_text().split():
+                with contextlib.suppress(OSError):  # gone, or a recycled id: left alone
+                    cmdline = Path(f"/proc/{int(line)}/cmdline").read_bytes()
+                    if b"claude_cluster" in cmdline or b"redis-server" in cmdline:
+                        os.killpg(int(line), signal.SIGKILL)
+        if (root / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                argv = [str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate",
+                        "-w", "stop"]  # fmt: skip
+                if os.geteuid() == 0:
+                    argv = ["runuser", "-u", "postgres", "--", *argv]
+                subprocess.run(argv, capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of its own in a temporary directory, on a free port.
 
@@ -85,7 +124,9 @@ class PrivatePostgres:
     """
 
     def __init__(self) -> None:
+        reap_abandoned()
         self.root = Path(tempfile.mkdtemp(prefix="cc-chaos-pg-"))
+        mark_owner(self.root)
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self.port = free_port()
@@ -168,6 +209,7 @@ class PrivateRedis:
                  "--save", "", "--appendonly", "no"],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        note_process(self.log.parent, self.proc.pid)
         deadline = time.monotonic() + 10
         while True:
             with (
@@ -337,6 +379,7 @@ class Coordinator(_Signalled):
 
     def start(self) -> None:
         self.proc = spawn_coordinator(self.env, log=self.log)
+        note_process(self.log.parent, self.proc.pid)
         wait_healthy(self.url, self.proc, timeout=60)
 
     def kill(self) -> None:
@@ -367,6 +410,7 @@ class Agent(_Signalled):
 
     def start(self) -> None:
         self.proc = spawn_agent(self.env, log=self.log)
+        note_process(self.log.parent, self.proc.pid)
         wait_agent_serving(self.proc, self.url, self.log)
 
     def kill(self) -> None:
@@ -478,6 +522,7 @@ class Lab:
         **coordinator_settings: str,
     ) -> None:
         self.root = root
+        mark_owner(root)
         self.database_url = database_url
         #: the server of ``database_url``, for the scenarios that restart it
         self.pg = pg

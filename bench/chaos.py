@@ -33,7 +33,9 @@ Scenario = Callable[[Lab], Awaitable[Figures]]
 #: name → the scenario at bench scale
 SCENARIOS: dict[str, Scenario] = {
     "agent-kill": lambda lab: scenarios.agent_kill(lab, kills=20, load_every=0.7),
-    "coordinator-kill": lambda lab: scenarios.coordinator_kill_burst(lab, tasks=1000, agents=20),
+    "coordinator-kill": lambda lab: scenarios.coordinator_kill_burst(
+        lab, tasks=1000, agents=20, settings={**scenarios.FAST, "MAX_AGENTS": "25"}
+    ),
     "postgres-restart": lambda lab: scenarios.postgres_restart(lab, restarts=3, tasks=30),
     "redis-down": lambda lab: scenarios.redis_down(lab, down_seconds=60, after_seconds=10),
     "coordinator-stopped": lambda lab: scenarios.coordinator_stopped(

@@ -463,7 +463,8 @@ async def redis_down(
         after = [await lab.submit(api_b) for _ in range(3)]
         ids = [live, *during, *after]
         figures.tasks = len(ids)
-        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=60)
+        # the live run works on for a few seconds after the last submission
+        figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=90)
         stream.cancel()
         with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
             await stream

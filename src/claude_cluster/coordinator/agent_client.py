@@ -4,6 +4,7 @@ cluster CA (``TLS_CA_FILE``) when the agents serve TLS."""
 
 from __future__ import annotations
 
+import errno
 import ssl
 
 import httpx
@@ -47,6 +48,18 @@ class AgentClient:
                 reason=f"HTTP {response.status_code} {response.text[:200]}",
             )
 
+    async def probe(self, agent: Agent, *, timeout: float) -> str:
+        """``GET {url}/health``: ``alive`` (anything answered), ``refused`` (the host
+        refused the connection: nothing listens, the process is gone) or ``unknown``
+        (timeout, unreachable host, name or TLS failure: the lease decides)."""
+        try:
+            await self._http.get(f"{agent.url}/health", timeout=timeout)
+        except httpx.ConnectError as exc:
+            return "refused" if _refused(exc) else "unknown"
+        except httpx.HTTPError:
+            return "unknown"
+        return "alive"
+
     async def cancel(self, agent: Agent, task_id: int) -> bool:
         """Ask the agent to stop a task's run; False when it could not be reached."""
         try:
@@ -56,3 +69,17 @@ class AgentClient:
         except httpx.HTTPError:
             return False
         return response.status_code in (200, 202, 404)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error was a refusal (ECONNREFUSED) somewhere down its chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        if isinstance(current, OSError) and current.errno == errno.ECONNREFUSED:
+            return True
+        current = current.__cause__ or current.__context__
+    return "connection refused" in str(exc).lower()

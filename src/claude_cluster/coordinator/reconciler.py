@@ -7,17 +7,25 @@ the heartbeats of the time it was away, and neither has one whose sweeps failed 
 database was unreachable, so no heartbeat was recorded either). For one lease after its
 start or its last failed sweep it declares no run lost for silence; agents heartbeat at
 least twice per lease, so every live run is seen again by then. A run confirmed for
-delivery keeps its task for ``DELIVERY_WINDOW_SECONDS`` plus a lease (store/leases.py)."""
+delivery keeps its task for ``DELIVERY_WINDOW_SECONDS`` plus a lease (store/leases.py).
+
+Faster death: an agent holding runs of which nothing was heard for ``probe_after`` seconds
+(half a heartbeat interval) is probed (``GET /health``, short timeout). A refused
+connection means its host is up and its process gone: it goes offline and its runs are
+lost at once, requeued without back-off. A timeout says nothing; the lease decides. An
+agent that answered is not probed again for ``probe_after`` seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
-from claude_cluster.coordinator.store.repository import Repository, RunEnd
+from claude_cluster.coordinator.store.repository import Repository, RunEnd, utcnow
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.logging import get_logger
 
@@ -43,6 +51,8 @@ class Reconciler:
         sweep_interval: float,
         on_run_end: Callable[[RunEnd], Awaitable[None]],
         delivery_window: float = 0.0,
+        probe_after: float | None = None,
+        probe_timeout: float = 2.0,
     ) -> None:
         self._repo = repo
         self._client = client
@@ -58,6 +68,10 @@ class Reconciler:
         self._delivering = delivery_window + lease_seconds
         #: monotonic time before which no run is declared lost for silence (set by run())
         self.grace_until = 0.0
+        self._probe_after = probe_after
+        self._probe_timeout = probe_timeout
+        #: agent id → monotonic time its probe was last answered
+        self._answered: dict[str, float] = {}
 
     def start_grace(self) -> None:
         """No run is lost for silence for one lease from now (start, failed sweep)."""
@@ -82,6 +96,8 @@ class Reconciler:
                 pass
 
     async def reconcile_once(self) -> None:
+        # a refusal is proof, not silence: probes run in the grace too
+        await self._probe_late_agents()
         if not self.in_grace:
             await self._expire()
         for end, agent in await self._repo.timed_out_runs(
@@ -113,6 +129,42 @@ class Reconciler:
             delivery_window=self._delivering,
         ):
             log.warning("agent_offline", agent_id=agent.id, runs_lost=len(ends))
+            for end in ends:
+                await self._on_run_end(end)
+
+    async def _probe_late_agents(self) -> None:
+        if self._probe_after is None:
+            return
+        cutoff = utcnow() - timedelta(seconds=self._probe_after)
+        now = time.monotonic()
+        late = [
+            agent
+            for agent in await self._repo.late_agents(cutoff=cutoff)
+            if now - self._answered.get(agent.id, -math.inf) >= self._probe_after
+        ]
+        if not late:
+            return
+        outcomes = await asyncio.gather(
+            *(self._client.probe(agent, timeout=self._probe_timeout) for agent in late)
+        )
+        for agent, outcome in zip(late, outcomes, strict=True):
+            if outcome == "alive":
+                self._answered[agent.id] = time.monotonic()
+                continue
+            if outcome != "refused":
+                log.info("agent_probe_unanswered", agent_id=agent.id, url=agent.url)
+                continue
+            found, ends = await self._repo.lose_dead_agent(
+                agent.id,
+                silent_since=cutoff,
+                reason=f"agent {agent.id} is gone: {agent.url} refused the connection",
+                policy=self._policy,
+                delivery_window=self._delivering,
+            )
+            if found is None:
+                continue
+            metrics.AGENTS_PROBED_DEAD.inc()
+            log.warning("agent_gone", agent_id=agent.id, url=agent.url, runs_lost=len(ends))
             for end in ends:
                 await self._on_run_end(end)
 

@@ -141,6 +141,8 @@ class Coordinator:
             sweep_interval=settings.sweep_interval,
             on_run_end=self._after_run_end,
             delivery_window=settings.delivery_window_seconds,
+            probe_after=settings.heartbeat_interval / 2,
+            probe_timeout=min(2.0, settings.agent_call_timeout),
         )
         self.observers: list[Observer] = []
         self._background: set[asyncio.Task[Any]] = set()

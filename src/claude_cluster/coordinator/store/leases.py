@@ -106,6 +106,67 @@ class LeaseQueries(RunEndSteps):
                 out.append((agent, ends))
             return out
 
+    async def late_agents(self, *, cutoff: datetime) -> list[Agent]:
+        """Agents holding active runs of which nothing was heard (heartbeat, run report)
+        since ``cutoff``: the ones worth a probe."""
+        async with self._sessions() as s:
+            latest = (
+                select(TaskRun.agent_id, func.max(TaskRun.last_seen_at).label("seen"))
+                .where(TaskRun.status.in_(ACTIVE_RUNS))
+                .group_by(TaskRun.agent_id)
+                .subquery()
+            )
+            query = (
+                select(Agent)
+                .join(latest, latest.c.agent_id == Agent.id)
+                .where(
+                    Agent.status != AgentStatus.OFFLINE.value,
+                    Agent.last_heartbeat < cutoff,
+                    latest.c.seen < cutoff,
+                )
+                .order_by(Agent.id)
+            )
+            return list((await s.scalars(query)).all())
+
+    @retry_conflicts
+    async def lose_dead_agent(
+        self,
+        agent_id: str,
+        *,
+        silent_since: datetime,
+        reason: str,
+        policy: RetryPolicy,
+        delivery_window: float = 0.0,
+    ) -> tuple[Agent | None, list[RunEnd]]:
+        """The agent's process is gone (its host refused the probe's connection): it goes
+        offline and its active runs are lost now, their tasks requeued with no back-off
+        (a retry is still counted). Nothing happens if the agent was heard from since
+        ``silent_since`` (it came back, or re-registered), and a run confirmed for delivery
+        less than ``delivery_window`` ago is left to the lease sweep."""
+        async with self._tx() as s:
+            now = utcnow()
+            heard = await s.scalar(select(Agent.last_heartbeat).where(Agent.id == agent_id))
+            if heard is None or heard >= silent_since:
+                return None, []
+            query = select(TaskRun).where(
+                TaskRun.agent_id == agent_id,
+                TaskRun.status.in_(ACTIVE_RUNS),
+                TaskRun.last_seen_at < silent_since,
+                not_delivering(now, delivery_window),
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            at_once = RetryPolicy(max_retries=policy.max_retries, base_seconds=0, cap_seconds=0)
+            ends = [
+                await self._lose_run(s, run, now, reason, at_once, ErrorCategory.LOST)
+                for run in (await s.scalars(query)).all()
+            ]
+            agent = await s.get(Agent, agent_id, with_for_update=self._postgres)
+            assert agent is not None
+            if agent.last_heartbeat is not None and agent.last_heartbeat < silent_since:
+                agent.status = AgentStatus.OFFLINE.value
+            return agent, ends
+
     @retry_conflicts
     async def timed_out_runs(
         self,

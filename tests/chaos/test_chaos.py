@@ -45,12 +45,7 @@ async def test_an_agent_partitioned_past_its_lease_does_not_deliver_twice(lab: L
     assert (figures.lost, figures.duplicated) == (0, 0), figures.notes
 
 
-FENCE = "needs fencing at delivery, agent side (#15 'fence'): agents stop their runs after a lease"
-
-
-@pytest.mark.parametrize(
-    "mode", [pytest.param("pause", marks=pytest.mark.xfail(strict=True, reason=FENCE)), "kill"]
-)
+@pytest.mark.parametrize("mode", ["pause", "kill"])
 @pytest.mark.timeout(120)
 async def test_runs_in_flight_deliver_once_after_the_coordinator_returns(
     lab: Lab, mode: str

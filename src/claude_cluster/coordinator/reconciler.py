@@ -4,7 +4,8 @@ process; the repository's row locks keep replicas from doing the same work twice
 
 Grace: a reconciler that starts (a coordinator restart, a replica taking over) has not seen
 the heartbeats of the time it was away, and neither has one whose sweeps failed (the
-database was unreachable, so no heartbeat was recorded either). For one lease after its
+database was unreachable, so no heartbeat was recorded either) or whose loop stalled for
+more than half a lease (the process was stopped or starved). For one lease after its
 start or its last failed sweep it declares no run lost for silence; agents heartbeat at
 least twice per lease, so every live run is seen again by then. A run confirmed for
 delivery keeps its task for ``DELIVERY_WINDOW_SECONDS`` plus a lease (store/leases.py).
@@ -85,6 +86,7 @@ class Reconciler:
         self.start_grace()
         log.info("reconciler_grace", seconds=self._lease)
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 await self.reconcile_once()
             except Exception:
@@ -94,6 +96,12 @@ class Reconciler:
                 await asyncio.wait_for(stop.wait(), timeout=self._sweep)
             except TimeoutError:
                 pass
+            stalled = time.monotonic() - began - self._sweep
+            if stalled > self._lease / 2:
+                # the process was stopped or starved (SIGSTOP, a hung database): it did
+                # not record heartbeats either, so it owes every run a lease of grace
+                self.start_grace()
+                log.warning("reconciler_stalled", seconds=round(stalled, 1))
 
     async def reconcile_once(self) -> None:
         # a refusal is proof, not silence: probes run in the grace too

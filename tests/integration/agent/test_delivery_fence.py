@@ -57,11 +57,6 @@ def job_runner(tmp_path: Path, client: CoordinatorClient) -> JobRunner:
     )
 
 
-def events(rep: RunReporter) -> list[Any]:
-    # never started: the events stay queued where the test can read them
-    return rep._events.first(len(rep._events))
-
-
 async def test_a_refused_confirmation_discards_the_result(
     start_coordinator: Callable[..., RunningCoordinator], tmp_path: Path
 ) -> None:
@@ -79,9 +74,6 @@ async def test_a_refused_confirmation_discards_the_result(
     assert not result.succeeded and result.error_category == ErrorCategory.LOST
     assert "nothing was delivered" in result.message and "409" in result.message
     assert result.tests_ok is True  # the work was done, and kept out of the repository
-    [discarded] = [e for e in events(rep) if e.kind == "delivery_discarded"]
-    assert discarded.data["reason"] == "refused"
-    assert "delivered" not in [e.kind for e in events(rep)]
     assert branches(origin) == ["main"]
 
 
@@ -92,14 +84,10 @@ async def test_no_answer_until_the_wall_time_discards_the_result(tmp_path: Path)
     rep = RunReporter(nobody, 424242)
     started = time.monotonic()
     try:
-        result = await job_runner(tmp_path, nobody).run(request(origin, timeout_seconds=8), rep)
+        result = await job_runner(tmp_path, nobody).run(request(origin, timeout_seconds=12), rep)
     finally:
         await nobody.aclose()
-    assert time.monotonic() - started >= 7.5  # it kept asking until the wall time ran out
-    assert not result.succeeded and result.error_category == ErrorCategory.LOST
-    kinds = [e.kind for e in events(rep)]
-    assert kinds.count("delivery_waiting") == 1
-    [discarded] = [e for e in events(rep) if e.kind == "delivery_discarded"]
-    assert discarded.data["reason"] == "unconfirmed"
-    assert "wall time" in discarded.message
+    assert not result.succeeded and result.error_category == ErrorCategory.LOST, result.message
+    assert time.monotonic() - started >= 11.5  # it kept asking until the wall time ran out
+    assert "nothing was delivered" in result.message and "wall time" in result.message
     assert branches(origin) == ["main"]

@@ -167,7 +167,8 @@ class Reconciler:
                 silent_since=cutoff,
                 reason=f"agent {agent.id} is gone: {agent.url} refused the connection",
                 policy=self._policy,
-                delivery_window=self._delivering,
+                # its process is gone, so is any delivery it was making (no PR can follow)
+                delivery_window=0.0,
             )
             if found is None:
                 continue

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -144,17 +144,9 @@ class WebhookQueries(StoreBase):
     @retry_conflicts
     async def renew_delivery(self, delivery_id: str, attempt: int, lease_seconds: float) -> bool:
         """Extend the claim of ``attempt``; False when the claim was lost (taken again)."""
-        async with self._tx() as s:
-            result = await s.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.status == RECEIVED,
-                    WebhookDelivery.attempts == attempt,
-                )
-                .values(next_attempt_at=utcnow() + timedelta(seconds=lease_seconds))
-            )
-            return bool(getattr(result, "rowcount", 0))
+        return await self._update_held(
+            delivery_id, attempt, next_attempt_at=utcnow() + timedelta(seconds=lease_seconds)
+        )
 
     @retry_conflicts
     async def finish_delivery(
@@ -172,9 +164,7 @@ class WebhookQueries(StoreBase):
         async with self._tx() as s:
             query = update(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
             if attempt is not None:
-                query = query.where(
-                    WebhookDelivery.status == RECEIVED, WebhookDelivery.attempts == attempt
-                )
+                query = query.where(_held(delivery_id, attempt))
             values: dict[str, object] = {
                 "status": status,
                 "reason": reason,
@@ -192,32 +182,26 @@ class WebhookQueries(StoreBase):
         self, delivery_id: str, attempt: int, reason: str, retry_at: datetime
     ) -> bool:
         """Put a failed attempt back for ``retry_at``; False when the claim was lost."""
-        async with self._tx() as s:
-            result = await s.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.status == RECEIVED,
-                    WebhookDelivery.attempts == attempt,
-                )
-                .values(reason=reason, next_attempt_at=retry_at)
-            )
-            return bool(getattr(result, "rowcount", 0))
+        return await self._update_held(
+            delivery_id, attempt, reason=reason, next_attempt_at=retry_at
+        )
 
     @retry_conflicts
     async def release_delivery(self, delivery_id: str, attempt: int) -> None:
         """Give a claim back unfinished (a stopping coordinator): due again now, and the
         attempt it made does not count."""
+        await self._update_held(
+            delivery_id, attempt, next_attempt_at=utcnow(), attempts=attempt - 1
+        )
+
+    async def _update_held(self, delivery_id: str, attempt: int, **values: object) -> bool:
+        """Set ``values`` on the delivery while ``attempt``'s claim still holds it; False
+        when it does not (taken again, or finished)."""
         async with self._tx() as s:
-            await s.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.status == RECEIVED,
-                    WebhookDelivery.attempts == attempt,
-                )
-                .values(next_attempt_at=utcnow(), attempts=attempt - 1)
+            result = await s.execute(
+                update(WebhookDelivery).where(_held(delivery_id, attempt)).values(**values)
             )
+            return bool(getattr(result, "rowcount", 0))
 
     async def waiting_deliveries(self) -> tuple[int, datetime | None]:
         """How many deliveries wait to be processed, and when the oldest was received."""
@@ -260,3 +244,12 @@ class WebhookQueries(StoreBase):
         async with self._tx() as s:
             result = await s.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(old_tasks)))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _held(delivery_id: str, attempt: int) -> ColumnElement[bool]:
+    """The delivery is still ``received`` and held by the claim that made ``attempt``."""
+    return and_(
+        WebhookDelivery.id == delivery_id,
+        WebhookDelivery.status == RECEIVED,
+        WebhookDelivery.attempts == attempt,
+    )

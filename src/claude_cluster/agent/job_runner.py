@@ -748,13 +748,9 @@ class JobRunner:
             return tokens[-1]
 
         protected = tuple(dict.fromkeys([*self.config.protected_paths, *policy.protected_paths]))
-        window = (
-            asyncio.timeout_at(progress.deliver_by)
-            if progress.deliver_by is not None
-            else contextlib.nullcontext()
-        )
         try:
-            async with window:
+            # no confirmation (no coordinator to ask): deliver_by is None, no deadline
+            async with asyncio.timeout_at(progress.deliver_by):
                 delivery = await self._commit_and_push(request, ws, box, summary, token, protected)
         except ProtectedPathError as exc:
             reporter.event("delivery_refused", str(exc), {}, level="error")
@@ -946,11 +942,7 @@ class JobRunner:
                 if isinstance(again, RunResult):
                     return again
             try:
-                async with (
-                    asyncio.timeout_at(progress.deliver_by)
-                    if progress.deliver_by is not None
-                    else contextlib.nullcontext()
-                ):
+                async with asyncio.timeout_at(progress.deliver_by):
                     failure = await self._pull_request(
                         request, reporter, ws, progress, pushed, box, draft=draft
                     )

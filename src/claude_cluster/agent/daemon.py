@@ -279,13 +279,6 @@ class AgentDaemon:
         metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1 if reason is None else 0)
         return reason is None
 
-    async def check_sandbox(self) -> bool:
-        """Run the sandbox canary; on failure the agent is not ready (no runs) and says why."""
-        problem = await self._sandbox_problem()
-        self.pool.not_ready = problem
-        metrics.AGENT_READY.labels(agent_id=self.agent_id).set(1 if problem is None else 0)
-        return problem is None
-
     async def _sandbox_problem(self) -> str | None:
         """The sandbox canary's failure, or None (also with ``RUN_SANDBOX=off``)."""
         metrics.AGENT_SANDBOX.labels(agent_id=self.agent_id).set(1 if self.sandbox_on else 0)

@@ -26,20 +26,13 @@ from pathlib import Path
 
 from claude_cluster.runners import Runner
 from claude_cluster.runners.claude_code import find_claude_cli
+from claude_cluster.runners.credentials import CREDENTIALS, has_credential
 
 __all__ = [
     "credential_problem",
     "runner_problem",
     "workspace_problem",
 ]
-
-#: the runner → the variables any one of which gives it a model account, and the file a
-#: logged-in CLI keeps instead (relative to $HOME)
-_CREDENTIALS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "claude": (("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"), ".claude/.credentials.json"),
-    "codex": (("OPENAI_API_KEY",), ".codex/auth.json"),
-    "aider": (("ANTHROPIC_API_KEY", "OPENAI_API_KEY"), None),
-}
 
 
 def runner_problem(runner: Runner) -> str | None:
@@ -89,14 +82,10 @@ def credential_problem(
 ) -> str | None:
     """``None`` when ``runner`` has a model credential (``env`` holds the agent's
     settings and environment), else which variable to set."""
-    if runner not in _CREDENTIALS:
-        return None
-    names, login_file = _CREDENTIALS[runner]
-    if any(env.get(name) for name in names):
-        return None
     home = home or Path(os.environ.get("HOME") or Path.home())
-    if login_file and (home / login_file).is_file():
+    if has_credential(runner, env, home):
         return None
+    names, login_file = CREDENTIALS[runner]
     hint = f" (or log the {runner} CLI in, which writes ~/{login_file})" if login_file else ""
     return f"runner {runner}: no model credential: set {' or '.join(names)}{hint}"
 

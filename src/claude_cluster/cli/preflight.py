@@ -9,14 +9,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-#: the runner → the variables any one of which gives it a model account, and the file a
-#: logged-in CLI keeps instead (relative to $HOME)
-CREDENTIALS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "claude": (("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"), ".claude/.credentials.json"),
-    "codex": (("OPENAI_API_KEY",), ".codex/auth.json"),
-    "aider": (("ANTHROPIC_API_KEY", "OPENAI_API_KEY"), None),
-    "command": ((), None),
-}
+from claude_cluster.runners.credentials import CREDENTIALS, has_credential
 
 
 def port_problem(port: int, what: str, option: str) -> str | None:
@@ -55,14 +48,12 @@ def credential_problem(runner: str, env: Mapping[str, str], home: Path | None = 
             f"AGENT_RUNNER / --runner {runner!r} is not a runner: use one of "
             f"{', '.join(CREDENTIALS)}"
         )
-    names, login_file = CREDENTIALS[runner]
     if runner == "command" and not env.get("AGENT_COMMAND"):
         return "--runner command needs AGENT_COMMAND: export AGENT_COMMAND='<the command to run>'"
-    if not names or any(env.get(name) for name in names):
-        return None
     home = home or Path(env.get("HOME") or Path.home())
-    if login_file and (home / login_file).is_file():
+    if has_credential(runner, env, home):
         return None
+    names, login_file = CREDENTIALS[runner]
     either = " or ".join(names)
     hint = f" (or log the {runner} CLI in, which writes ~/{login_file})" if login_file else ""
     return (

@@ -14,7 +14,9 @@ Faster death: an agent holding runs of which nothing was heard for ``probe_after
 (half a heartbeat interval) is probed (``GET /health``, short timeout). A refused
 connection means its host is up and its process gone: it goes offline and its runs are
 lost at once, requeued without back-off. A timeout says nothing; the lease decides. An
-agent that answered is not probed again for ``probe_after`` seconds."""
+agent that answered is not probed again for ``probe_after`` seconds. Probes run in a loop
+of their own: an agent whose connections hang (a partition) must delay neither the sweep
+nor the stall check, or it would keep the reconciler in grace and its runs for ever."""
 
 from __future__ import annotations
 
@@ -85,6 +87,14 @@ class Reconciler:
     async def run(self, stop: asyncio.Event) -> None:
         self.start_grace()
         log.info("reconciler_grace", seconds=self._lease)
+        probing = asyncio.create_task(self._probe_loop(stop))
+        try:
+            await self._sweep_loop(stop)
+        finally:
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
+
+    async def _sweep_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             began = time.monotonic()
             try:
@@ -103,9 +113,21 @@ class Reconciler:
                 self.start_grace()
                 log.warning("reconciler_stalled", seconds=round(stalled, 1))
 
+    async def _probe_loop(self, stop: asyncio.Event) -> None:
+        if self._probe_after is None:
+            return
+        while not stop.is_set():
+            try:
+                # a refusal is proof, not silence: probes run in the grace too
+                await self.probe_late_agents()
+            except Exception:
+                log.exception("probe_failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._sweep)
+            except TimeoutError:
+                pass
+
     async def reconcile_once(self) -> None:
-        # a refusal is proof, not silence: probes run in the grace too
-        await self._probe_late_agents()
         if not self.in_grace:
             await self._expire()
         for end, agent in await self._repo.timed_out_runs(
@@ -140,7 +162,7 @@ class Reconciler:
             for end in ends:
                 await self._on_run_end(end)
 
-    async def _probe_late_agents(self) -> None:
+    async def probe_late_agents(self) -> None:
         if self._probe_after is None:
             return
         cutoff = utcnow() - timedelta(seconds=self._probe_after)

@@ -139,8 +139,10 @@ async def test_a_killed_agents_task_runs_elsewhere_well_before_the_lease(
 async def test_a_frozen_agent_is_left_to_the_lease(
     start_coordinator: StartCoordinator, tmp_path: Path
 ) -> None:
+    # a lease shorter than two probe timeouts: the probes that hang must not keep the
+    # reconciler in its stall grace (they once did, and the run was never lost)
     coordinator = start_coordinator(
-        sweep_interval=0.5, heartbeat_interval=1.0, run_lease_seconds=5.0
+        sweep_interval=0.5, heartbeat_interval=1.0, run_lease_seconds=3.0, agent_call_timeout=2.0
     )
     origin = make_origin(tmp_path / "remote")
     async with admin(coordinator.url) as api:
@@ -155,10 +157,10 @@ async def test_a_frozen_agent_is_left_to_the_lease(
                 async def lost() -> bool:
                     return (await runs_of(api, task_id))[0]["status"] == "lost"
 
-                await eventually(lost, timeout=30)
+                await eventually(lost, timeout=15)
                 elapsed = time.monotonic() - stopped
-                print(f"\nfrozen agent → run lost after {elapsed:.1f} s (lease 5 s)")
-                assert elapsed >= 4.0, "a probe that timed out must not lose the run"
+                print(f"\nfrozen agent → run lost after {elapsed:.1f} s (lease 3 s)")
+                assert elapsed >= 2.5, "a probe that timed out must not lose the run"
                 run = (await runs_of(api, task_id))[0]
                 assert "lease" in run["message"]
             finally:

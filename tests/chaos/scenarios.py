@@ -201,15 +201,17 @@ async def coordinator_kill_burst(
             s for r in rows if (s := seconds_between(killed_at, r["completed_at"])) is not None
         ]
         figures.notes.append(f"{len(active_at_kill)} runs active at the kill")
+        figures.notes.append(f"{len(sims.discarded)} runs discarded (delivery refused)")
     return figures
 
 
 def _executed_twice(sims: SimAgents) -> int:
-    """Tasks for which more than one run's result was sent by an agent."""
+    """Tasks for which the coordinator confirmed the delivery of more than one run (a
+    simulated agent pushes nothing: the confirmation stands for the push)."""
     runs: dict[int, set[int]] = {}
     for agent in sims.agents.values():
         for body in agent.bodies:
-            if int(body["run_id"]) in sims.results_sent:
+            if int(body["run_id"]) in sims.delivered:
                 runs.setdefault(int(body["task_id"]), set()).add(int(body["run_id"]))
     return sum(1 for r in runs.values() if len(r) > 1)
 

@@ -3,7 +3,9 @@
 One uvicorn server hosts any number of agents under ``/a/<agent_id>/``; each registers with
 the coordinator (with that URL), heartbeats the runs it holds and behaves as told:
 
-- ``complete``: accept, then report a successful result at once (no-op work);
+- ``complete``: accept, then deliver at once (no-op work): confirm the delivery with the
+  coordinator (the fencing check real agents make before they push) and report a
+  successful result; a refused confirmation discards the run, as a real agent does;
 - ``hold``: accept and keep the run (heartbeating it) until :meth:`SimAgents.finish`;
 - ``refuse``: answer 503 (full);
 - ``slow``: never answer within the coordinator's call timeout;
@@ -52,6 +54,10 @@ class SimAgents:
         self.heartbeat_interval = heartbeat_interval
         self.agents: dict[str, SimAgent] = {}
         self.results_sent: dict[int, float] = {}
+        #: runs whose delivery the coordinator confirmed (what a real agent would push)
+        self.delivered: set[int] = set()
+        #: runs whose delivery the coordinator refused, so they were discarded
+        self.discarded: set[int] = set()
         self._app = self._build_app()
         self._server = AsyncServer(self._app)
         self._http = httpx.AsyncClient(
@@ -88,7 +94,7 @@ class SimAgents:
                 return Response(status_code=200)
             agent.held[run_id] = body
             if agent.behaviour == "complete":
-                self._spawn(self.finish(agent_id, run_id))
+                self._spawn(self.deliver(agent_id, run_id))
             return Response(status_code=202)
 
         @app.post("/a/{agent_id}/cancel_task/{task_id}")
@@ -153,6 +159,29 @@ class SimAgents:
         response.raise_for_status()
         agent.token = response.json()["token"]
         return agent
+
+    async def deliver(self, agent_id: str, run_id: int) -> None:
+        """Confirm the delivery, then report success; a refusal (409) discards the run."""
+        agent = self.agents[agent_id]
+        for _ in range(50):
+            try:
+                response = await self._http.post(
+                    f"/api/v1/runs/{run_id}/confirm-delivery",
+                    headers={"Authorization": f"Bearer {agent.token}"},
+                )
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+                continue
+            if response.status_code == 200:
+                self.delivered.add(run_id)
+                await self.finish(agent_id, run_id)
+                return
+            if response.status_code < 500:
+                agent.held.pop(run_id, None)
+                self.discarded.add(run_id)
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the delivery of run {run_id} was never confirmed or refused")
 
     async def finish(self, agent_id: str, run_id: int, **result: Any) -> httpx.Response:
         """Report the run's result, retrying until the coordinator answers (as agents do)."""

@@ -56,6 +56,7 @@ class Reconciler:
         delivery_window: float = 0.0,
         probe_after: float | None = None,
         probe_timeout: float = 2.0,
+        push_timeout: float = 10.0,
     ) -> None:
         self._repo = repo
         self._client = client
@@ -73,6 +74,10 @@ class Reconciler:
         self.grace_until = 0.0
         self._probe_after = probe_after
         self._probe_timeout = probe_timeout
+        #: a run still ``dispatching`` this long after it was made was never taken: the
+        #: push ended within ``push_timeout`` (AGENT_CALL_TIMEOUT) and an agent that took
+        #: it has mentioned it in a heartbeat within the lease since
+        self._dispatch_seconds = lease_seconds + push_timeout
         #: agent id → monotonic time its probe was last answered
         self._answered: dict[str, float] = {}
 
@@ -145,7 +150,7 @@ class Reconciler:
         """Runs not seen for a lease, and agents silent for the heartbeat timeout."""
         for end in await self._repo.expire_runs(
             lease_seconds=self._lease,
-            dispatch_seconds=max(self._lease, 60.0),
+            dispatch_seconds=self._dispatch_seconds,
             policy=self._policy,
             delivery_window=self._delivering,
         ):

@@ -143,6 +143,7 @@ class Coordinator:
             delivery_window=settings.delivery_window_seconds,
             probe_after=settings.heartbeat_interval / 2,
             probe_timeout=min(2.0, settings.agent_call_timeout),
+            push_timeout=settings.agent_call_timeout,
         )
         self.observers: list[Observer] = []
         self._background: set[asyncio.Task[Any]] = set()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from claude_cluster.coordinator.app import create_app
+from claude_cluster.coordinator.store.db import create_engine
 from tests.conftest import RunningCoordinator, coordinator_settings
 from tests.support.servers import ServerThread, free_port
 from tests.support.sim_agents import SimAgents
@@ -161,3 +164,39 @@ async def test_a_starting_coordinator_gives_every_run_a_lease_of_grace(
             assert [(r["id"], r["status"]) for r in history] == [(run_id, "running")]
     finally:
         server.stop()
+
+
+async def test_a_run_no_agent_took_is_lost_after_a_lease_and_a_push_timeout(
+    start_coordinator: StartCoordinator,
+) -> None:
+    # a replica killed between making a run and recording the agent's answer leaves it
+    # `dispatching`; no agent names it in a heartbeat, so it must not hold its task long
+    coordinator = start_coordinator(run_lease_seconds=1.0, agent_call_timeout=3.0)
+    async with (
+        SimAgents(coordinator.url, heartbeat_interval=0.2) as sims,
+        coordinator.async_client() as api,
+    ):
+        agent = await sims.add("a1", behaviour="hold")
+        task_id = await create(api, 5)
+        run_id = await eventually(lambda: active_run(api, task_id, "a1"))
+        agent.held.clear()  # the agent never had it
+        engine = create_engine(coordinator.settings.database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE task_runs SET status = 'dispatching', last_seen_at = :now "
+                         "WHERE id = :id"),
+                    {"now": datetime.now(UTC), "id": run_id},
+                )  # fmt: skip
+        finally:
+            await engine.dispose()
+        stuck = time.monotonic()
+        await asyncio.sleep(2.0)  # past the lease of a running run, within the push timeout
+        assert (await runs(api, task_id))[0]["status"] == "dispatching"
+
+        async def lost() -> bool:
+            return (await runs(api, task_id))[0]["status"] == "lost"
+
+        await eventually(lost, timeout=10)
+        # lease (1 s) + AGENT_CALL_TIMEOUT (3 s), give or take a sweep
+        assert 3.5 <= time.monotonic() - stuck < 8.0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -202,9 +203,11 @@ class Sandbox:
     async def canary(self, *, secret_files: Sequence[Path], forbidden_dirs: Sequence[Path]) -> None:
         """Prove the confinement on this machine; raise :class:`SandboxUnavailable` if not.
 
-        Inside a sandbox like a run's: writing into each of ``forbidden_dirs`` fails, none
-        of ``secret_files`` exists, and a connection to a listener on the host's loopback
-        fails (the listener must also have seen nothing).
+        Inside a sandbox like a run's: a file written at each of ``forbidden_dirs`` does
+        not reach that directory on the host, none of ``secret_files`` exists, and a
+        connection to a listener on the host's loopback fails (the listener must also have
+        seen nothing). The writes are judged on the host: the same path inside may be the
+        run's own (a directory under ``/tmp`` is the run's tmp there), which is no leak.
         """
         self.check()
         with tempfile.TemporaryDirectory(prefix="cc-canary-") as scratch:
@@ -217,8 +220,9 @@ class Sandbox:
             listener.listen(8)
             listener.setblocking(False)
             port = listener.getsockname()[1]
+            marker = f".canary-write-{secrets.token_hex(4)}"
             try:
-                script = _canary_script(secret_files, forbidden_dirs, port)
+                script = _canary_script(secret_files, forbidden_dirs, port, marker)
                 argv = bwrap_argv(
                     ["/bin/sh", "-c", script],
                     Confinement(writable=(work,), tmp=tmp, readable=self.readable),
@@ -230,22 +234,25 @@ class Sandbox:
                 connected = _accepted(listener)
             finally:
                 listener.close()
-        if code != 0 or connected:
+                leaked = _reached(forbidden_dirs, marker)
+        if code != 0 or connected or leaked:
             failures = [line for line in output.splitlines() if line.startswith("FAIL")]
+            failures += [f"FAIL a process in the sandbox wrote into {path}" for path in leaked]
             if connected:
                 failures.append("FAIL a process in the sandbox reached the host's loopback")
             detail = "; ".join(failures) or f"bwrap exited {code}: {output.strip()[-500:]}"
             raise SandboxUnavailable(f"the sandbox canary failed: {detail}")
 
 
-def _canary_script(secret_files: Sequence[Path], forbidden: Sequence[Path], port: int) -> str:
+def _canary_script(
+    secret_files: Sequence[Path], forbidden: Sequence[Path], port: int, marker: str
+) -> str:
     lines = ["ok=0", "touch ./inside || { echo 'FAIL cannot write the run directory'; ok=1; }"]
     for path in secret_files:
         q = shlex.quote(str(path))
         lines.append(f"if [ -e {q} ]; then echo 'FAIL '{q}' is visible'; ok=1; fi")
-    for path in forbidden:
-        q = shlex.quote(str(path / ".canary-write"))
-        lines.append(f"if ( : > {q} ) 2>/dev/null; then echo 'FAIL wrote '{q}; ok=1; fi")
+    for path in forbidden:  # judged on the host (_reached)
+        lines.append(f": > {shlex.quote(str(path / marker))} 2>/dev/null")
     lines.append("if ( : > /usr/.canary-write ) 2>/dev/null; then echo 'FAIL wrote /usr'; ok=1; fi")
     lines.append(
         f"if socat -u OPEN:/dev/null TCP:127.0.0.1:{port},connect-timeout=1 2>/dev/null; "
@@ -278,6 +285,17 @@ async def _run(argv: Sequence[str]) -> tuple[int, str]:
         await proc.wait()
         return 124, "the canary did not finish in time"
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _reached(forbidden: Sequence[Path], marker: str) -> list[Path]:
+    """The forbidden directories in which the canary's file appeared (removed again)."""
+    reached = []
+    for path in forbidden:
+        written = path / marker
+        if written.exists():
+            reached.append(path)
+            written.unlink(missing_ok=True)
+    return reached
 
 
 def _accepted(listener: socket.socket) -> bool:

@@ -206,7 +206,8 @@ async def test_feedback_of_a_resumed_delivery_is_taken_once(loop: Loop) -> None:
                 .values(status="received", payload=review.body.decode(), processed_at=None)
             )
         nudge = await loop.act(loop.fake.redeliver, review.id)
-        assert json.loads(nudge.response_text)["status"] == "pending"
+        # the worker's own poll may have taken it again before GitHub's redelivery came
+        assert json.loads(nudge.response_text)["status"] in ("pending", "duplicate")
         again = await loop.delivery(review.id)
         assert (again.status, again.reason) == (
             "ignored",

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
+from claude_cluster.agent.config import AgentSettings
+from claude_cluster.coordinator.config import CoordinatorSettings
 from tests.deploy.conftest import (
     ANSIBLE_DIR,
     DEPLOY,
@@ -32,21 +36,21 @@ from tests.support.tls import TestCA
 PLAYBOOKS = sorted((ANSIBLE_DIR / "playbooks").glob("*.yml"))
 SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 
-# Every variable the application reads (the contract), per process.
-COORDINATOR_ENV = {
-    "APP_NAME", "DEBUG", "HOST", "PORT", "WORKERS", "DATABASE_URL", "REDIS_URL", "SECRET_KEY",
-    "ADMIN_TOKEN", "AGENT_REGISTRATION_TOKEN", "GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET",
-    "GITHUB_REPOSITORIES", "ANTHROPIC_API_KEY", "MAX_AGENTS", "AGENT_HEARTBEAT_TIMEOUT",
-    "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "TASK_RETRY_ATTEMPTS", "RUN_LEASE_SECONDS",
-    "LOG_LEVEL", "LOG_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE", "METRICS_TOKEN",
-}  # fmt: skip
-AGENT_ENV = {
-    "AGENT_ID", "AGENT_NAME", "AGENT_SPECIALTY", "CAPABILITIES", "AGENT_HOST", "AGENT_PORT",
-    "IP_ADDRESS", "COORDINATOR_URL", "REGISTRATION_TOKEN", "ANTHROPIC_API_KEY", "WORKSPACE_PATH",
-    "MAX_CONCURRENT_TASKS", "TASK_TIMEOUT", "HEARTBEAT_INTERVAL", "GIT_USER_NAME",
-    "GIT_USER_EMAIL", "BRANCH_PREFIX", "LOG_LEVEL", "LOG_FILE", "AGENT_RUNNER", "DEBUG",
-    "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE",
-}  # fmt: skip
+# Settings a deployment must not write, each with the reason; every other field of the
+# settings classes must have a line in its .env template.
+COORDINATOR_NOT_DEPLOYED = {
+    # kept for the seed; metrics are served on PORT at /metrics
+    "metrics_port",
+    # only places the SQLite default; a deployment always sets DATABASE_URL (PostgreSQL)
+    "data_dir",
+}
+AGENT_NOT_DEPLOYED = {
+    # the seed's second spelling of TASK_TIMEOUT, which is written (it would be ignored)
+    "task_timeout_minutes",
+    # generated per start and handed to the coordinator at registration; a fixed one would
+    # be one more long-lived secret on disk
+    "agent_secret",
+}
 
 
 @pytest.mark.timeout(600)  # ~30 s alone, minutes on a busy 2-core machine
@@ -237,12 +241,59 @@ def _env_keys(path: Path) -> dict[str, str]:
     return pairs
 
 
-def test_env_files_carry_every_variable_the_services_read(rendered: dict[str, Path]) -> None:
+def _env_names(settings: type[BaseSettings]) -> dict[str, set[str]]:
+    """Each field of ``settings`` and the variable names it is read from (any one will do)."""
+    assert not settings.model_config.get("env_prefix"), "an env_prefix would rename them all"
+    names = {}
+    for field, info in settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names[field] = {str(choice).upper() for choice in alias.choices}
+        else:
+            names[field] = {str(alias or field).upper()}
+    return names
+
+
+@pytest.mark.parametrize(
+    ("settings", "env_file", "not_deployed"),
+    [
+        (CoordinatorSettings, "coordinator/.env", COORDINATOR_NOT_DEPLOYED),
+        (AgentSettings, "agent/.env", AGENT_NOT_DEPLOYED),
+    ],
+    ids=["coordinator", "agent"],
+)
+def test_env_files_carry_every_setting_the_service_reads(
+    rendered: dict[str, Path],
+    settings: type[BaseSettings],
+    env_file: str,
+    not_deployed: set[str],
+) -> None:
+    """Derived from the settings classes, so a new setting without a template line fails here.
+
+    render-vars.yml sets the optional values too: a line written only when its value is set
+    must appear.
+    """
+    fields = _env_names(settings)
+    assert not_deployed <= set(fields), "an excluded setting no longer exists"
+    for mode in ("native", "compose") if env_file.startswith("coordinator") else ("native",):
+        written = set(_env_keys(rendered[mode] / env_file))
+        missing = sorted(
+            "/".join(sorted(names))
+            for field, names in fields.items()
+            if field not in not_deployed and not names & written
+        )
+        assert not missing, f"{mode} {env_file} lacks {missing}: add them to the template"
+        excluded = sorted(n for f in not_deployed for n in fields[f] & written)
+        assert not excluded, f"{mode} {env_file} writes {excluded}, which must not be deployed"
+        # Every value written parses (the TLS files exist only on the hosts).
+        no_tls = dict.fromkeys(("tls_cert_file", "tls_key_file", "tls_ca_file"))
+        settings(_env_file=rendered[mode] / env_file, **no_tls)
+
+
+def test_env_files_carry_the_deployment_values(rendered: dict[str, Path]) -> None:
     native = _env_keys(rendered["native"] / "coordinator/.env")
-    assert COORDINATOR_ENV - {"GITHUB_REPOSITORIES"} <= set(native)
     assert native["DATABASE_URL"].startswith("postgresql+asyncpg://coordinator:")
     assert "@127.0.0.1:5432/coordinator" in native["DATABASE_URL"]
-    assert "METRICS_PORT" not in native  # metrics are served on PORT
     # Redis requires its password; the URL carries it.
     assert native["REDIS_URL"] == "redis://:redis-test-0123456789@127.0.0.1:6379/0"
     assert native["METRICS_TOKEN"] == "metrics-test-0123456789"
@@ -253,7 +304,6 @@ def test_env_files_carry_every_variable_the_services_read(rendered: dict[str, Pa
     assert "@postgres:5432/" in compose["DATABASE_URL"]
     assert compose["REDIS_URL"] == "redis://:redis-test-0123456789@redis:6379/0"
     agent = _env_keys(rendered["native"] / "agent/.env")
-    assert set(agent) >= AGENT_ENV
     assert agent["COORDINATOR_URL"] == "https://10.0.0.10:8080"
     assert agent["TLS_CERT_FILE"] == "/etc/claude-cluster/tls/agent-001.crt"
     assert agent["TLS_CA_FILE"] == "/etc/claude-cluster/tls/ca.crt"

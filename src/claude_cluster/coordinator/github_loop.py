@@ -75,8 +75,6 @@ DELIVERY_WORKERS = 8
 #: how often an idle worker looks for deliveries that other replicas received, or whose
 #: back-off or lease ran out (a delivery received here wakes it at once)
 DELIVERY_POLL_SECONDS = 1.0
-#: how often a worker refreshes the gauges of waiting deliveries
-DELIVERY_GAUGE_SECONDS = 5.0
 #: the longest back-off between two attempts at a delivery
 DELIVERY_RETRY_MAX_SECONDS = 600.0
 #: a repository's poller lease: renewed by its holder every third of it; another process
@@ -272,13 +270,8 @@ class GitHubLoop:
         assert self._coordinator is not None
         repo = self._coordinator.repo
         lease = self.settings.github_delivery_lease_seconds
-        clock = asyncio.get_running_loop().time
-        gauged = -DELIVERY_GAUGE_SECONDS
         while not self._stop.is_set():
             self._wake.clear()
-            if clock() - gauged >= DELIVERY_GAUGE_SECONDS:
-                gauged = clock()
-                await self._gauge_waiting()
             free = DELIVERY_WORKERS - len(self._working)
             claimed: list[ClaimedDelivery] = []
             if free > 0:
@@ -294,16 +287,6 @@ class GitHubLoop:
                 continue  # more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), DELIVERY_POLL_SECONDS)
-
-    async def _gauge_waiting(self) -> None:
-        assert self._coordinator is not None
-        try:
-            count, oldest = await self._coordinator.repo.waiting_deliveries()
-        except Exception:  # the database is away: the claim says so
-            return
-        metrics.GITHUB_DELIVERIES_WAITING.set(count)
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        metrics.GITHUB_DELIVERY_OLDEST_WAITING.set(max(0.0, age))
 
     def _done_working(self, delivery_id: str, _job: object = None) -> None:
         self._working.pop(delivery_id, None)

@@ -214,6 +214,12 @@ class Reconciler:
             waits = await self._repo.queue_waits()
             metrics.TASKS_OLDEST_QUEUED.set(waits.oldest_seconds)
             metrics.TASKS_WAITING_FOR_AGENT.set(waits.unmatched)
+            # Here, not in the delivery worker: a worker that stopped taking deliveries (or
+            # a GitHub loop that no longer runs) must not freeze the gauge that shows it.
+            waiting, oldest = await self._repo.waiting_deliveries()
+            metrics.GITHUB_DELIVERIES_WAITING.set(waiting)
+            age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+            metrics.GITHUB_DELIVERY_OLDEST_WAITING.set(max(0.0, age))
         agents = await self._repo.list_agents()
         metrics.AGENTS_TOTAL.set(len(agents))
         metrics.AGENTS_AVAILABLE.set(status.available_nodes)

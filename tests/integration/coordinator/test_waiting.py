@@ -1,17 +1,25 @@
 """No task stuck without a word: keywords of an issue are preferences, only explicit
 requirements restrict the agents, and a task no agent can take says so (API, CLI, the
-dashboard, a gauge). Real coordinator on both backends, simulated agents over HTTP."""
+dashboard, a gauge), nor a webhook delivery (a gauge). Real coordinator on both backends,
+simulated agents over HTTP."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from claude_cluster.cli.main import app
+from claude_cluster.coordinator import reconciler
+from claude_cluster.coordinator.store.common import utcnow
+from claude_cluster.coordinator.store.db import create_engine, sessionmaker
+from claude_cluster.coordinator.store.repository import Repository
+from claude_cluster.coordinator.store.tables import WebhookDelivery
 from tests.conftest import ADMIN_TOKEN, RunningCoordinator
 from tests.support.sim_agents import SimAgents
 from tests.support.waiting import eventually
@@ -110,3 +118,52 @@ async def test_a_task_no_agent_can_take_says_why_everywhere(
         await sims.add("tester", specialties=["testing"])
         done = await eventually(lambda: task_in(api, task["id"], "completed"), timeout=10)
         assert done["waiting_for"] is None
+
+
+async def test_a_webhook_delivery_left_waiting_shows_in_the_gauges(
+    coordinator: RunningCoordinator, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler gauges the deliveries from the database, so a delivery no worker
+    takes (here: no GitHub loop runs at all) still shows how long it has waited."""
+    monkeypatch.setattr(reconciler, "WAIT_GAUGES_SECONDS", 0.2)
+    engine = create_engine(db_url)
+    sessions = sessionmaker(engine)
+    store = Repository(sessions, postgres=engine.dialect.name == "postgresql")
+    try:
+        waiting = {"payload": "{}", "issue_key": "acme/app#7"}
+        assert await store.record_delivery("waits", "issues", "labeled", "acme/app", **waiting)
+        # neither a finished delivery nor one recorded without its payload waits for work
+        await store.record_delivery("done", "issues", "labeled", "acme/app", status="ignored")
+        await store.record_delivery("no-payload", "issues", "labeled", "acme/app")
+        async with sessions.begin() as s:
+            for delivery_id, minutes in (("waits", 15), ("done", 60), ("no-payload", 60)):
+                await s.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery_id)
+                    .values(received_at=utcnow() - timedelta(minutes=minutes))
+                )
+
+        async with coordinator.async_client() as api:
+
+            async def gauges() -> tuple[float, float]:
+                text = (await api.get("/metrics")).text
+                return (
+                    gauge(text, "claude_github_deliveries_waiting"),
+                    gauge(text, "claude_github_delivery_oldest_waiting_seconds"),
+                )
+
+            async def waited_long() -> tuple[float, float] | None:
+                count, oldest = await gauges()
+                return (count, oldest) if oldest >= 15 * 60 else None
+
+            count, oldest = await eventually(waited_long, timeout=10)
+            assert count == 1 and oldest < 20 * 60
+
+            assert await store.finish_delivery("waits", "processed", "done by hand")
+
+            async def none_waiting() -> bool:
+                return await gauges() == (0, 0)
+
+            assert await eventually(none_waiting, timeout=10)
+    finally:
+        await engine.dispose()

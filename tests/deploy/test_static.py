@@ -18,6 +18,7 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from claude_cluster import metrics
 from claude_cluster.agent.config import AgentSettings
 from claude_cluster.coordinator.config import CoordinatorSettings
 from tests.deploy.conftest import (
@@ -441,8 +442,38 @@ def test_prometheus_config_and_rules(rendered: dict[str, Path], tmp_path: Path) 
         "CoordinatorDown", "AllAgentsDown", "DatabaseDown", "TaskQueueOverflow", "HighAgentLoad",
         "SlowTaskExecution", "HighClaudeAPILatency", "LowDiskSpace", "NewAgentRegistered",
         "HighDevelopmentVelocity", "GitHubAPIRateLimitApproaching", "AgentNotReady",
-        "TaskWaitingTooLong", "TasksWaitingForAgent",
+        "TaskWaitingTooLong", "TasksWaitingForAgent", "WebhookDeliveriesWaiting",
     } <= names  # fmt: skip
+
+
+def _exported_metrics() -> set[str]:
+    """The series names the coordinator and the agents export (metrics.py)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {
+        family.name + suffix
+        for registry in (metrics.COORDINATOR, metrics.AGENT)
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def test_alerts_and_dashboards_query_metrics_that_exist(rendered: dict[str, Path]) -> None:
+    """A renamed metric (or a typo in a query) would silence an alert or blank a panel."""
+    rules = yaml.safe_load(
+        (rendered["native"] / "prometheus/rules/claude-cluster.rules.yml").read_text()
+    )
+    queries = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    for path in (ANSIBLE_DIR / "roles/monitoring/files/grafana/dashboards").glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                queries[f"{path.stem}: {panel['title']} {target['refId']}"] = target["expr"]
+    exported = _exported_metrics()
+    assert "claude_github_delivery_oldest_waiting_seconds" in exported
+    unknown = {
+        where: sorted(set(re.findall(r"\bclaude_\w+", query)) - exported)
+        for where, query in queries.items()
+    }
+    assert not {where: names for where, names in unknown.items() if names}
 
 
 def test_alertmanager_routes_critical_to_email_and_slack(rendered: dict[str, Path]) -> None:

@@ -24,7 +24,7 @@ log = get_logger(__name__)
 WAKE = "claude-cluster:wake"
 #: seconds before a lost subscription is tried again, doubling up to the maximum
 RESUBSCRIBE_INITIAL = 0.5
-RESUBSCRIBE_MAX = 5.0
+RESUBSCRIBE_MAX = 2.0
 Handler = Callable[[str, dict[str, Any]], None]
 
 
@@ -90,8 +90,9 @@ class RedisBus:
 
     async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         """Messages on ``channel`` for as long as the caller listens. A lost connection is
-        subscribed again (after 0.5 s, doubling to 5 s): what was published meanwhile is
-        missed, which the sweep and the live log's periodic re-read cover."""
+        subscribed again (after 0.5 s, doubling to 2 s, so live within 2 s of Redis's
+        return): what was published meanwhile is missed, which the sweep and the live
+        log's periodic re-read cover."""
         delay = RESUBSCRIBE_INITIAL
         while True:
             pubsub = self._redis.pubsub()

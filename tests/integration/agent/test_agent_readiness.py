@@ -149,8 +149,11 @@ async def test_a_run_that_fails_for_the_agent_rechecks_it_at_once(
             reason = await eventually(not_ready, timeout=20, interval=0.1)
             assert "runner command" in reason
             runs = (await api.get(f"/api/v1/tasks/{task_id}/runs")).json()
-            # one run, or two when the cool-down ended before the recheck's heartbeat
-            assert {r["error_category"] for r in runs} == {"runner_error"}
+            # one run, or two when the cool-down ended before the recheck's heartbeat (on a
+            # loaded machine the second push may also time out: dispatch_failed)
+            categories = [r["error_category"] for r in runs]
+            assert "runner_error" in categories, categories
+            assert set(categories) <= {"runner_error", "dispatch_failed"}, categories
             task = (await api.get(f"/api/v1/tasks/{task_id}")).json()
             assert (task["status"], task["retry_count"]) == ("queued", 0)
     finally:

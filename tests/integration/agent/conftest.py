@@ -1,5 +1,10 @@
 """Real git repositories for the agent's workspace, verify and deliver tests.
 
+The agent tier runs its coordinator on PostgreSQL only (production's store): these tests
+are about agent processes (death, fencing, readiness, TLS, drains), and the store's two
+backends are each proven by tests/integration/coordinator; running every agent scenario
+twice cost minutes of the suite's budget.
+
 ``origin`` is a bare repository with a ``main`` branch (and a ``feature`` branch), the
 way a remote looks; ``GitHttpServer`` serves bare repositories over smart HTTP through
 ``git http-backend`` and insists on a token, so credentials travel the same way as with
@@ -21,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
+from tests.support import databases
 
 MakeManager = Callable[..., WorkspaceManager]
 IDENTITY = ("-c", "user.name=Test Person", "-c", "user.email=test@example.invalid")
@@ -34,6 +40,17 @@ def sh(cwd: Path, *args: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {result.stderr}")
     return result.stdout.strip()
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database (see the module's docstring)."""
+    request.getfixturevalue("_pg_template")
+    name, url = databases.new_pg_database()
+    try:
+        yield url
+    finally:
+        databases.drop_pg_database(name)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from claude_cluster.cli.client import call
+from claude_cluster.humanize import ago, parse_time
 
 app = typer.Typer(
     help="API tokens with a role: admin, or viewer (read-only).", no_args_is_help=True
@@ -37,12 +39,20 @@ def create(
 
 
 @app.command("list")
-def list_() -> None:
+def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Every token: id, name, role, created, revoked (never the token)."""
+    tokens = call("GET", "/api/v1/tokens")
+    if as_json:
+        typer.echo(json.dumps(tokens, indent=2))
+        return
     table = Table("id", "name", "role", "created", "revoked")
-    for t in call("GET", "/api/v1/tokens"):
+    for t in tokens:
         table.add_row(
-            str(t["id"]), t["name"], t["role"], t["created_at"], "yes" if t["revoked"] else ""
+            str(t["id"]),
+            t["name"],
+            t["role"],
+            ago(parse_time(t["created_at"])),
+            "yes" if t["revoked"] else "",
         )
     out.print(table)
 

@@ -77,9 +77,6 @@ DELIVERY_WORKERS = 8
 DELIVERY_POLL_SECONDS = 1.0
 #: the longest back-off between two attempts at a delivery
 DELIVERY_RETRY_MAX_SECONDS = 600.0
-#: a repository's poller lease: renewed by its holder every third of it; another process
-#: takes it over when it runs out (at once when its holder stops and gives it up)
-POLLER_LEASE_SECONDS = 30.0
 #: what each git step of a run needs on GitHub: fetching reads the repository; delivering
 #: pushes the branch and opens or updates the pull request
 STEP_PERMISSIONS = {
@@ -387,14 +384,18 @@ class GitHubLoop:
         interval = self.settings.github_poll_interval
         poller = IssuePoller(self.client, [cfg], self._on_polled_issue, interval=interval)
         name = f"github_poller:{cfg.full_name.lower()}"
-        check = min(interval, POLLER_LEASE_SECONDS / 3)
+        # the poller's lease is as long as a run's (RUN_LEASE_SECONDS), renewed every third
+        # of it; another process takes it over when it runs out (at once when its holder
+        # stops and gives it up)
+        lease = self.settings.run_lease_seconds
+        check = min(interval, lease / 3)
         holding = False
         next_round = 0.0
         clock = asyncio.get_running_loop().time
         try:
             while not self._stop.is_set():
                 try:
-                    took = await repo.hold_lease(name, self.holder, POLLER_LEASE_SECONDS)
+                    took = await repo.hold_lease(name, self.holder, lease)
                 except Exception:
                     log.exception("github_poller_lease_failed", repository=cfg.full_name)
                     took = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -74,6 +75,11 @@ def test_tokens_with_roles_from_the_cli(coordinator: RunningCoordinator, db_url:
 
     code, out = cli(coordinator, "tokens", "list")
     assert code == 0 and "grafana" in out and "viewer" in out and viewer not in out
+    assert "s ago" in out  # created, as people read it
+    code, out = cli(coordinator, "tokens", "list", "--json")
+    listed = json.loads(out)
+    assert code == 0 and {t["name"] for t in listed} == {"grafana", "ci"}
+    assert all("token" not in t and "token_hash" not in t for t in listed)
     viewer_id = next(row.id for row in stored if row.role == "viewer")
     code, out = cli(coordinator, "tokens", "revoke", str(viewer_id))
     assert code == 0 and "revoked" in out

@@ -117,13 +117,19 @@ async def test_events_of_one_issue_keep_their_order_across_processes(
         assert {t["status"] for t in tasks} == {"cancelled"}
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 async def test_one_process_polls_a_repository_and_another_takes_over(
-    pg_url: str, fake_github: FakeGitHub, store: Repository, tmp_path: Path
+    pg_url: str, fake_github: FakeGitHub, store: Repository, tmp_path: Path, stop: int
 ) -> None:
+    """A stopping holder gives the poller's lease up; a killed one leaves it to run out
+    (RUN_LEASE_SECONDS, 2 s here)."""
     interval = 0.3
     fake_github.create_issue(REPO, "Polled", labels=["claude-code"], deliver=False)
     with ExitStack() as stack:
-        procs = start_two(stack, pg_url, fake_github, tmp_path, GITHUB_POLL_INTERVAL=str(interval))
+        procs = start_two(
+            stack, pg_url, fake_github, tmp_path,
+            GITHUB_POLL_INTERVAL=str(interval), RUN_LEASE_SECONDS="2",
+        )  # fmt: skip
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         api = httpx.AsyncClient(base_url=procs[0].url, headers=headers, timeout=30)
 
@@ -151,8 +157,8 @@ async def test_one_process_polls_a_repository_and_another_takes_over(
             assert 0 < rate <= 1.3 / interval, f"{rate:.1f} listings a second"
             assert await holder() == first
 
-            # the holder stops (and gives the lease up): the other process polls now
-            os.killpg(pid, signal.SIGTERM)
+            # the holder stops (and gives the lease up) or dies: the other process polls now
+            os.killpg(pid, stop)
 
             async def taken_over() -> str | None:
                 now = await holder()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,18 +36,25 @@ def _pg_template() -> Iterator[None]:
     databases.drop_pg_template()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database: each test runs on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        yield databases.new_sqlite_database(tmp_path)
-        return
+@contextmanager
+def fresh_pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database, dropped afterwards."""
     request.getfixturevalue("_pg_template")
     name, url = databases.new_pg_database()
     try:
         yield url
     finally:
         databases.drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: each test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield databases.new_sqlite_database(tmp_path)
+        return
+    with fresh_pg_database(request) as url:
+        yield url
 
 
 def coordinator_settings(db_url: str, **overrides: object) -> CoordinatorSettings:

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
-from tests.support import databases
+from tests.conftest import fresh_pg_database
 
 MakeManager = Callable[..., WorkspaceManager]
 IDENTITY = ("-c", "user.name=Test Person", "-c", "user.email=test@example.invalid")
@@ -45,12 +45,8 @@ def sh(cwd: Path, *args: str, check: bool = True) -> str:
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A migrated, empty PostgreSQL database (see the module's docstring)."""
-    request.getfixturevalue("_pg_template")
-    name, url = databases.new_pg_database()
-    try:
+    with fresh_pg_database(request) as url:
         yield url
-    finally:
-        databases.drop_pg_database(name)
 
 
 @pytest.fixture(autouse=True)

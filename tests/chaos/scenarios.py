@@ -78,13 +78,15 @@ async def agent_kill(
     *,
     kills: int,
     agents: int = 3,
-    work_seconds: float = 1.5,
+    work_seconds: float = 3.0,
     load_every: float = 1.0,
     settings: dict[str, str] | None = None,
 ) -> Figures:
     """Agents under a steady load (a task every ``load_every`` s); ``kills`` times, an
-    agent is killed with -9 while its runner works, and started again once its task runs
-    elsewhere. Recovery: kill → the task's next run accepted by another agent."""
+    agent is killed with -9 while its runner works (started less than a third of
+    ``work_seconds`` ago, so the kill lands before the delivery: a kill during the push is
+    the gap SPEC §5 names), and started again once its task runs elsewhere. Recovery:
+    kill → the task's next run accepted by another agent."""
     settings = FAST if settings is None else settings
     coordinator = lab.coordinator(**settings)
     fleet = [
@@ -97,7 +99,9 @@ async def agent_kill(
         load = SteadyLoad(lab, api, every=load_every).start()
         try:
             for _ in range(kills):
-                run = await until(lambda: _victim(lab, fleet), 60, "a run in its runner")
+                run = await until(
+                    lambda: _victim(lab, fleet, within=work_seconds / 3), 60, "a run in its runner"
+                )
                 agent = lab.agents[run["agent_id"]]
                 killed_at = time.time()
                 agent.kill()
@@ -118,15 +122,15 @@ async def agent_kill(
     return figures
 
 
-async def _victim(lab: Lab, fleet: list[Agent]) -> object:
-    """A first attempt whose runner is working, on an agent that is up."""
+async def _victim(lab: Lab, fleet: list[Agent], *, within: float) -> object:
+    """A first attempt whose runner started ``within`` seconds ago, on an agent that is up."""
     alive = {a.id for a in fleet if a.proc is not None}
     for run in await lab.active_runs():
         if (
             run["status"] == "running"
             and run["attempt"] == 1
             and run["agent_id"] in alive
-            and lab.runner_started(run["id"])
+            and lab.runner_started(run["id"], within=within)
         ):
             return run
     return None

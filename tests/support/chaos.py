@@ -690,8 +690,14 @@ class Lab:
             counts[ref] = counts.get(ref, 0) + 1
         return counts
 
-    def runner_started(self, run_id: int) -> bool:
-        return (self.pids_dir / f"{run_id}.pid").exists()
+    def runner_started(self, run_id: int, *, within: float | None = None) -> bool:
+        """The run's runner has started (``within`` seconds ago at most, when given)."""
+        pid_file = self.pids_dir / f"{run_id}.pid"
+        try:
+            started = pid_file.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return within is None or time.time() - started <= within
 
     async def invariants(self, ids: list[int], timeout: float) -> tuple[int, int, list[str]]:
         """Wait for the tasks to end; ``(lost, duplicated, details)``: lost = not

@@ -244,7 +244,11 @@ def disconnect(reply_: Reply | None = None, *, after_events: int = 4) -> Disconn
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server received it (headers with lower-case names)."""
+    """One request as the server received it (headers with lower-case names).
+
+    ``headers`` keeps one value per name; ``header_lines`` every header line in order, so a
+    header sent twice (a credential beside another) is seen.
+    """
 
     method: str
     path: str
@@ -252,6 +256,7 @@ class RecordedRequest:
     headers: Mapping[str, str]
     body: Mapping[str, Any]
     received_at: float
+    header_lines: tuple[tuple[str, str], ...] = ()
 
     @property
     def stream(self) -> bool:
@@ -461,6 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
             received_at=time.monotonic(),
+            header_lines=tuple((k.lower(), v) for k, v in self.headers.items()),
         )
         scenario._record(request)
         endpoint = request.path

@@ -14,12 +14,22 @@ from typing import Any
 import httpx
 import pytest
 
+from claude_cluster.agent.daemon import gateway_config
 from claude_cluster.agent.gateway import DomainAllowlist, RunGateway
-from tests.fakes.anthropic_api import FakeAnthropic, Scenario, rate_limited, text
+from tests.fakes.anthropic_api import (
+    FakeAnthropic,
+    Scenario,
+    api_error,
+    overloaded,
+    rate_limited,
+    text,
+)
+from tests.support.agents import agent_settings
 
 pytestmark = pytest.mark.timeout(30)
 
 REAL_KEY = "sk-ant-real-key-for-the-gateway-test"
+REAL_OAUTH = "sk-ant-oat01-real-subscription-token-for-the-gateway-test"
 BODY = {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True, "messages": []}
 
 
@@ -75,10 +85,69 @@ async def test_the_run_token_is_swapped_for_the_real_key_and_usage_counted(
     assert answer.status_code == 200 and "hello" in answer.text
     assert "message_stop" in answer.text, "the stream came through whole"
     [seen] = scenario.messages_requests
-    assert seen.headers["x-api-key"] == REAL_KEY and gateway.token not in str(seen.headers)
+    assert credentials_sent(seen.header_lines) == [("x-api-key", REAL_KEY)]
+    assert gateway.token not in str(seen.header_lines)
     usage = gateway.usage
     assert (usage.requests, usage.input_tokens, usage.output_tokens) == (1, 1000, 50)
     assert usage.cost_usd == pytest.approx((1000 * 3 + 50 * 15) / 1e6)
+
+
+def credentials_sent(header_lines: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """Every credential header upstream received, repeats included."""
+    return [(n, v) for n, v in header_lines if n in ("x-api-key", "authorization")]
+
+
+async def test_an_oauth_login_reaches_upstream_as_its_bearer_and_never_as_the_run_token(
+    tmp_path: Path, fake_api: FakeAnthropic, events: Events
+) -> None:
+    """CLAUDE_CODE_OAUTH_TOKEN instead of ANTHROPIC_API_KEY: the run gets a run token in
+    the same variable, the CLI sends it as a Bearer, upstream gets only the real Bearer."""
+    scenario = fake_api.scenario([text("hello", input_tokens=10, output_tokens=5)])
+    settings = agent_settings(
+        "http://127.0.0.1:9",
+        tmp_path / "ws",
+        anthropic_api_key=None,
+        claude_code_oauth_token=REAL_OAUTH,
+        anthropic_base_url=scenario.base_url,
+    )
+    config = gateway_config(settings)
+    gateway = RunGateway(
+        tmp_path / "gw.sock",
+        upstream=config.upstream,
+        credential=config.credential,
+        allow=DomainAllowlist(),
+        on_event=events,
+    )
+    await gateway.start()
+    try:
+        env = gateway.sandbox_env(3128)
+        assert env["CLAUDE_CODE_OAUTH_TOKEN"] == gateway.token and "ANTHROPIC_API_KEY" not in env
+        assert REAL_OAUTH not in str(env)
+        async with client(gateway) as http:
+            answer = await http.post(
+                "/v1/messages?beta=true",
+                json=BODY,
+                headers={
+                    "authorization": f"Bearer {env['CLAUDE_CODE_OAUTH_TOKEN']}",
+                    "anthropic-beta": "oauth-2025-04-20",
+                },
+            )
+            # the run token sent as an API key is the run's too: still only the real Bearer
+            as_key = await http.post(
+                "/v1/messages", json=BODY, headers={"x-api-key": gateway.token}
+            )
+        assert answer.status_code == 200 and "hello" in answer.text
+        assert as_key.status_code == 200
+        first, second = scenario.messages_requests
+        for seen in (first, second):
+            assert credentials_sent(seen.header_lines) == [
+                ("authorization", f"Bearer {REAL_OAUTH}")
+            ]
+            assert gateway.token not in str(seen.header_lines)
+        assert first.headers["anthropic-beta"] == "oauth-2025-04-20", "the CLI's beta goes on"
+        assert gateway.usage.requests == 2 and gateway.usage.output_tokens == 10
+    finally:
+        await gateway.close()
 
 
 async def test_a_wrong_token_and_the_token_after_the_run_are_refused(
@@ -131,6 +200,32 @@ async def test_429_is_reported_as_backpressure_with_its_retry_after(
         assert answer.status_code == 429 and answer.headers["retry-after"] == "7"
         assert gateway.backpressure == [(429, 7.0)]
         assert events[0][0] == "api_backpressure" and events[0][2]["retry_after"] == 7.0
+    finally:
+        await gateway.close()
+
+
+async def test_529_is_reported_as_backpressure_with_its_retry_after(
+    tmp_path: Path, fake_api: FakeAnthropic, events: Events
+) -> None:
+    scenario = fake_api.scenario(
+        [api_error(529, "overloaded_error", "Overloaded", retry_after="12"), overloaded()]
+    )
+    gateway = await started(tmp_path, scenario, events)
+    try:
+        async with client(gateway) as http:
+            busy = await http.post("/v1/messages", json=BODY, headers={"x-api-key": gateway.token})
+            again = await http.post("/v1/messages", json=BODY, headers={"x-api-key": gateway.token})
+        assert busy.status_code == 529 and busy.headers["retry-after"] == "12"
+        assert busy.json()["error"]["type"] == "overloaded_error", "the answer passes unchanged"
+        assert again.status_code == 529
+        assert gateway.backpressure == [(529, 12.0), (529, None)]
+        assert events.kinds() == ["api_backpressure", "api_backpressure"]
+        assert [e[2] for e in events] == [
+            {"status": 529, "retry_after": 12.0},
+            {"status": 529, "retry_after": None},
+        ]
+        assert "529, retry after 12s" in events[0][1] and events[0][3] == "warning"
+        assert gateway.usage.cost_usd == 0, "an overloaded answer costs nothing"
     finally:
         await gateway.close()
 

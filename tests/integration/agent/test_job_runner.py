@@ -316,3 +316,51 @@ async def test_a_full_disk_is_the_agents_fault(tmp_path: Path, origin: Path) -> 
     )
     assert (result.succeeded, result.error_category) == (False, ErrorCategory.DISK_FULL)
     assert "no space left on the agent's disk" in result.message
+
+
+async def test_an_unconfined_run_says_so_in_its_events_and_its_pull_request(
+    tmp_path: Path, origin: Path
+) -> None:
+    """RUN_SANDBOX=off (the daemon then gives no sandbox): a warning event, the real
+    credential for the runner, and the pull request body opens with the warning."""
+    from claude_cluster.agent.pull_request import UNCONFINED_NOTE
+
+    opened: list[PullRequestRequest] = []
+
+    async def opener(pr: PullRequestRequest) -> tuple[int, str]:
+        opened.append(pr)
+        return 12, "https://github.example/octo/app/pull/12"
+
+    async def tokens(run_id: int, purpose: str) -> str:
+        return "ghs_token"
+
+    runner = ScriptedRunner([writes(CALC_FIXED)])
+    config = JobConfig(
+        agent_id="agent-t",
+        homes_dir=tmp_path / "ws" / "homes",
+        test_timeout=30,
+        runner_env={"ANTHROPIC_API_KEY": "sk-ant-real"},
+        sandbox=None,
+    )
+    job = JobRunner(
+        config,
+        workspaces=WorkspaceManager(tmp_path / "ws", git_timeout=30),
+        runner=runner,
+        open_pull_request=opener,
+        git_tokens=tokens,
+    )
+    rep = reporter()
+    result = await job.run(request(origin, **_pr()), rep)
+
+    assert result.succeeded, result.message
+    [sandbox] = [e for e in rep._events.first(len(rep._events)) if e.kind == "sandbox"]
+    assert (sandbox.level, sandbox.data) == ("warning", {"sandbox": "off"})
+    assert "RUN_SANDBOX=off" in sandbox.message and "NOT confined" in sandbox.message
+    env = runner.specs[0].env
+    assert env["ANTHROPIC_API_KEY"] == "sk-ant-real", "no gateway: the runner has the real key"
+    assert "HTTPS_PROXY" not in env and "ANTHROPIC_BASE_URL" not in env
+    [pr] = opened
+    note = UNCONFINED_NOTE.format(agent="agent-t")
+    assert pr.body.startswith(note) and pr.body.count("not sandboxed") == 1
+    assert "`RUN_SANDBOX=off` on agent agent-t" in note
+    assert "2 passed, 0 failed" in pr.body[len(note) :], "the usual body follows"

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -185,3 +186,25 @@ async def test_status_lists_the_runs_and_the_load(client: httpx.AsyncClient) -> 
     assert status["active"] == 1 and status["load"] == 0.5 and status["draining"] is False
     assert [run["run_id"] for run in status["runs"]] == [10]
     assert status["version"]
+
+
+async def test_status_of_an_agent_with_run_sandbox_off_says_off(tmp_path: Path) -> None:
+    """The daemon behind the API, as `RUN_SANDBOX=off` configures it (nothing started)."""
+    from claude_cluster.agent.daemon import AgentDaemon
+    from tests.support.agents import agent_settings
+
+    settings = agent_settings("http://127.0.0.1:9", tmp_path / "ws", run_sandbox="off")
+    assert settings.public_configuration()["sandbox"] == "off", "what the coordinator is told"
+    daemon = AgentDaemon(settings)
+    sandbox = daemon.job_runner.config.sandbox
+    assert sandbox is None or not sandbox.enabled, "its runs are unconfined"
+    transport = httpx.ASGITransport(app=daemon.app)
+    headers = {"Authorization": f"Bearer {settings.agent_secret}"}
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://agent", headers=headers
+        ) as c:
+            status = (await c.get("/status")).json()
+        assert status["sandbox"] == "off" and status["agent_id"] == settings.agent_id
+    finally:
+        await daemon.pool.close()

@@ -16,18 +16,24 @@ from pathlib import Path
 import pytest
 
 from claude_cluster.agent.coordinator_client import CoordinatorClient
-from claude_cluster.agent.job_runner import GitTokenSource, JobConfig, JobRunner
+from claude_cluster.agent.job_runner import (
+    GitTokenSource,
+    JobConfig,
+    JobRunner,
+    PullRequestOpener,
+    PullRequestRequest,
+)
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.agent.runbox import GatewayConfig
 from claude_cluster.agent.sandbox import Sandbox
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest
-from claude_cluster.runners import RunSpec
+from claude_cluster.runners import Runner, RunSpec
 from claude_cluster.runners.claude_code import ClaudeCodeRunner
 from tests.fakes.anthropic_api import FakeAnthropic, bash, text, write
 from tests.integration.agent.conftest import GitHttpServer
-from tests.support.agents import CALC_FIXED, branch_file, git, make_origin
+from tests.support.agents import CALC_FIXED, ScriptedRunner, branch_file, git, make_origin, writes
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -104,8 +110,9 @@ class CliIgnoringBudget(ClaudeCodeRunner):
 def job_runner(
     tmp_path: Path,
     upstream: str,
-    runner: ClaudeCodeRunner | None = None,
+    runner: Runner | None = None,
     git_tokens: GitTokenSource | None = None,
+    open_pull_request: PullRequestOpener | None = None,
     **config: object,
 ) -> JobRunner:
     ws = tmp_path / "ws"
@@ -125,6 +132,7 @@ def job_runner(
         workspaces=WorkspaceManager(ws, git_timeout=30, isolated=True),
         runner=runner or ClaudeCodeRunner(kill_grace=2),
         git_tokens=git_tokens,
+        open_pull_request=open_pull_request,
     )
 
 
@@ -257,3 +265,41 @@ async def test_the_git_token_is_asked_for_at_fetch_and_delivery_and_never_enters
     results = json.dumps([r.tool_results() for r in scenario.messages_requests])
     assert "cc-run-" in results and "[remote" not in results, "env ran; the run has no remote"
     assert token not in results and "x-access-token" not in results
+
+
+async def test_a_confined_run_says_so_and_its_pull_request_has_no_warning(
+    tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    """The other side of RUN_SANDBOX=off (test_job_runner.py): no unconfined note."""
+    origin = make_origin(tmp_path / "remote")
+    opened: list[PullRequestRequest] = []
+
+    async def opener(pr: PullRequestRequest) -> tuple[int, str]:
+        opened.append(pr)
+        return 12, "https://github.example/octo/app/pull/12"
+
+    async def tokens(run_id: int, purpose: str) -> str:
+        return "ghs_token"
+
+    scripted = ScriptedRunner([writes(CALC_FIXED)])
+    runner = job_runner(
+        tmp_path,
+        fake_api.scenario([text("unused")]).base_url,
+        scripted,
+        git_tokens=tokens,
+        open_pull_request=opener,
+        runner_env={"ANTHROPIC_API_KEY": REAL_KEY},
+    )
+    rep = reporter()
+    result = await runner.run(
+        request(origin, github_repository="octo/app", open_pull_request=True), rep
+    )
+
+    assert result.succeeded, result.message
+    [sandbox] = [e for e in rep._events.first(len(rep._events)) if e.kind == "sandbox"]
+    assert (sandbox.level, sandbox.data) == ("info", {"sandbox": "on"})
+    env = scripted.specs[0].env
+    assert env["ANTHROPIC_API_KEY"].startswith("cc-run-") and REAL_KEY not in str(env)
+    [pr] = opened
+    assert "not sandboxed" not in pr.body and "RUN_SANDBOX" not in pr.body
+    assert "2 passed, 0 failed" in pr.body

@@ -251,8 +251,9 @@ def _canary_script(
     for path in secret_files:
         q = shlex.quote(str(path))
         lines.append(f"if [ -e {q} ]; then echo 'FAIL '{q}' is visible'; ok=1; fi")
-    for path in forbidden:  # judged on the host (_reached)
-        lines.append(f": > {shlex.quote(str(path / marker))} 2>/dev/null")
+    for path in forbidden:  # judged on the host (_reached); in a subshell, since a failed
+        # redirection on the special built-in ``:`` ends a POSIX shell
+        lines.append(f"( : > {shlex.quote(str(path / marker))} ) 2>/dev/null")
     lines.append("if ( : > /usr/.canary-write ) 2>/dev/null; then echo 'FAIL wrote /usr'; ok=1; fi")
     lines.append(
         f"if socat -u OPEN:/dev/null TCP:127.0.0.1:{port},connect-timeout=1 2>/dev/null; "

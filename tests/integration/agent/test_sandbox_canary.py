@@ -1,6 +1,7 @@
-"""The start-up canary judges a write by where it lands on the host: an install under
-``/tmp`` (whose path inside the sandbox is the run's own tmp) is no leak, a directory bound
-writable into the sandbox is. Real bubblewrap."""
+"""The start-up canary judges a write by where it lands on the host: a write that fails
+inside is no leak, nor is one into an install under ``/tmp`` (whose path inside the
+sandbox is the run's own tmp); a directory bound writable into the sandbox is. Real
+bubblewrap."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def install_under_tmp() -> Iterator[tuple[Path, Path]]:
         venv = root / ".venv"
         venv.mkdir(parents=True)
         yield root, venv
+
+
+async def test_a_forbidden_directory_the_sandbox_cannot_write_passes_the_canary() -> None:
+    # the usual case (an agent installed under /opt): every write fails inside
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:  # outside /tmp
+        root = Path(scratch)
+        await Sandbox(enabled=True).canary(secret_files=[], forbidden_dirs=[root, root / "a"])
+        assert list(root.iterdir()) == []
 
 
 async def test_an_install_under_tmp_passes_the_canary(

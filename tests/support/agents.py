@@ -20,6 +20,7 @@ import httpx
 
 from claude_cluster.agent.config import AgentSettings
 from claude_cluster.agent.daemon import AgentDaemon
+from claude_cluster.agent.pull_request import PullRequestRequest
 from claude_cluster.runners import RunnerEvent, RunnerOutcome, RunSpec
 from tests.conftest import ADMIN_TOKEN, REGISTRATION_TOKEN
 from tests.support.servers import free_port
@@ -149,6 +150,17 @@ def writes(content: str, path: str = "calc.py", **kw: Any) -> Callable[[RunSpec]
         return ok(**kw)
 
     return step
+
+
+class Opener:
+    """Records the pull requests a run opens."""
+
+    def __init__(self) -> None:
+        self.opened: list[PullRequestRequest] = []
+
+    async def __call__(self, pr: PullRequestRequest) -> tuple[int, str]:
+        self.opened.append(pr)
+        return 11, "https://github.com/o/r/pull/11"
 
 
 def agent_settings(coordinator_url: str, workspace: Path, **overrides: Any) -> AgentSettings:

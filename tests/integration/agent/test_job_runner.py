@@ -17,6 +17,7 @@ from claude_cluster.runners import RunnerOutcome, RunSpec
 from tests.support.agents import (
     CALC_BUGGY,
     CALC_FIXED,
+    Opener,
     ScriptedRunner,
     branch_file,
     make_origin,
@@ -54,6 +55,7 @@ def make_job_runner(tmp_path: Path, runner: ScriptedRunner, **kw: Any) -> JobRun
         agent_id="agent-t",
         homes_dir=tmp_path / "ws" / "homes",
         max_fix_rounds=kw.pop("max_fix_rounds", 2),
+        runner_env=kw.pop("runner_env", {}),
         test_timeout=30,
         git_user_name="Agent",
         git_user_email="agent@example.invalid",
@@ -325,27 +327,16 @@ async def test_an_unconfined_run_says_so_in_its_events_and_its_pull_request(
     credential for the runner, and the pull request body opens with the warning."""
     from claude_cluster.agent.pull_request import UNCONFINED_NOTE
 
-    opened: list[PullRequestRequest] = []
-
-    async def opener(pr: PullRequestRequest) -> tuple[int, str]:
-        opened.append(pr)
-        return 12, "https://github.example/octo/app/pull/12"
+    opener = Opener()
 
     async def tokens(run_id: int, purpose: str) -> str:
         return "ghs_token"
 
     runner = ScriptedRunner([writes(CALC_FIXED)])
-    config = JobConfig(
-        agent_id="agent-t",
-        homes_dir=tmp_path / "ws" / "homes",
-        test_timeout=30,
+    job = make_job_runner(  # no sandbox: what the daemon gives runs with RUN_SANDBOX=off
+        tmp_path,
+        runner,
         runner_env={"ANTHROPIC_API_KEY": "sk-ant-real"},
-        sandbox=None,
-    )
-    job = JobRunner(
-        config,
-        workspaces=WorkspaceManager(tmp_path / "ws", git_timeout=30),
-        runner=runner,
         open_pull_request=opener,
         git_tokens=tokens,
     )
@@ -359,7 +350,7 @@ async def test_an_unconfined_run_says_so_in_its_events_and_its_pull_request(
     env = runner.specs[0].env
     assert env["ANTHROPIC_API_KEY"] == "sk-ant-real", "no gateway: the runner has the real key"
     assert "HTTPS_PROXY" not in env and "ANTHROPIC_BASE_URL" not in env
-    [pr] = opened
+    [pr] = opener.opened
     note = UNCONFINED_NOTE.format(agent="agent-t")
     assert pr.body.startswith(note) and pr.body.count("not sandboxed") == 1
     assert "`RUN_SANDBOX=off` on agent agent-t" in note

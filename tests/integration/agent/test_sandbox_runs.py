@@ -21,7 +21,6 @@ from claude_cluster.agent.job_runner import (
     JobConfig,
     JobRunner,
     PullRequestOpener,
-    PullRequestRequest,
 )
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.agent.runbox import GatewayConfig
@@ -33,7 +32,15 @@ from claude_cluster.runners import Runner, RunSpec
 from claude_cluster.runners.claude_code import ClaudeCodeRunner
 from tests.fakes.anthropic_api import FakeAnthropic, bash, text, write
 from tests.integration.agent.conftest import GitHttpServer
-from tests.support.agents import CALC_FIXED, ScriptedRunner, branch_file, git, make_origin, writes
+from tests.support.agents import (
+    CALC_FIXED,
+    Opener,
+    ScriptedRunner,
+    branch_file,
+    git,
+    make_origin,
+    writes,
+)
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -272,11 +279,7 @@ async def test_a_confined_run_says_so_and_its_pull_request_has_no_warning(
 ) -> None:
     """The other side of RUN_SANDBOX=off (test_job_runner.py): no unconfined note."""
     origin = make_origin(tmp_path / "remote")
-    opened: list[PullRequestRequest] = []
-
-    async def opener(pr: PullRequestRequest) -> tuple[int, str]:
-        opened.append(pr)
-        return 12, "https://github.example/octo/app/pull/12"
+    opener = Opener()
 
     async def tokens(run_id: int, purpose: str) -> str:
         return "ghs_token"
@@ -300,6 +303,6 @@ async def test_a_confined_run_says_so_and_its_pull_request_has_no_warning(
     assert (sandbox.level, sandbox.data) == ("info", {"sandbox": "on"})
     env = scripted.specs[0].env
     assert env["ANTHROPIC_API_KEY"].startswith("cc-run-") and REAL_KEY not in str(env)
-    [pr] = opened
+    [pr] = opener.opened
     assert "not sandboxed" not in pr.body and "RUN_SANDBOX" not in pr.body
     assert "2 passed, 0 failed" in pr.body

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestRequest
+from claude_cluster.agent.job_runner import JobConfig, JobRunner
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners import RunnerOutcome, RunSpec
@@ -17,6 +17,7 @@ from tests.support.agents import (
     CALC_BUGGY,
     CALC_FIXED,
     CALC_TEST,
+    Opener,
     ScriptedRunner,
     branch_file,
     branches,
@@ -42,17 +43,6 @@ def make_repo(root: Path, files: dict[str, str]) -> Path:
     git(work, "commit", "-q", "-m", "start")
     git(work, "push", "-q", str(bare), "main")
     return bare
-
-
-class Opener:
-    """Records the pull requests a run opens."""
-
-    def __init__(self) -> None:
-        self.opened: list[PullRequestRequest] = []
-
-    async def __call__(self, pr: PullRequestRequest) -> tuple[int, str]:
-        self.opened.append(pr)
-        return 11, "https://github.com/o/r/pull/11"
 
 
 def job(tmp_path: Path, runner: ScriptedRunner, opener: Opener | None = None) -> JobRunner:

@@ -21,6 +21,7 @@ nor the stall check, or it would keep the reconciler in grace and its runs for e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -107,10 +108,7 @@ class Reconciler:
             except Exception:
                 self.start_grace()
                 log.exception("reconcile_failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._sweep)
-            except TimeoutError:
-                pass
+            await self._pause(stop)
             stalled = time.monotonic() - began - self._sweep
             if stalled > self._lease / 2:
                 # the process was stopped or starved (SIGSTOP, a hung database): it did
@@ -124,13 +122,15 @@ class Reconciler:
         while not stop.is_set():
             try:
                 # a refusal is proof, not silence: probes run in the grace too
-                await self.probe_late_agents()
+                await self._probe_late_agents(self._probe_after)
             except Exception:
                 log.exception("probe_failed")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._sweep)
-            except TimeoutError:
-                pass
+            await self._pause(stop)
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        """Wait one ``SWEEP_INTERVAL``, or less when ``stop`` is set."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=self._sweep)
 
     async def reconcile_once(self) -> None:
         if not self.in_grace:
@@ -167,15 +167,13 @@ class Reconciler:
             for end in ends:
                 await self._on_run_end(end)
 
-    async def probe_late_agents(self) -> None:
-        if self._probe_after is None:
-            return
-        cutoff = utcnow() - timedelta(seconds=self._probe_after)
+    async def _probe_late_agents(self, probe_after: float) -> None:
+        cutoff = utcnow() - timedelta(seconds=probe_after)
         now = time.monotonic()
         late = [
             agent
             for agent in await self._repo.late_agents(cutoff=cutoff)
-            if now - self._answered.get(agent.id, -math.inf) >= self._probe_after
+            if now - self._answered.get(agent.id, -math.inf) >= probe_after
         ]
         if not late:
             return

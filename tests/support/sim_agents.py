@@ -53,7 +53,6 @@ class SimAgents:
         self.coordinator_url = coordinator_url
         self.heartbeat_interval = heartbeat_interval
         self.agents: dict[str, SimAgent] = {}
-        self.results_sent: dict[int, float] = {}
         #: runs whose delivery the coordinator confirmed (what a real agent would push)
         self.delivered: set[int] = set()
         #: runs whose delivery the coordinator refused, so they were discarded
@@ -163,46 +162,37 @@ class SimAgents:
     async def deliver(self, agent_id: str, run_id: int) -> None:
         """Confirm the delivery, then report success; a refusal (409) discards the run."""
         agent = self.agents[agent_id]
-        for _ in range(50):
-            try:
-                response = await self._http.post(
-                    f"/api/v1/runs/{run_id}/confirm-delivery",
-                    headers={"Authorization": f"Bearer {agent.token}"},
-                )
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
-                continue
-            if response.status_code == 200:
-                self.delivered.add(run_id)
-                await self.finish(agent_id, run_id)
-                return
-            if response.status_code < 500:
-                agent.held.pop(run_id, None)
-                self.discarded.add(run_id)
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"the delivery of run {run_id} was never confirmed or refused")
+        response = await self._answered(agent, f"/api/v1/runs/{run_id}/confirm-delivery")
+        if response.status_code == 200:
+            self.delivered.add(run_id)
+            await self.finish(agent_id, run_id)
+        else:
+            agent.held.pop(run_id, None)
+            self.discarded.add(run_id)
 
     async def finish(self, agent_id: str, run_id: int, **result: Any) -> httpx.Response:
         """Report the run's result, retrying until the coordinator answers (as agents do)."""
         agent = self.agents[agent_id]
         agent.held.pop(run_id, None)
         body = {"succeeded": True, "message": "done", "cost_usd": 0.01, **result}
+        return await self._answered(agent, f"/api/v1/runs/{run_id}/result", body)
+
+    async def _answered(
+        self, agent: SimAgent, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """POST as ``agent`` until the coordinator answers (any status below 500)."""
         for _ in range(50):
             try:
                 response = await self._http.post(
-                    f"/api/v1/runs/{run_id}/result",
-                    json=body,
-                    headers={"Authorization": f"Bearer {agent.token}"},
+                    path, json=body, headers={"Authorization": f"Bearer {agent.token}"}
                 )
             except httpx.HTTPError:
                 await asyncio.sleep(0.1)
                 continue
             if response.status_code < 500:
-                self.results_sent[run_id] = time.monotonic()
                 return response
             await asyncio.sleep(0.1)
-        raise AssertionError(f"the result of run {run_id} was never accepted")
+        raise AssertionError(f"POST {path} was never answered")
 
     async def report(
         self, agent_id: str, run_id: int, events: list[dict[str, Any]], *, first_seq: int = 0

@@ -3,10 +3,10 @@
 #
 # Each host is a systemd-nspawn container running systemd as PID 1, booted from an overlayfs
 # copy of one cached debootstrap rootfs, attached to the bridge ccbr0 (10.77.0.0/24; the
-# control node is 10.77.0.1, host hN is 10.77.0.(10+N)). Ansible reaches the hosts over real
-# SSH as the sudo-capable user "claude" (the seed's ansible_user) or as root. The hosts have
-# no route out: apt goes through an apt-cacher-ng proxy on 10.77.0.1:3142, PyPI is replaced
-# by a wheelhouse built on the control node.
+# control node is 10.77.0.1, host hN is 10.77.0.(10+N); see Environment to change them).
+# Ansible reaches the hosts over real SSH as the sudo-capable user "claude" (the seed's
+# ansible_user) or as root. The hosts have no route out: apt goes through an apt-cacher-ng
+# proxy on 10.77.0.1:3142, PyPI is replaced by a wheelhouse built on the control node.
 #
 # Usage (as root):
 #   testhosts.sh prepare            install the host tools if missing, build/cached the rootfs
@@ -20,13 +20,25 @@
 #   TESTHOSTS_CACHE  cached rootfs + apt cache, kept between runs
 #                    (default /var/cache/claude-cluster-testhosts)
 #   TESTHOSTS_WORK   per-run state: overlays, pids, logs (default /var/tmp/claude-cluster-testhosts)
+#   TESTHOSTS_BRIDGE the bridge the hosts are attached to (default ccbr0)
+#   TESTHOSTS_NET    the bridge's /24 as its first three octets (default 10.77.0)
+#   TESTHOSTS_PREFIX prefix of the hosts' machine names, so that the host-side veth links
+#                    (vb-<prefix>hN) do not clash (default: none; at most 4 characters)
 #   DOCKER_HOSTS     hosts that must be able to run dockerd (default: none)
+#
+# Two sets of hosts can run side by side when each has its own TESTHOSTS_WORK, _BRIDGE, _NET
+# and _PREFIX, e.g. TESTHOSTS_WORK=/var/tmp/th2 TESTHOSTS_BRIDGE=ccbr1 TESTHOSTS_NET=10.78.0
+# TESTHOSTS_PREFIX=b testhosts.sh up h1. They share the cached rootfs, key and apt cache.
 set -euo pipefail
 
 CACHE=${TESTHOSTS_CACHE:-/var/cache/claude-cluster-testhosts}
 W=${TESTHOSTS_WORK:-/var/tmp/claude-cluster-testhosts}
-BR=ccbr0
-NET=10.77.0
+BR=${TESTHOSTS_BRIDGE:-ccbr0}
+NET=${TESTHOSTS_NET:-10.77.0}
+PREFIX=${TESTHOSTS_PREFIX:-}
+[[ $NET =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || { echo "bad TESTHOSTS_NET: $NET (expected three octets, e.g. 10.77.0)" >&2; exit 2; }
+[[ $BR =~ ^[A-Za-z0-9_-]{1,15}$ ]] || { echo "bad TESTHOSTS_BRIDGE: $BR (an interface name)" >&2; exit 2; }
+[[ $PREFIX =~ ^[a-z0-9]{0,4}$ ]] || { echo "bad TESTHOSTS_PREFIX: $PREFIX (at most 4 of a-z0-9)" >&2; exit 2; }
 DOCKER_HOSTS=${DOCKER_HOSTS:-}
 # Bump when the package list or the image setup below changes: a new rootfs is then built.
 IMAGE_VERSION=2
@@ -98,25 +110,25 @@ start_proxy() {
     rm -rf "$W/acng/conf"
     cp -a /etc/apt-cacher-ng "$W/acng/conf"
     echo "$(mirror)/" >"$W/acng/conf/backends_debian"
-    /usr/sbin/apt-cacher-ng -c "$W/acng/conf" ForeGround=1 BindAddress=$NET.1 Port=3142 \
+    /usr/sbin/apt-cacher-ng -c "$W/acng/conf" ForeGround=1 BindAddress="$NET.1" Port=3142 \
         CacheDir="$CACHE/acng-cache" LogDir="$W/acng" PidFile="$W/acng/acng.pidfile" \
         </dev/null >"$W/acng/out.log" 2>&1 &
     echo $! >"$W/acng.pid"
 }
 
 network() {
-    if ! ip link show $BR >/dev/null 2>&1; then
-        ip link add $BR type bridge
-        ip addr add $NET.1/24 dev $BR
-        ip link set $BR up
+    if ! ip link show "$BR" >/dev/null 2>&1; then
+        ip link add "$BR" type bridge
+        ip addr add "$NET.1/24" dev "$BR"
+        ip link set "$BR" up
     fi
     # If the control node runs a firewall (dockerd sets FORWARD to DROP), keep bridge traffic
     # flowing and stop the hosts from routing out. Without iptables there is nothing to do:
     # ip_forward stays as it is and the hosts only reach the bridge.
-    if command -v iptables >/dev/null && ! iptables -C FORWARD -i $BR -o $BR -j ACCEPT 2>/dev/null; then
-        iptables -I FORWARD -i $BR ! -o $BR -j DROP
-        iptables -I FORWARD ! -i $BR -o $BR -j DROP
-        iptables -I FORWARD -i $BR -o $BR -j ACCEPT
+    if command -v iptables >/dev/null && ! iptables -C FORWARD -i "$BR" -o "$BR" -j ACCEPT 2>/dev/null; then
+        iptables -I FORWARD -i "$BR" ! -o "$BR" -j DROP
+        iptables -I FORWARD ! -i "$BR" -o "$BR" -j DROP
+        iptables -I FORWARD -i "$BR" -o "$BR" -j ACCEPT
         touch "$W/iptables"
     fi
 }
@@ -130,7 +142,7 @@ boot() {
     mkdir -p "$d/upper" "$d/work" "$R"
     mountpoint -q "$R" || mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$d/upper,workdir=$d/work" "$R"
     echo "$h" >"$R/etc/hostname"
-    printf '127.0.0.1 localhost\n127.0.1.1 %s\n%s.1 control\n' "$h" $NET >"$R/etc/hosts"
+    printf '127.0.0.1 localhost\n127.0.1.1 %s\n%s.1 control\n' "$h" "$NET" >"$R/etc/hosts"
     printf 'auto host0\niface host0 inet static\n  address %s/24\n' "$ip" >"$R/etc/network/interfaces.d/host0"
     install -d -m 700 "$R/root/.ssh"
     install -m 600 "$KEY.pub" "$R/root/.ssh/authorized_keys"
@@ -151,7 +163,7 @@ boot() {
         printf '[Unit]\nDefaultDependencies=no\nBefore=containerd.service docker.service\nAfter=local-fs.target\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c "for m in /sys/fs/cgroup/*; do mount -o remount,bind,rw $m; done"\n[Install]\nWantedBy=multi-user.target\n' >"$R/etc/systemd/system/cgroup-rw.service"
         ln -sf /etc/systemd/system/cgroup-rw.service "$R/etc/systemd/system/multi-user.target.wants/cgroup-rw.service"
     fi
-    systemd-nspawn -b -D "$R" --machine="$h" --register=no --keep-unit --network-bridge=$BR "${extra[@]}" \
+    systemd-nspawn -b -D "$R" --machine="$PREFIX$h" --register=no --keep-unit --network-bridge="$BR" "${extra[@]}" \
         </dev/null >"$W/$h.console.log" 2>&1 &
     echo $! >"$W/$h.pid"
 }
@@ -192,7 +204,7 @@ stop_host() {
         kill -KILL "$p" 2>/dev/null || true
         rm -f "$W/$h.pid"
     fi
-    rm -rf "/run/systemd/nspawn/propagate/$h"
+    rm -rf "/run/systemd/nspawn/propagate/$PREFIX$h"
 }
 
 down() {
@@ -208,7 +220,7 @@ down() {
         for d in "$W"/ov/*/merged; do
             [[ -d $d ]] || continue
             if mountpoint -q "$d"; then umount "$d" || umount -l "$d"; fi
-            rm -rf "/run/systemd/nspawn/propagate/$(basename "$(dirname "$d")")"
+            rm -rf "/run/systemd/nspawn/propagate/$PREFIX$(basename "$(dirname "$d")")"
         done
         if [[ -f $W/acng.pid ]]; then
             kill "$(cat "$W/acng.pid")" 2>/dev/null || true
@@ -216,11 +228,11 @@ down() {
         fi
     fi
     if [[ -f $W/iptables ]] && command -v iptables >/dev/null; then
-        iptables -D FORWARD -i $BR -o $BR -j ACCEPT 2>/dev/null || true
-        iptables -D FORWARD ! -i $BR -o $BR -j DROP 2>/dev/null || true
-        iptables -D FORWARD -i $BR ! -o $BR -j DROP 2>/dev/null || true
+        iptables -D FORWARD -i "$BR" -o "$BR" -j ACCEPT 2>/dev/null || true
+        iptables -D FORWARD ! -i "$BR" -o "$BR" -j DROP 2>/dev/null || true
+        iptables -D FORWARD -i "$BR" ! -o "$BR" -j DROP 2>/dev/null || true
     fi
-    ip link del $BR 2>/dev/null || true
+    ip link del "$BR" 2>/dev/null || true
     # Empty cgroups left by nspawn --keep-unit and by dockerd inside nspawn.
     for d in /sys/fs/cgroup/*/payload /sys/fs/cgroup/*/supervisor \
         $(find /sys/fs/cgroup -maxdepth 4 -type d -name docker 2>/dev/null); do

@@ -1,6 +1,7 @@
 """End to end: deploy claude-cluster with deploy-cluster.sh onto booted hosts, then prove it.
 
-Boots systemd-nspawn hosts on the bridge ccbr0 (deploy/testhosts/testhosts.sh): h1 is the
+Boots systemd-nspawn hosts on the bridge ccbr0 (deploy/testhosts/testhosts.sh; its
+TESTHOSTS_* variables move them to another bridge, subnet and work directory): h1 is the
 coordinator (native mode: Debian's PostgreSQL and Redis), h2/h3 are agents, h4 is added
 later with add-agent.sh. The hosts reach apt through an apt-cacher-ng proxy on the control
 node and PyPI not at all, so the wheelhouse is built here (build-wheelhouse.sh). Every check
@@ -37,7 +38,8 @@ from tests.deploy.conftest import ANSIBLE_DIR, REPO, SCRIPTS, TESTHOSTS, run, to
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
-NET = "10.77.0"
+# The hosts' subnet: testhosts.sh's TESTHOSTS_NET (another set of hosts may use the default).
+NET = os.environ.get("TESTHOSTS_NET", "10.77.0")
 COORDINATOR_IP = f"{NET}.11"
 AGENTS = {"agent-001": (f"{NET}.12", "h2", "backend"), "agent-002": (f"{NET}.13", "h3", "frontend")}
 NEW_AGENT = ("agent-003", f"{NET}.14", "h4", "testing")

@@ -30,8 +30,9 @@ async def load_run_policy(
 ) -> RunPolicy:
     """The policy of ``request``'s run, from the contract files at ``commit`` in ``mirror``.
 
-    The task's own settings are the operator's side: its test command is the default and
-    its budget a cap.
+    The operator's side is the contract the dispatch carries (none from an older
+    coordinator) with the task's own settings above it: its test command is the default
+    and its budget one more cap (:meth:`OperatorPolicy.with_task`).
 
     Raises:
         ContractError: the contract is invalid (the message names the key and the line).
@@ -48,5 +49,7 @@ async def load_run_policy(
         shown = await git("cat-file", "blob", f"{commit}:{path}", cwd=mirror, timeout=timeout)
         files[path] = shown.stdout.encode()
     source, contract = pick_contract(files)
-    operator = OperatorPolicy(test=request.test_command, budget_usd=request.budget_usd)
+    operator = (request.operator_contract or OperatorPolicy()).with_task(
+        test=request.test_command, budget_usd=request.budget_usd
+    )
     return resolve(contract, operator, source=source)

@@ -31,7 +31,7 @@ from claude_cluster.coordinator.api.routes import (
 )
 from claude_cluster.coordinator.bus import make_bus
 from claude_cluster.coordinator.config import CoordinatorSettings
-from claude_cluster.coordinator.dispatcher import TokenProvider, no_token
+from claude_cluster.coordinator.dispatcher import TokenProvider, no_contract, no_token
 from claude_cluster.coordinator.github_loop import GitHubLoop
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
@@ -116,7 +116,14 @@ def create_app(
         client = AgentClient(
             timeout=settings.agent_call_timeout, verify=client_verify(settings.tls_ca_file)
         )
-        coordinator = Coordinator(settings, repo, bus, client, token_provider=token_provider)
+        coordinator = Coordinator(
+            settings,
+            repo,
+            bus,
+            client,
+            token_provider=token_provider,
+            operator_contract=github.operator_contract if github is not None else no_contract,
+        )
         app.state.coordinator = coordinator
         app.state.github = github
         if github is not None:

@@ -18,6 +18,7 @@ from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.store.repository import Claim, Repository
 from claude_cluster.coordinator.store.tables import Task
+from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.domain.wire import ExecuteTaskRequest
 from claude_cluster.errors import AgentCallError
 from claude_cluster.logging import get_logger
@@ -33,9 +34,15 @@ CLAIM_BATCH = 16
 #: returns a short-lived token for one git step of a run on a repository (``purpose``:
 #: ``fetch`` or ``deliver``), or None
 TokenProvider = Callable[[str, str], Awaitable[str | None]]
+#: the operator's contract for a repository (``owner/name`` or the task's path), or None
+ContractProvider = Callable[[str], OperatorPolicy | None]
 
 
 async def no_token(_repository: str, _purpose: str = "deliver") -> str | None:
+    return None
+
+
+def no_contract(_repository: str) -> OperatorPolicy | None:
     return None
 
 
@@ -50,6 +57,7 @@ class Dispatcher:
         task_timeout: float,
         cooldown_seconds: float,
         token_provider: TokenProvider = no_token,
+        operator_contract: ContractProvider = no_contract,
         on_change: Callable[[str, Task], Awaitable[None]] | None = None,
     ) -> None:
         self._repo = repo
@@ -60,6 +68,7 @@ class Dispatcher:
         self._task_timeout = task_timeout
         self._cooldown = cooldown_seconds
         self._tokens = token_provider
+        self._contracts = operator_contract
         self._wake = asyncio.Event()
         self._pushes: set[asyncio.Task[None]] = set()
 
@@ -139,6 +148,8 @@ class Dispatcher:
             resume_session_id=task.session_id if task.feedback else None,
             budget_usd=task.budget_usd,
             test_command=task.test_command,
+            # read at each dispatch, so a retry follows the operator's current caps
+            operator_contract=self._contracts(task.github_repository),
             timeout_seconds=int(self._task_timeout),
             # no token: the agent asks for one when it fetches and when it delivers
             open_pull_request=is_github and self._tokens is not no_token,

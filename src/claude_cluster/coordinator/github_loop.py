@@ -44,6 +44,7 @@ from claude_cluster.coordinator.github_events import EventHandler, Outcome, igno
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.webhooks import ClaimedDelivery
+from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.errors import ClusterError
 from claude_cluster.github import (
     GitHubApp,
@@ -162,6 +163,13 @@ class GitHubLoop:
     def config_for(self, repository: str | None) -> RepositoryConfig | None:
         """The watched repository's configuration (case-insensitive), or None."""
         return self.repositories.get(repository) if repository else None
+
+    def operator_contract(self, repository: str) -> OperatorPolicy | None:
+        """The dispatcher's ContractProvider: the ``contract:`` of a watched repository
+        (its own, else the file's ``defaults``), which travels with each of its runs; None
+        for any other repository (a task on a local path)."""
+        cfg = self.config_for(repository)
+        return cfg.contract if cfg is not None else None
 
     async def dispatch_token(self, repository: str, purpose: str = "deliver") -> str | None:
         """The dispatcher's TokenProvider: a token for one run's push and pull request.

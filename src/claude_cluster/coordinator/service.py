@@ -23,7 +23,14 @@ from claude_cluster import metrics
 from claude_cluster.coordinator.agent_client import AgentClient
 from claude_cluster.coordinator.bus import WAKE, Bus
 from claude_cluster.coordinator.config import CoordinatorSettings
-from claude_cluster.coordinator.dispatcher import GITHUB_REPO, Dispatcher, TokenProvider, no_token
+from claude_cluster.coordinator.dispatcher import (
+    GITHUB_REPO,
+    ContractProvider,
+    Dispatcher,
+    TokenProvider,
+    no_contract,
+    no_token,
+)
 from claude_cluster.coordinator.housekeeping import run_housekeeping
 from claude_cluster.coordinator.reconciler import Reconciler
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RunEnd
@@ -110,6 +117,7 @@ class Coordinator:
         client: AgentClient,
         *,
         token_provider: TokenProvider = no_token,
+        operator_contract: ContractProvider = no_contract,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -129,6 +137,7 @@ class Coordinator:
             task_timeout=settings.task_timeout,
             cooldown_seconds=settings.agent_cooldown_seconds,
             token_provider=token_provider,
+            operator_contract=operator_contract,
             on_change=self._dispatch_change,
         )
         self.reconciler = Reconciler(

@@ -179,6 +179,19 @@ class OperatorPolicy(RepositoryContract):
     (:data:`PACKAGE_REGISTRIES` when the operator names none).
     """
 
+    def with_task(self, *, test: str | None, budget_usd: float | None) -> OperatorPolicy:
+        """This policy with a task's own settings, which are the operator's side too (the
+        repository's ``test_command`` or the API's task fields): the task's test command is
+        the default before this policy's, and its budget is one more cap (the smaller
+        wins)."""
+        budgets = [b for b in (budget_usd, self.budget_usd) if b is not None]
+        return self.model_copy(
+            update={
+                "test": _first(test, self.test),
+                "budget_usd": min(budgets) if budgets else None,
+            }
+        )
+
 
 @dataclass(frozen=True)
 class RunPolicy:

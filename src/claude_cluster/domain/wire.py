@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.domain.states import AgentStatus, ErrorCategory, Priority
 
 # Bounds that match where each value is stored (SPEC §7 "Bounded input"): a value the
@@ -235,6 +236,12 @@ class ExecuteTaskRequest(_Wire):
     budget_usd: float | None = Field(default=None, gt=0)
     #: the repository's configured test command (operator text, split with shlex, no shell)
     test_command: str | None = None
+    #: the operator's side of the repository contract (``contract:`` in
+    #: ``GITHUB_REPOSITORIES_FILE``, SPEC §4b): its defaults and caps, which the agent
+    #: resolves the repository's contract against, with the task's test command and budget
+    #: above. None: no operator contract (an unwatched repository, an older coordinator).
+    #: A key this agent does not know is refused (422), never ignored: it could be a cap.
+    operator_contract: OperatorPolicy | None = None
     timeout_seconds: int | None = Field(default=None, gt=0)
     #: open a pull request (GitHub repositories) or only push the branch
     open_pull_request: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from claude_cluster.domain.contract import (
     CONTRACT_PATHS,
@@ -17,6 +18,7 @@ from claude_cluster.domain.contract import (
     pick_contract,
     resolve,
 )
+from claude_cluster.domain.wire import ExecuteTaskRequest
 
 FULL = """\
 setup:
@@ -191,3 +193,45 @@ def test_a_repository_asking_for_nothing_gets_the_operator_allowlist() -> None:
 )
 def test_host_allowed(host: str, allowed: bool) -> None:
     assert host_allowed(host, ("pypi.org", "*.npmjs.org", "127.0.0.1:8765")) is allowed
+
+
+def test_a_tasks_own_test_command_and_budget_join_the_operators_side() -> None:
+    operator = OperatorPolicy(test="make test", budget_usd=4, max_turns=30)
+    # the task's budget is one more cap: the smaller of the two holds, whichever it is
+    assert operator.with_task(test=None, budget_usd=9).budget_usd == 4
+    assert operator.with_task(test=None, budget_usd=2).budget_usd == 2
+    assert OperatorPolicy().with_task(test=None, budget_usd=None).budget_usd is None
+    # the task's test command comes before the operator contract's default
+    assert operator.with_task(test="pytest -q", budget_usd=None).test == "pytest -q"
+    assert operator.with_task(test=None, budget_usd=None).test == "make test"
+    # the other keys are the operator's as they were
+    policy = resolve(
+        parse_contract("max_turns: 99\nbudget_usd: 50\n"),
+        operator.with_task(test=None, budget_usd=3),
+    )
+    assert (policy.max_turns, policy.budget_usd) == (30, 3)
+
+
+def test_the_operator_contract_travels_with_the_dispatch() -> None:
+    """A missing field is no operator contract; an agent that does not know one of its
+    keys refuses the dispatch rather than drop what could be a cap."""
+    base = {
+        "run_id": 1,
+        "task_id": 2,
+        "title": "t",
+        "github_repository": "acme/app",
+        "github_issue_number": 3,
+        "repository_url": "/srv/app.git",
+    }
+    assert ExecuteTaskRequest.model_validate(base).operator_contract is None
+    sent = ExecuteTaskRequest(
+        **base,  # type: ignore[arg-type]
+        operator_contract=OperatorPolicy(
+            budget_usd=2, max_turns=10, network={"allow": ["pypi.org"]}
+        ),
+    )
+    received = ExecuteTaskRequest.model_validate_json(sent.model_dump_json())
+    assert received.operator_contract == sent.operator_contract
+    assert resolve(None, received.operator_contract).network_allow == ("pypi.org",)
+    with pytest.raises(ValidationError, match=r"operator_contract\.max_cost"):
+        ExecuteTaskRequest.model_validate({**base, "operator_contract": {"max_cost": 1}})

@@ -37,9 +37,12 @@ DEFAULT_EXCLUDES = (
     ".mypy_cache/",
     ".ruff_cache/",
     "node_modules/",
+    # setup's editable install of a setuptools project writes it into the checkout
+    "*.egg-info/",
 )
 
 _EXCLUDE_HEADER = "# claude-cluster: run by-products that never belong in a commit"
+_EXCLUDES = "\n".join((_EXCLUDE_HEADER, *DEFAULT_EXCLUDES)) + "\n"
 _REFSPEC = "+refs/heads/*:refs/remotes/origin/*"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -87,7 +90,8 @@ def _configured(mirror: Path) -> bool:
         config = (mirror / "config").read_text()
     except OSError:
         return False
-    return exclude.startswith(_EXCLUDE_HEADER) and _REFSPEC in config
+    # a mirror made with an older list is completed with the current one
+    return exclude == _EXCLUDES and _REFSPEC in config
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,7 @@ class MirrorCache:
         info = mirror / "info"
         info.mkdir(exist_ok=True)
         # written last: its presence marks a complete mirror (see _configured)
-        (info / "exclude").write_text("\n".join((_EXCLUDE_HEADER, *DEFAULT_EXCLUDES)) + "\n")
+        (info / "exclude").write_text(_EXCLUDES)
 
     async def _read_refs(self, mirror: Path) -> RemoteRefs | None:
         """The remote-tracking refs, or ``None`` while ``origin/HEAD`` is missing or dangling."""

@@ -11,7 +11,7 @@ found                       steps
 ``pyproject.toml`` /        ``uv venv .venv``, then ``uv pip install -e '.[<test extras>]'``
 ``setup.py`` / ``setup.cfg`` (extras named test, tests, testing or dev) and ``pytest``
 ``requirements*.txt``       ``uv venv .venv``, then ``uv pip install -r …`` and ``pytest``
-``package.json``            ``npm ci`` with a lockfile, else ``npm install``
+``package.json``            ``npm ci`` with a lockfile, else ``npm install`` (writing none)
 ``go.mod``                  ``go mod download``
 ``Cargo.toml``              ``cargo fetch``
 ==========================  =================================================================
@@ -201,7 +201,10 @@ def _node(root: Path, which: Callable[[str], str | None]) -> tuple[list[Step], l
     flags = ("--no-audit", "--no-fund", "--prefer-offline")  # the cache first: faster reruns
     if any((root / name).is_file() for name in _NPM_LOCKS):
         return [Step("npm ci", ("npm", "ci", *flags), DETECTED_TIMEOUT)], []
-    return [Step("npm install", ("npm", "install", *flags), DETECTED_TIMEOUT)], []
+    # without a lockfile of its own, the repository gets none from setup: a file the run
+    # did not write must not be delivered as its work
+    install = ("npm", "install", "--no-package-lock", *flags)
+    return [Step("npm install", install, DETECTED_TIMEOUT)], []
 
 
 def _single(marker: str, tool: str, argv: Sequence[str]) -> Detector:

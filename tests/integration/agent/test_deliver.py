@@ -73,12 +73,36 @@ async def test_nothing_changed_means_no_commit_and_no_push(
     (ws.path / ".pytest_cache").mkdir()
     (ws.path / ".pytest_cache" / "README.md").write_text("cache\n")
     (ws.path / "run.log").write_text("ignored by the repository's .gitignore\n")
+    # nor what setup left: a setuptools project's editable install, npm's packages
+    (ws.path / "app.egg-info").mkdir()
+    (ws.path / "app.egg-info" / "PKG-INFO").write_text("Name: app\n")
+    (ws.path / "node_modules" / "left-pad").mkdir(parents=True)
+    (ws.path / "node_modules" / "left-pad" / "index.js").write_text("module.exports = 1;\n")
 
     result = await deliver(ws, origin)
 
     assert result.no_changes is True
     assert (result.commit_sha, result.pushed, result.changed_files) == (None, False, ())
     assert origin.sha(f"refs/heads/{ws.branch}") is None
+    await manager.release(ws)
+
+
+async def test_a_mirror_made_with_an_older_exclude_list_gets_the_current_one(
+    make_manager: MakeManager, origin: Origin
+) -> None:
+    manager = make_manager()
+    ws = await prepare(manager, origin)
+    await manager.release(ws)
+    exclude = ws.mirror / "info" / "exclude"
+    older = "\n".join(exclude.read_text().splitlines()[:-1]) + "\n"  # as before *.egg-info/
+    exclude.write_text(older)
+
+    ws = await prepare(manager, origin, attempt=2)
+    (ws.path / "app.egg-info").mkdir()
+    (ws.path / "app.egg-info" / "PKG-INFO").write_text("Name: app\n")
+
+    assert exclude.read_text().endswith("\n*.egg-info/\n")
+    assert (await deliver(ws, origin)).no_changes is True
     await manager.release(ws)
 
 

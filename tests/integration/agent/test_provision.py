@@ -121,6 +121,7 @@ async def test_a_node_project_installs_a_tarball_then_tests(
     report = await run_setup(plan, local_run, cwd=repo, env=base_env(index))
     assert report.ok, report
     assert (repo / "node_modules" / "padder" / "index.js").is_file()
+    assert not (repo / "package-lock.json").exists(), "setup wrote no lockfile of its own"
     tests = await run_tests(repo, command=None, timeout=60)
     assert (tests.ok, tests.passed, tests.failed) == (True, 1, 0), tests.output_tail
 

@@ -80,7 +80,10 @@ def test_a_broken_pyproject_installs_without_extras(tmp_path: Path) -> None:
             {"package.json": "{}", "package-lock.json": "{}"},
             ("npm", "ci", "--no-audit", "--no-fund", "--prefer-offline"),
         ),
-        ({"package.json": "{}"}, ("npm", "install", "--no-audit", "--no-fund", "--prefer-offline")),
+        (
+            {"package.json": "{}"},
+            ("npm", "install", "--no-package-lock", "--no-audit", "--no-fund", "--prefer-offline"),
+        ),
         ({"package.json": "{}", "yarn.lock": ""}, ("yarn", "install", "--frozen-lockfile")),
         ({"go.mod": "module x\n"}, ("go", "mod", "download")),
         ({"Cargo.toml": "[package]\n"}, ("cargo", "fetch")),

@@ -49,6 +49,7 @@ def make_origin(root: Path, files: dict[str, str] | None = None) -> Path:
     work, bare = root / "seed", root / "origin.git"
     work.mkdir(parents=True)
     for name, text in (files or {"calc.py": CALC_BUGGY, "test_calc.py": CALC_TEST}).items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
     git(root, "init", "-q", "--bare", "-b", "main", str(bare))
     git(work, "init", "-q", "-b", "main")

@@ -5,6 +5,10 @@ lists wheel files) and npm tarballs (``/npm/<file>.tgz``). Wheels are built here
 package of our own (:func:`PackageIndex.add_wheel`), and pytest with its dependencies
 repacked from this environment's installed distributions, so the index is complete and
 offline. ``uv`` reads it through ``UV_INDEX_URL``; npm installs tarballs by URL.
+
+With ``tls`` it serves HTTPS, which is what a run's gateway tunnels (it proxies no plain
+HTTP); ``host`` picks the loopback address, e.g. ``127.0.0.2``, which a run's sandbox
+does not exempt from its proxy the way it does ``127.0.0.1``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import base64
 import hashlib
 import importlib.metadata as metadata
 import io
+import ssl
 import tarfile
 import threading
 import time
@@ -22,6 +27,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.support.tls import Leaf
+
 #: pytest and what it imports, repacked from this environment
 PYTEST_DISTRIBUTIONS = ("pytest", "pluggy", "iniconfig", "packaging", "pygments")
 
@@ -30,9 +37,14 @@ class _Handler(SimpleHTTPRequestHandler):
     #: seconds added to every answer and bytes per second, to stand in for a real registry
     latency = 0.0
     rate: float | None = None
+    index: PackageIndex
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def send_head(self) -> Any:
+        self.index.requests += 1
+        return super().send_head()
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         time.sleep(self.latency)
@@ -46,18 +58,33 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 class PackageIndex:
-    def __init__(self, root: Path, *, latency: float = 0.0, rate: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        latency: float = 0.0,
+        rate: float | None = None,
+        host: str = "127.0.0.1",
+        tls: Leaf | None = None,
+    ) -> None:
         """``latency`` (s per request) and ``rate`` (bytes/s) make it behave like a remote
-        registry, for benchmarks; tests leave both off."""
+        registry, for benchmarks; tests leave both off. ``tls``: serve HTTPS with it."""
         self.root = root
         (root / "simple").mkdir(parents=True, exist_ok=True)
         (root / "npm").mkdir(exist_ok=True)
+        #: requests answered (file or listing), to tell whether anything got through
         self.requests = 0
-        handler = partial(
-            type("Handler", (_Handler,), {"latency": latency, "rate": rate}), directory=str(root)
-        )
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        fields = {"latency": latency, "rate": rate, "index": self}
+        handler = partial(type("Handler", (_Handler,), fields), directory=str(root))
+        self._server = ThreadingHTTPServer((host, 0), handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        #: ``host:port``, as an allowlist names it
+        self.netloc = f"{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.netloc}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> PackageIndex:

@@ -63,9 +63,11 @@ class TestCA:
         self.cert = directory / "ca.crt"
         self.cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str) -> Leaf:
-        """A server certificate for 127.0.0.1 and localhost, signed by this CA."""
+    def issue(self, name: str, *, addresses: tuple[str, ...] = ()) -> Leaf:
+        """A server certificate for 127.0.0.1, localhost and ``addresses`` (more IP
+        addresses), signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
+        ips = dict.fromkeys(["127.0.0.1", *addresses])
         now = dt.datetime.now(dt.UTC)
         certificate = (
             x509.CertificateBuilder()
@@ -77,7 +79,10 @@ class TestCA:
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName("localhost"),
+                        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                    ]
                 ),
                 critical=False,
             )

@@ -120,8 +120,10 @@ def job_runner(
     runner: Runner | None = None,
     git_tokens: GitTokenSource | None = None,
     open_pull_request: PullRequestOpener | None = None,
+    allow: tuple[str, ...] = (),
     **config: object,
 ) -> JobRunner:
+    """A runner confined like an agent's; ``allow`` is ``RUN_EGRESS_ALLOW``."""
     ws = tmp_path / "ws"
     return JobRunner(
         JobConfig(
@@ -133,7 +135,9 @@ def job_runner(
             git_user_name="Agent",
             git_user_email="agent@example.invalid",
             sandbox=Sandbox.for_agent(enabled=True),
-            gateway=GatewayConfig(upstream=upstream, credential=("x-api-key", REAL_KEY)),
+            gateway=GatewayConfig(
+                upstream=upstream, credential=("x-api-key", REAL_KEY), allow=allow
+            ),
             **config,  # type: ignore[arg-type]
         ),
         workspaces=WorkspaceManager(ws, git_timeout=30, isolated=True),

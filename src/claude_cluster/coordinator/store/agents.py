@@ -162,16 +162,26 @@ class AgentQueries(RunEndSteps):
                 ).all()
             )
             if held & ours:
-                await s.execute(
-                    update(TaskRun)
-                    .where(
-                        TaskRun.id.in_(sorted(held & ours)),
-                        TaskRun.agent_id == agent_id,
-                        TaskRun.status.in_(ACTIVE_RUNS),
-                    )
-                    .values(last_seen_at=now)
-                    .execution_options(synchronize_session=False)
+                # Lock in id order and skip a run another transaction holds (a report or a
+                # confirmation of the same run stamps it anyway): an UPDATE of several rows
+                # locks them in scan order, and two of them (an agent's retried heartbeats
+                # served at once) deadlock.
+                touch = select(TaskRun.id).where(
+                    TaskRun.id.in_(sorted(held & ours)),
+                    TaskRun.agent_id == agent_id,
+                    TaskRun.status.in_(ACTIVE_RUNS),
                 )
+                if self._postgres:
+                    touch = touch.order_by(TaskRun.id).with_for_update(
+                        skip_locked=True, key_share=True
+                    )
+                if touched := (await s.scalars(touch)).all():
+                    await s.execute(
+                        update(TaskRun)
+                        .where(TaskRun.id.in_(touched))
+                        .values(last_seen_at=now)
+                        .execution_options(synchronize_session=False)
+                    )
             agent = await get_or_raise(s, Agent, agent_id, "agent", with_for_update=self._postgres)
             agent.last_heartbeat = now
             agent.current_load = hb.current_load

@@ -286,6 +286,7 @@ class RunQueries(RunEndSteps):
             raise Forbidden(f"run {run_id} belongs to another agent")
         return run
 
+    @retry_conflicts
     async def record_events(
         self, run_id: int, agent_id: str, events: Sequence[RunEvent]
     ) -> tuple[int, list[TaskEvent]]:

@@ -43,10 +43,12 @@ from claude_cluster.agent.git import count_operations_as
 from claude_cluster.agent.heartbeat import HeartbeatConfig, HeartbeatLoop
 from claude_cluster.agent.housekeeping import HousekeepingConfig, HousekeepingLoop
 from claude_cluster.agent.identity import TokenFile
-from claude_cluster.agent.job_runner import JobConfig, JobRunner, PullRequestOpener
+from claude_cluster.agent.job_runner import JobRunner
 from claude_cluster.agent.pool import JobPool, StopCause
+from claude_cluster.agent.pull_request import PullRequestOpener
 from claude_cluster.agent.registration import RegistrationConfig, register
 from claude_cluster.agent.reporter import ReporterConfig, RunReporter, replay_spilled
+from claude_cluster.agent.run_context import JobConfig
 from claude_cluster.agent.runbox import GatewayConfig
 from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
 from claude_cluster.agent.sweep import force_rmtree

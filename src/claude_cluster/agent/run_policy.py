@@ -4,13 +4,18 @@ operator's limits.
 The contract is read from the daemon's own mirror at the commit the run starts from, never
 from the run's repository: a run cannot loosen its own policy (its protected paths, its
 network) by editing the file, and the file it would edit is itself protected.
+:func:`resolve_policy` is the run's phase: it loads the policy and says in the run's events
+what the run will do, or ends the run with ``contract_error`` before any model call.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from claude_cluster.agent.git import git
+from claude_cluster.agent.git import GitError, git
+from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.run_report import RunProgress
+from claude_cluster.agent.workspace import Workspace
 from claude_cluster.domain.contract import (
     CONTRACT_PATHS,
     MAX_CONTRACT_BYTES,
@@ -20,9 +25,10 @@ from claude_cluster.domain.contract import (
     pick_contract,
     resolve,
 )
+from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest
 
-__all__ = ["ContractError", "load_run_policy"]
+__all__ = ["ContractError", "load_run_policy", "resolve_policy"]
 
 
 async def load_run_policy(
@@ -53,3 +59,45 @@ async def load_run_policy(
         test=request.test_command, budget_usd=request.budget_usd
     )
     return resolve(contract, operator, source=source)
+
+
+async def resolve_policy(
+    request: ExecuteTaskRequest,
+    reporter: RunReporter,
+    ws: Workspace,
+    progress: RunProgress,
+    *,
+    timeout: float,
+) -> RunPolicy:
+    """The repository's contract at the base commit, within the task's limits.
+
+    Raises:
+        RunEnded: the contract is invalid (``contract_error``) or git failed
+            (``workspace_error``).
+    """
+    try:
+        policy = await load_run_policy(ws.mirror, ws.base_sha, request, timeout=timeout)
+    except ContractError as exc:
+        message = f"invalid repository contract: {exc}"
+        reporter.event("contract", message, {"error": str(exc)}, level="error")
+        raise progress.failed(ErrorCategory.CONTRACT_ERROR, message) from None
+    except GitError as exc:
+        raise progress.failed(ErrorCategory.WORKSPACE_ERROR, str(exc)) from None
+    reporter.event(
+        "contract",
+        f"{policy.source or 'no contract file'}: setup {len(policy.setup) or 'detected'}, "
+        f"tests {policy.test or 'detected'}, "
+        f"network {', '.join(policy.network_allow) or 'none'}",
+        {
+            "source": policy.source,
+            "test": policy.test,
+            "network_allow": list(policy.network_allow),
+            "protected_paths": list(policy.protected_paths),
+            "when_tests_fail": policy.when_tests_fail,
+            "when_untested": policy.when_untested,
+            "baseline": policy.baseline,
+        },
+    )
+    for note in policy.notes:
+        reporter.event("contract", note, {}, level="warning")
+    return policy

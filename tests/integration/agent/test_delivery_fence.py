@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from claude_cluster.agent.coordinator_client import CoordinatorClient
-from claude_cluster.agent.job_runner import JobConfig, JobRunner
+from claude_cluster.agent.job_runner import JobRunner
 from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.run_context import JobConfig
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import AgentRegistration, ExecuteTaskRequest

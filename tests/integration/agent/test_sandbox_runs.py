@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 
 from claude_cluster.agent.coordinator_client import CoordinatorClient
-from claude_cluster.agent.job_runner import (
-    GitTokenSource,
-    JobConfig,
-    JobRunner,
-    PullRequestOpener,
-)
+from claude_cluster.agent.job_runner import JobRunner
+from claude_cluster.agent.pull_request import PullRequestOpener
 from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.run_context import GitTokenSource, JobConfig
 from claude_cluster.agent.runbox import GatewayConfig
 from claude_cluster.agent.sandbox import Sandbox
 from claude_cluster.agent.workspace import WorkspaceManager

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from claude_cluster.agent.job_runner import JobConfig, JobRunner
+from claude_cluster.agent.job_runner import JobRunner
+from claude_cluster.agent.run_context import JobConfig
 from claude_cluster.agent.workspace import WorkspaceManager
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.runners import RunnerOutcome, RunSpec

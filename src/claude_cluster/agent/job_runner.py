@@ -65,7 +65,7 @@ from claude_cluster.agent.pull_request import PullRequestOpener, PullRequestRequ
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.agent.run_context import GitTokenSource, JobConfig, RunContext, git_token
 from claude_cluster.agent.run_delivery import Deliverer, has_changes
-from claude_cluster.agent.run_environment import open_box, run_test_phase, set_up
+from claude_cluster.agent.run_environment import open_box, run_baseline, set_up
 from claude_cluster.agent.run_policy import resolve_policy
 from claude_cluster.agent.run_report import RunEnded, RunProgress
 from claude_cluster.agent.run_turns import first_turn, test_and_fix
@@ -191,8 +191,7 @@ class JobRunner:
         """Setup and baseline, the agent's turns and fix rounds, then the delivery."""
         progress = ctx.progress
         await set_up(ctx)
-        if progress.untested is None and ctx.policy.baseline:
-            progress.baseline = await run_test_phase(ctx, kind="baseline")
+        progress.baseline = await run_baseline(ctx)
         try:
             await first_turn(ctx, self.runner)
         except RunEnded as stopped:

@@ -4,7 +4,7 @@
 confined), :func:`set_up` prepares the test environment in the box
 (:mod:`~claude_cluster.agent.provision`; a failure makes the run *untested*), and
 :func:`run_test_phase` runs the tests there: once on the base commit before the agent (the
-baseline) and after every agent turn.
+baseline, :func:`run_baseline`) and after every agent turn.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from claude_cluster.domain.contract import RunPolicy
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest
 
-__all__ = ["open_box", "run_test_phase", "set_up"]
+__all__ = ["open_box", "run_baseline", "run_test_phase", "set_up"]
 
 #: where setup finds its tools (uv beside the agent's interpreter is passed by path)
 _TOOL_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -117,6 +117,28 @@ async def set_up(ctx: RunContext) -> None:
         reporter.event("untested", ctx.progress.untested, {}, level="warning")
 
 
+async def run_baseline(ctx: RunContext) -> TestReport | None:
+    """The tests on the base commit, before the agent, unless the contract turns them off
+    or setup failed. Either way a ``baseline`` event says what happened: the counts (as
+    :func:`run_test_phase` reports them), or ``ran: false`` with ``status`` ``skipped``
+    (the contract) or ``untested`` (setup failed), for the issue's progress comment."""
+    if ctx.progress.untested is not None:
+        ctx.reporter.event(
+            "baseline",
+            f"no baseline: the tests cannot run ({ctx.progress.untested})",
+            {"ran": False, "status": "untested"},
+        )
+        return None
+    if not ctx.policy.baseline:
+        ctx.reporter.event(
+            "baseline",
+            "baseline skipped: the repository's contract turns it off",
+            {"ran": False, "status": "skipped"},
+        )
+        return None
+    return await run_test_phase(ctx, kind="baseline")
+
+
 async def run_test_phase(ctx: RunContext, *, kind: str = "tests") -> TestReport:
     """Run the tests; ``kind`` ``baseline`` is the run on the base commit, before the agent."""
     reporter, box = ctx.reporter, ctx.box
@@ -136,6 +158,7 @@ async def run_test_phase(ctx: RunContext, *, kind: str = "tests") -> TestReport:
         kind,
         report.summary,
         {
+            "ran": True,
             "command": report.command_line,
             "passed": report.passed,
             "failed": report.failed,

@@ -13,19 +13,23 @@ older state than the one before it, whichever replica makes it.
   (``GITHUB_PROGRESS_INTERVAL``, GitHub's secondary limits); changes in between collapse
   into the next edit, which shows the newest state. The final state is always written.
 - **The coordinator writes it**, never the model: the result, the tests and the cost come
-  from the run's report.
+  from the run's report, the tests on the base commit from the run's ``baseline`` event
+  (counts and a fixed vocabulary only: no text of the run reaches the comment that way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from claude_cluster import metrics
 from claude_cluster.coordinator.service import Coordinator, TaskChange
 from claude_cluster.coordinator.store.tables import Task, TaskRun
 from claude_cluster.domain.states import TaskStatus
 from claude_cluster.github import (
+    Baseline,
     GitHubClient,
     GitHubError,
     Progress,
@@ -56,6 +60,25 @@ def tests_of(run: TaskRun) -> TestResults | None:
     return TestResults(
         command=run.tests_command, passed=run.tests_passed or 0, failed=run.tests_failed or 0
     )
+
+
+def baseline_of(data: Mapping[str, Any] | None) -> Baseline | None:
+    """The tests on the base commit from the run's ``baseline`` event, or None before it.
+
+    Only counts (non-negative integers) and the ``skipped``/``untested`` statuses are
+    taken; anything else the event carries is not shown."""
+    if data is None:
+        return None
+    if data.get("ran") is False:
+        return Baseline(missing="skipped" if data.get("status") == "skipped" else "untested")
+    counts = {key: data.get(key) for key in ("passed", "failed", "errors")}
+    if data.get("ok") is None or not all(_count(value) for value in counts.values()):
+        return Baseline(missing="untested")  # the tests did not run on the base commit
+    return Baseline(passed=data["passed"], failed=data["failed"], errors=data["errors"])
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < 10**9
 
 
 def usage_of(run: TaskRun) -> Usage:
@@ -159,8 +182,12 @@ class IssueCommenter:
         runs = await self.coordinator.repo.list_runs(task.id)
         run = max(runs, key=lambda r: r.attempt) if runs else None
         ended = run is not None and run.ended_at is not None
-        phase = await self.coordinator.repo.run_phase(run.id) if run is not None else None
+        repo = self.coordinator.repo
+        phase = await repo.run_phase(run.id) if run is not None else None
         retrying = ended and task.status == TaskStatus.QUEUED.value and run is not None
+        baseline = None
+        if run is not None and not retrying:
+            baseline = baseline_of(await repo.run_event_details(run.id, "baseline"))
         reason = None
         if task.status == TaskStatus.FAILED.value:
             reason = task.error_message or (run.message if run else None) or "the run failed"
@@ -174,6 +201,7 @@ class IssueCommenter:
             agent=run.agent_id if run else None,
             usage=usage_of(run) if ended and run is not None else None,
             tests=tests_of(run) if ended and run is not None else None,
+            baseline=baseline,
             pr_url=(run.pr_url if run else None) or None,
             branch=run.branch if run else None,
             reason=reason,

@@ -63,6 +63,10 @@ def tokens_equal(given: str, expected: str) -> bool:
     return bool(expected) and hmac.compare_digest(hash_token(given), hash_token(expected))
 
 
+#: run events that change what the issue's progress comment shows
+PROGRESS_EVENTS = frozenset({"phase", "baseline"})
+
+
 @dataclass(frozen=True)
 class TaskChange:
     """What observers hear after a task changed (committed)."""
@@ -404,8 +408,9 @@ class Coordinator:
         count, stored = await self.repo.record_events(run_id, agent_id, events)
         for event in stored:
             await self.bus.publish(f"task:{event.task_id}", _event_message(event))
-        # a new step of the run (workspace, setup, agent, tests, deliver) is news for observers
-        for task_id in {event.task_id for event in stored if event.kind == "phase"}:
+        # a new step of the run (workspace, setup, agent, tests, deliver) and the baseline's
+        # counts are news for observers (the issue's progress comment)
+        for task_id in {event.task_id for event in stored if event.kind in PROGRESS_EVENTS}:
             await self._notify(TaskChange("progress", await self.repo.get_task(task_id)))
         return count
 

@@ -49,7 +49,7 @@ from claude_cluster.github.pr import (
     render_completed_comment,
     render_pr_body,
 )
-from claude_cluster.github.progress import Progress, render_progress
+from claude_cluster.github.progress import Baseline, Progress, render_progress
 from claude_cluster.github.repos import (
     ASSIGNED_LABEL,
     DEFAULT_EXCLUSION_LABELS,
@@ -80,6 +80,7 @@ __all__ = [
     "ASSIGNED_LABEL",
     "DEFAULT_EXCLUSION_LABELS",
     "DEFAULT_TRIGGER_LABELS",
+    "Baseline",
     "Decision",
     "GitHubApp",
     "GitHubAuthError",

@@ -3,7 +3,9 @@
 :func:`render_progress` turns a :class:`Progress` (what the coordinator knows now) into the
 comment's body; the coordinator edits the same comment as the task moves, so the issue
 shows one up-to-date account instead of a trail of comments:
-queued → workspace → setup → agent → tests → delivery, then the result.
+queued → workspace → setup and baseline → agent → tests → delivery, then the result. The
+tests on the base commit (:class:`Baseline`) show as soon as they have run, and the end
+shows them before → after.
 """
 
 from __future__ import annotations
@@ -12,18 +14,43 @@ from dataclasses import dataclass
 
 from claude_cluster.github.pr import TestResults, Usage, _fence, render_test_results
 
-__all__ = ["STEPS", "Progress", "render_progress"]
+__all__ = ["STEPS", "Baseline", "Progress", "render_progress"]
 
 #: the steps of a run, in order, as the agent's ``phase`` events name them
 STEPS: tuple[tuple[str, str], ...] = (
     ("queued", "Queued"),
     ("workspace", "Workspace"),
-    ("setup", "Test environment"),
+    ("setup", "Test environment and baseline"),
     ("agent", "Agent working"),
     ("tests", "Tests"),
     ("deliver", "Branch and pull request"),
 )
+#: phases the agent reports that belong to a step of :data:`STEPS`
+_PART_OF = {"baseline": "setup", "fix": "agent"}
 _DONE, _NOW, _TODO = "✅", "⏳", "⬜"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The tests on the base commit, before the agent ran."""
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    #: why there are no counts: ``skipped`` (the repository's contract turns the baseline
+    #: off) or ``untested`` (the tests could not run on the base commit)
+    missing: str | None = None
+
+    def line(self) -> str:
+        """``1 passed, 2 failed``, or why there are no counts."""
+        if self.missing == "skipped":
+            return "baseline skipped (the repository's contract)"
+        if self.missing is not None:
+            return "no baseline (the tests could not run on the base commit)"
+        parts = [f"{self.passed} passed", f"{self.failed} failed"]
+        if self.errors:
+            parts.append(f"{self.errors} errors")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -38,6 +65,8 @@ class Progress:
     #: the latest run's cost and tests, when it has ended
     usage: Usage | None = None
     tests: TestResults | None = None
+    #: the latest run's tests on the base commit, once they have run (or been skipped)
+    baseline: Baseline | None = None
     pr_url: str | None = None
     branch: str | None = None
     #: why the task failed, or why the last attempt will be retried
@@ -66,8 +95,13 @@ def render_progress(p: Progress) -> str:
         lines.append(f"**Pull request:** {p.pr_url}")
     elif p.branch and p.status == "completed":
         lines.append(f"**Branch:** `{p.branch}`")
-    if p.tests is not None:
+    if p.tests is not None and p.baseline is not None:
+        after = render_test_results(p.tests)
+        lines.append(f"**Tests (before → after):** {p.baseline.line()} → {after}")
+    elif p.tests is not None:
         lines.append(f"**Tests:** {render_test_results(p.tests)}")
+    elif p.baseline is not None:
+        lines.append(f"**Tests before the run (base commit):** {p.baseline.line()}")
     if p.usage is not None:
         lines.append(f"**Cost:** {p.usage.line()}")
     if p.reason:
@@ -83,6 +117,7 @@ def _step_index(p: Progress) -> int:
     if p.status in ("completed", "review"):
         return len(STEPS)
     names = [name for name, _ in STEPS]
-    if p.phase in names:
-        return names.index(p.phase)
+    phase = _PART_OF.get(p.phase or "", p.phase)
+    if phase in names:
+        return names.index(phase)
     return 0 if p.status in ("queued", "pending", "analyzing", "assigned") else 1

@@ -149,6 +149,26 @@ async def test_a_failure_from_before_the_run_is_not_blamed_on_it(tmp_path: Path)
     assert "Claude session: `sess-1`" in proof
     assert "The run on the dashboard: http://coordinator.test:8080/tasks/7" in proof
     assert {"baseline", "tests", "test_changes"} <= set(kinds(rep))
+    # what the coordinator's progress comment shows as "before"
+    (base,) = [e.data for e in rep._events.first(len(rep._events)) if e.kind == "baseline"]
+    assert (base["ran"], base["passed"], base["failed"]) == (True, 1, 2)
+
+
+async def test_a_contract_that_turns_the_baseline_off_says_so(tmp_path: Path) -> None:
+    origin = make_repo(
+        tmp_path / "r",
+        {
+            "calc.py": CALC_BUGGY,
+            "test_calc.py": CALC_TEST,
+            ".claude-cluster.yml": "baseline: false\n",
+        },
+    )
+    rep = reporter()
+    result = await job(tmp_path, ScriptedRunner([writes(CALC_FIXED)])).run(request(origin), rep)
+    assert result.succeeded, result.message
+    events = rep._events.first(len(rep._events))
+    assert [e.data for e in events if e.kind == "baseline"] == [{"ran": False, "status": "skipped"}]
+    assert "baseline" not in [e.data.get("phase") for e in events if e.kind == "phase"]
 
 
 async def test_a_regression_gets_a_fix_round_that_names_it(tmp_path: Path) -> None:

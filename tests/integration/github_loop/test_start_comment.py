@@ -47,3 +47,51 @@ async def test_one_comment_follows_the_task_step_by_step(loop: Loop) -> None:
         # created, then at most one edit per step seen, each at least a second apart
         assert 2 <= len(edits) <= 6
         assert edits[-1] == final
+
+
+async def test_the_comment_shows_the_baseline_then_the_tests_before_and_after(
+    loop: Loop,
+) -> None:
+    async with SimAgents(loop.coordinator.url) as sims:
+        agent = await sims.add("a1", behaviour="hold")
+        task_id, issue = await labelled_task(loop)
+        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
+        run_id = next(iter(agent.held))
+        steps = ("workspace", "setup", "baseline")
+        for seq, step in enumerate(steps):
+            phase = {"kind": "phase", "message": step, "data": {"phase": step}}
+            await sims.report("a1", run_id, [phase], first_seq=seq)
+        await loop.comments(issue, "- ⏳ Test environment and baseline on `a1`", timeout=10)
+        # the baseline's counts alone (no new step) bring the comment up to date
+        counts = {"ran": True, "command": "pytest -q", "passed": 1, "failed": 2, "errors": 0}
+        baseline = {
+            "kind": "baseline",
+            "message": "1 passed, 2 failed",
+            "data": {**counts, "ok": False},
+        }
+        await sims.report("a1", run_id, [baseline], first_seq=len(steps))
+        before = "**Tests before the run (base commit):** 1 passed, 2 failed"
+        (during,) = await loop.comments(issue, before, timeout=10)
+        assert "- ⏳ Test environment and baseline on `a1`" in during
+        agent_step = {"kind": "phase", "message": "agent", "data": {"phase": "agent"}}
+        await sims.report("a1", run_id, [agent_step], first_seq=len(steps) + 1)
+        await loop.comments(issue, "- ⏳ Agent working on `a1`", timeout=10)
+        await sims.finish(
+            "a1",
+            run_id,
+            branch=f"claude/issue-{issue}-x",
+            tests_command="pytest -q",
+            tests_passed=3,
+            tests_failed=0,
+            tests_ok=True,
+        )
+        before_after = "**Tests (before → after):** 1 passed, 2 failed → ✅ 3 passed, 0 failed"
+        (final,) = await loop.comments(issue, before_after, timeout=10)
+        assert final.startswith("✅") and "Tests before the run" not in final
+        ours = [c for c in loop.fake.comments(REPO, issue) if f"Task ID: {task_id}" in c["body"]]
+        assert len(ours) == 1
+        edits = [body for cid, body in loop.fake.comment_edits if cid == ours[0]["id"]]
+        # the sequence the issue sees: the baseline first, then before → after at the end
+        shown = [i for i, body in enumerate(edits) if before in body]
+        assert shown and edits[-1] == final and shown[-1] < len(edits) - 1
+        assert not any(before_after in body for body in edits[: shown[0]])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from claude_cluster.github import TestResults, Usage
+from claude_cluster.github import Baseline, TestResults, Usage
 from claude_cluster.github.progress import Progress, render_progress
 
 
@@ -58,3 +58,55 @@ def test_a_retry_says_why_and_starts_over() -> None:
     )
     assert "**Attempt failed, retrying:**" in body
     assert marks(body)[0] == "⏳"
+
+
+def test_the_baseline_shows_as_soon_as_it_has_run() -> None:
+    body = render_progress(
+        Progress(
+            task_id=7,
+            status="in_progress",
+            phase="baseline",
+            agent="a1",
+            baseline=Baseline(passed=1, failed=2),
+        )
+    )
+    # the baseline is part of the setup step, not a step back to the workspace
+    assert marks(body) == ["✅", "✅", "⏳", "⬜", "⬜", "⬜"]
+    assert "- ⏳ Test environment and baseline on `a1`" in body
+    assert "**Tests before the run (base commit):** 1 passed, 2 failed" in body
+
+
+def test_the_end_shows_the_tests_before_and_after() -> None:
+    body = render_progress(
+        Progress(
+            task_id=7,
+            status="review",
+            tests=TestResults(command="pytest -q", passed=3, failed=0),
+            baseline=Baseline(passed=1, failed=2, errors=1),
+            pr_url="https://github.com/o/r/pull/9",
+        )
+    )
+    assert (
+        "**Tests (before → after):** 1 passed, 2 failed, 1 errors → ✅ 3 passed, 0 failed" in body
+    )
+    assert "Command: `pytest -q`" in body
+    assert "Tests before the run" not in body
+
+
+def test_a_skipped_or_impossible_baseline_is_said_plainly() -> None:
+    tests = TestResults(command="pytest", passed=2, failed=0)
+    skipped = render_progress(
+        Progress(task_id=7, status="review", tests=tests, baseline=Baseline(missing="skipped"))
+    )
+    assert (
+        "**Tests (before → after):** baseline skipped (the repository's contract) → ✅" in skipped
+    )
+    untested = render_progress(
+        Progress(task_id=7, status="in_progress", phase="agent", baseline=Baseline(missing="x"))
+    )
+    assert "no baseline (the tests could not run on the base commit)" in untested
+
+
+def test_a_fix_round_stays_on_the_agent_step() -> None:
+    body = render_progress(Progress(task_id=7, status="in_progress", phase="fix", agent="a1"))
+    assert marks(body) == ["✅", "✅", "✅", "⏳", "⬜", "⬜"]

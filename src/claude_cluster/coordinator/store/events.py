@@ -5,6 +5,7 @@ comment with (so replicas and restarts post it at most once).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 
@@ -64,17 +65,21 @@ class EventQueries(StoreBase):
         async with self._sessions() as s:
             return await s.scalar(query)
 
-    async def run_phase(self, run_id: int) -> str | None:
-        """The step a run last reported (its newest ``phase`` event), or None."""
+    async def run_event_details(self, run_id: int, kind: str) -> dict[str, Any] | None:
+        """The data of the run's newest ``kind`` event, or None when it reported none."""
         query = (
             select(TaskEvent.details)
-            .where(TaskEvent.run_id == run_id, TaskEvent.kind == "phase")
+            .where(TaskEvent.run_id == run_id, TaskEvent.kind == kind)
             .order_by(TaskEvent.id.desc())
             .limit(1)
         )
         async with self._sessions() as s:
             details = await s.scalar(query)
-        phase = (details or {}).get("phase")
+        return details if isinstance(details, dict) else None
+
+    async def run_phase(self, run_id: int) -> str | None:
+        """The step a run last reported (its newest ``phase`` event), or None."""
+        phase = (await self.run_event_details(run_id, "phase") or {}).get("phase")
         return phase if isinstance(phase, str) else None
 
     async def tasks_without_event(

@@ -51,7 +51,7 @@ class _Handler(SimpleHTTPRequestHandler):
         while chunk := source.read(64 * 1024):
             try:
                 outputfile.write(chunk)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 return  # the client had what it needed (npm and uv close early)
             if self.rate:
                 time.sleep(len(chunk) / self.rate)

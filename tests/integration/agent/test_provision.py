@@ -97,24 +97,30 @@ async def test_a_python_project_is_provisioned_then_tested(
     assert again.ok, again
 
 
+def require_npm() -> None:
+    if shutil.which("npm") is None:
+        pytest.fail("npm is missing: scripts/setup installs nodejs and npm")
+
+
+def node_project(root: Path, deps: dict[str, str], check: str) -> Path:
+    """A package with ``deps`` (name → tarball URL) whose one test asserts ``check`` (JS)."""
+    root.mkdir()
+    manifest = {"name": "web", "version": "1.0.0", "scripts": {"test": "node --test"}}
+    (root / "package.json").write_text(json.dumps({**manifest, "dependencies": deps}))
+    (root / "deps.test.js").write_text(
+        "const test = require('node:test');\nconst assert = require('node:assert');\n"
+        f"test('deps', () => {check});\n"
+    )
+    return root
+
+
 async def test_a_node_project_installs_a_tarball_then_tests(
     tmp_path: Path, index: PackageIndex
 ) -> None:
-    if shutil.which("npm") is None:
-        pytest.fail("npm is missing: scripts/setup installs nodejs and npm")
+    require_npm()
     url = index.add_npm_tarball("padder", "1.0.0", {"index.js": "exports.pad = s => ' ' + s;\n"})
-    repo = tmp_path / "web"
-    repo.mkdir()
-    (repo / "package.json").write_text(
-        json.dumps(
-            {"name": "web", "version": "1.0.0", "scripts": {"test": "node --test"},
-             "dependencies": {"padder": url}}
-        )
-    )  # fmt: skip
-    (repo / "pad.test.js").write_text(
-        "const test = require('node:test');\nconst assert = require('node:assert');\n"
-        "const { pad } = require('padder');\n"
-        "test('pads', () => assert.strictEqual(pad('x'), ' x'));\n"
+    repo = node_project(
+        tmp_path / "web", {"padder": url}, "assert.strictEqual(require('padder').pad('x'), ' x')"
     )
     plan = plan_setup(repo, resolve(None), cache_dir=tmp_path / "cache")
     assert [s.name for s in plan.steps] == ["npm install"]

@@ -170,6 +170,7 @@ async def test_a_python_fix_is_tested_with_dependencies_from_the_allowed_index(
     assert [(s["step"], s["exit_code"]) for s in events(rep, "setup")] == [
         ("python venv", 0),
         ("python install", 0),
+        ("save .venv", 0),  # for the repository's next runs
     ]
     assert "- 1 fixed: test_calc.py::test_add" in body
     assert "/.venv/bin/python -m pytest -q -rA` exited 0" in body
@@ -183,7 +184,10 @@ async def test_a_node_fix_is_tested_with_a_tarball_from_the_allowed_index(
         tmp_path, fake_api, index, files, "indent.js", INDENT_FIXED, egress_allow=(index.netloc,)
     )
 
-    assert [(s["step"], s["exit_code"]) for s in events(rep, "setup")] == [("npm install", 0)]
+    assert [(s["step"], s["exit_code"]) for s in events(rep, "setup")] == [
+        ("npm install", 0),
+        ("save node_modules", 0),
+    ]
     assert "- 1 fixed: indents" in body
     assert "Tests: `npm test --silent` exited 0" in body
 
@@ -214,3 +218,34 @@ async def test_a_repository_cannot_open_its_own_way_to_an_index(
     assert [e["status"] for e in events(rep, "baseline")] == ["untested"]
     assert events(rep, "tests") == []
     assert branches(origin) == ["main"]
+
+
+async def test_the_next_run_of_the_repository_gets_the_venv_its_first_run_saved(
+    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, index: PackageIndex
+) -> None:
+    """Two tasks of one repository on one agent, each in its own sandbox and checkout:
+    the second restores the venv (outside any sandbox) and asks the index for nothing."""
+    origin = make_origin(tmp_path / "remote", python_repository(index))
+    setups: list[tuple[list[object], int]] = []
+    for task in (7, 8):
+        scenario = fake_api.scenario([write("calc.py", CALC_FIXED), text("Fixed it.")])
+        runner = job_runner(
+            tmp_path, scenario.base_url, git_tokens=tokens, open_pull_request=Opener()
+        )
+        rep = reporter()
+        served = index.requests
+        result = await runner.run(
+            request(
+                origin, run_id=task, task_id=task, github_issue_number=task,
+                github_repository="octo/app", open_pull_request=True,
+                operator_contract=allowing(index),
+            ),
+            rep,
+        )  # fmt: skip
+        assert result.succeeded, result.message
+        assert (result.tests_passed, result.tests_failed, result.tests_ok) == (2, 0, True)
+        assert result.changed_files == ["calc.py"]
+        setups.append(([s["step"] for s in events(rep, "setup")], index.requests - served))
+    (first, asked), second = setups
+    assert first == ["python venv", "python install", "save .venv"] and asked > 0
+    assert second == (["restore .venv", "python project"], 0)

@@ -6,7 +6,10 @@ speaks HTTP/1.1 and answers two kinds of request:
 
 * ``CONNECT host:port`` (``HTTPS_PROXY``): tunnelled when the host is on the run's
   :class:`DomainAllowlist` (per repository; default only the model API's host), otherwise
-  refused with 403 and reported as an ``egress_refused`` run event naming the host;
+  refused with 403. The first refusal of a host is an ``egress_refused`` run event naming
+  it; later ones are only counted (a package manager retrying would otherwise flood the
+  run's events), and :meth:`RunGateway.close` reports the counts of the hosts refused
+  more than once in one ``egress_refused_summary`` event;
 * anything else is the model API (``ANTHROPIC_BASE_URL`` points here): the request must
   carry the run's own token (``x-api-key`` or ``Authorization: Bearer``), which the gateway
   swaps for the agent's real credential before forwarding it upstream. The response is
@@ -204,12 +207,14 @@ class RunGateway:
         self.on_event: EventCallback = on_event if on_event is not None else (lambda *_: None)
         self.token = "cc-run-" + secrets.token_urlsafe(32)
         self.usage = GatewayUsage()
-        self.refused_hosts: list[str] = []
+        #: refused connection attempts per host, in the order first refused
+        self.refused: dict[str, int] = {}
         self.over_budget = False
         self.backpressure: list[tuple[int, float | None]] = []
         self._server: asyncio.Server | None = None
         self._client: httpx.AsyncClient | None = None
         self._open = False
+        self._summarised = False
         self._connections: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -224,8 +229,14 @@ class RunGateway:
         )
         self._open = True
 
+    @property
+    def refused_hosts(self) -> list[str]:
+        """Each refused host once, in the order first refused."""
+        return list(self.refused)
+
     async def close(self) -> None:
-        """Revoke the run token and stop serving (open tunnels are cut)."""
+        """Revoke the run token and stop serving (open tunnels are cut); report how often
+        each host refused more than once was tried."""
         self._open = False
         if self._server is not None:
             self._server.close()
@@ -240,6 +251,20 @@ class RunGateway:
             await self._client.aclose()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        self._report_refusals()
+
+    def _report_refusals(self) -> None:
+        repeated = {host: count for host, count in self.refused.items() if count > 1}
+        if not repeated or self._summarised:
+            return
+        self._summarised = True
+        self.on_event(
+            "egress_refused_summary",
+            "refused connections, by host: "
+            + ", ".join(f"{host} ({count} times)" for host, count in repeated.items()),
+            {"refused": repeated},
+            "warning",
+        )
 
     def sandbox_env(self, port: int) -> dict[str, str]:
         """What the run's processes get: the gateway as base URL and proxy, the run token."""
@@ -298,7 +323,10 @@ class RunGateway:
         await self._model_request(method, target, headers, reader, writer)
 
     def _refuse(self, host: str, port: int) -> None:
-        self.refused_hosts.append(host)
+        count = self.refused.get(host, 0) + 1
+        self.refused[host] = count
+        if count > 1:
+            return  # counted; the summary at close() reports the total
         self.on_event(
             "egress_refused",
             f"refused a connection to {host}:{port}: not on the repository's allowlist",

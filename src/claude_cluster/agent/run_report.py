@@ -146,7 +146,8 @@ def proof_lines(ctx: RunContext) -> list[str]:
     if progress.session_id:
         lines.append(f"Claude session: `{progress.session_id}`")
     if ctx.box.gateway is not None:
-        blocked = sorted(set(ctx.box.gateway.refused_hosts))
+        refused = ctx.box.gateway.refused
+        blocked = [f"{h} ({refused[h]} attempts)" if refused[h] > 1 else h for h in sorted(refused)]
         lines.append(f"Blocked network hosts: {', '.join(blocked) if blocked else 'none'}")
     if ctx.config.dashboard_url:
         lines.append(

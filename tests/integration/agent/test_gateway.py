@@ -290,6 +290,45 @@ async def test_an_unlisted_host_is_refused_and_reported_a_listed_one_tunnelled(
             await gateway.close()
 
 
+async def test_a_host_refused_again_and_again_is_reported_once_then_counted_at_the_end(
+    tmp_path: Path, fake_api: FakeAnthropic, events: Events
+) -> None:
+    """A package manager retrying a blocked index (uv tries seven times) makes one
+    ``egress_refused`` event per host while the run lasts, and one summary with the counts
+    when the gateway closes: nothing lost, nothing repeated."""
+    gateway = await started(tmp_path, fake_api.scenario([text("unused")]), events)
+    try:
+        for target in ["pypi.org:443"] * 7 + ["evil.example.com:443", "pypi.org:8443"]:
+            head, _, writer = await connect(gateway, target)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 403")
+        assert events.kinds() == ["egress_refused", "egress_refused"]
+        assert [e[2]["host"] for e in events] == ["pypi.org", "evil.example.com"]
+        assert gateway.refused == {"pypi.org": 8, "evil.example.com": 1}
+        assert gateway.refused_hosts == ["pypi.org", "evil.example.com"]
+    finally:
+        await gateway.close()
+    await gateway.close()  # a second close adds nothing
+
+    assert events.kinds() == ["egress_refused", "egress_refused", "egress_refused_summary"]
+    _, message, data, level = events[-1]
+    assert data == {"refused": {"pypi.org": 8}} and level == "warning"
+    assert "pypi.org (8 times)" in message and "evil.example.com" not in message
+
+
+async def test_a_run_refused_nothing_twice_gets_no_summary(
+    tmp_path: Path, fake_api: FakeAnthropic, events: Events
+) -> None:
+    gateway = await started(tmp_path, fake_api.scenario([text("unused")]), events)
+    try:
+        head, _, writer = await connect(gateway, "evil.example.com:443")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 403")
+    finally:
+        await gateway.close()
+    assert events.kinds() == ["egress_refused"]
+
+
 def test_the_allowlist_matches_hosts_wildcards_and_ports() -> None:
     allow = DomainAllowlist.of(["api.anthropic.com", "*.pypi.org", "registry.npmjs.org:8443"])
     assert allow.allows("api.anthropic.com", 443)

@@ -286,8 +286,8 @@ def test_env_files_carry_every_setting_the_service_reads(
         assert not missing, f"{mode} {env_file} lacks {missing}: add them to the template"
         excluded = sorted(n for f in not_deployed for n in fields[f] & written)
         assert not excluded, f"{mode} {env_file} writes {excluded}, which must not be deployed"
-        # Every value written parses (the TLS files exist only on the hosts).
-        no_tls = dict.fromkeys(("tls_cert_file", "tls_key_file", "tls_ca_file"))
+        # Every value written parses (the TLS and CA files exist only on the hosts).
+        no_tls = dict.fromkeys(("tls_cert_file", "tls_key_file", "tls_ca_file", "run_ca_bundle"))
         settings(_env_file=rendered[mode] / env_file, **no_tls)
 
 

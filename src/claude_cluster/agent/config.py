@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from claude_cluster.agent.ca_bundle import check_extra_ca
 from claude_cluster.config import is_placeholder, load, settings_config
 from claude_cluster.tls import TlsSettings
 
@@ -89,6 +90,9 @@ class AgentSettings(TlsSettings):
     #: hosts every run may reach through the gateway besides the model API (comma list;
     #: ``host``, ``*.domain``, optionally ``:port``; without a port only 443)
     run_egress_allow: CommaList = Field(default_factory=list)
+    #: a PEM file of CA certificates the runs' tools trust besides the system roots (a
+    #: private package index's CA); bound read-only into every run's sandbox
+    run_ca_bundle: Path | None = None
     #: paths a run may not change; refused at delivery (``dir/**`` = all below ``dir``)
     protected_paths: CommaList = Field(default_factory=lambda: [".github/workflows/**"])
     workspace_cleanup_days: float = Field(default=7.0, gt=0)
@@ -133,6 +137,18 @@ class AgentSettings(TlsSettings):
 
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("run_ca_bundle", mode="before")
+    @classmethod
+    def _empty_ca_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("run_ca_bundle")
+    @classmethod
+    def _pem_certificates(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_extra_ca(value)
         return value
 
     @field_validator("agent_runner")

@@ -37,6 +37,7 @@ import uvicorn
 from claude_cluster import __version__, metrics
 from claude_cluster.agent import readiness
 from claude_cluster.agent.api import create_agent_app
+from claude_cluster.agent.ca_bundle import build_ca_bundle
 from claude_cluster.agent.config import AgentSettings, load_agent_settings
 from claude_cluster.agent.coordinator_client import CoordinatorClient, CoordinatorError, Registered
 from claude_cluster.agent.git import count_operations_as
@@ -97,6 +98,17 @@ def gateway_config(settings: AgentSettings) -> GatewayConfig:
         upstream=settings.anthropic_base_url or "https://api.anthropic.com",
         credential=credential,
         allow=tuple(settings.run_egress_allow),
+    )
+
+
+def run_ca_bundle(settings: AgentSettings) -> Path | None:
+    """The runs' CA bundle: the system roots and ``RUN_CA_BUNDLE``, written once at start
+    under ``WORKSPACE_PATH`` (not in ``runs/``, which a start empties; no run sees it but
+    through its read-only bind); ``None`` when unset."""
+    if settings.run_ca_bundle is None:
+        return None
+    return build_ca_bundle(
+        settings.run_ca_bundle, settings.workspace_path / "run-ca-certificates.pem"
     )
 
 
@@ -207,6 +219,7 @@ class AgentDaemon:
                 sandbox=self.run_sandbox if settings.run_sandbox else None,
                 gateway=gateway_config(settings),
                 state_dir=settings.workspace_path / "runs",
+                ca_bundle=run_ca_bundle(settings),
                 protected_paths=tuple(settings.protected_paths),
                 dashboard_url=settings.coordinator_url.rstrip("/"),
             ),

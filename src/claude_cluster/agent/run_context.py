@@ -51,6 +51,8 @@ class JobConfig:
         gateway: the model API and egress allowlist of the runs' gateways.
         state_dir: the daemon's own directory for the runs' sockets and tmp (no run sees it).
         readable: more read-only paths every run needs (the CLI when it lives elsewhere).
+        ca_bundle: the CA bundle built from ``RUN_CA_BUNDLE`` and the system roots, which
+            the run's tools trust (read-only in the sandbox); ``None``: the system's only.
         protected_paths: paths a run may not change (refused at delivery).
         dashboard_url: the coordinator's address, for the run's link in pull requests.
     """
@@ -73,6 +75,7 @@ class JobConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     state_dir: Path | None = None
     readable: tuple[Path, ...] = ()
+    ca_bundle: Path | None = None
     protected_paths: tuple[str, ...] = DEFAULT_PROTECTED_PATHS
     dashboard_url: str | None = None
 

@@ -53,7 +53,7 @@ async def open_box(
             {"sandbox": "off"},
             level="warning",
         )
-        return RunBox(None, None, None, None)
+        return RunBox(None, None, None, None, ca_bundle=config.ca_bundle)
     home = config.home_for(request.task_id)
     home.mkdir(parents=True, exist_ok=True)
 
@@ -76,6 +76,7 @@ async def open_box(
             budget_usd=policy.budget_usd,
             on_event=on_event,
             writable=(cache,),
+            ca_bundle=config.ca_bundle,
         )
     except (SandboxUnavailable, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from claude_cluster.agent.ca_bundle import SANDBOX_CA_BUNDLE, ca_env
 from claude_cluster.agent.gateway import DomainAllowlist, EventCallback, RunGateway
 from claude_cluster.agent.sandbox import Confinement, Sandbox
 from claude_cluster.agent.sweep import force_rmtree
@@ -53,11 +54,14 @@ class RunBox:
         confinement: Confinement | None,
         gateway: RunGateway | None,
         scratch: Path | None,
+        *,
+        ca_bundle: Path | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.confinement = confinement
         self.gateway = gateway
         self.scratch = scratch
+        self.ca_bundle = ca_bundle
 
     @classmethod
     async def open(
@@ -74,6 +78,7 @@ class RunBox:
         budget_usd: float | None = None,
         on_event: EventCallback | None = None,
         writable: Sequence[Path] = (),
+        ca_bundle: Path | None = None,
     ) -> RunBox:
         """Set up the box of run ``run_id``: its tmp, its gateway socket, its confinement.
 
@@ -88,9 +93,11 @@ class RunBox:
             budget_usd: the run's budget, enforced by the gateway.
             on_event: receives the gateway's run events.
             writable: more writable directories (the repository's own tool caches).
+            ca_bundle: the CA bundle the run's tools trust (``RUN_CA_BUNDLE`` with the
+                system roots), bound read-only into the sandbox.
         """
         if sandbox is None or not sandbox.enabled:
-            return cls(None, None, None, None)
+            return cls(None, None, None, None, ca_bundle=ca_bundle)
         scratch = state_dir / f"run-{run_id}"
         if scratch.exists():
             force_rmtree(scratch)
@@ -112,8 +119,9 @@ class RunBox:
             readable=readable,
             gateway_socket=run_gateway.socket_path,
             gateway_port=GATEWAY_PORT,
+            ca_bundle=ca_bundle,
         )
-        return cls(sandbox, confinement, run_gateway, scratch)
+        return cls(sandbox, confinement, run_gateway, scratch, ca_bundle=ca_bundle)
 
     @property
     def confined(self) -> bool:
@@ -130,23 +138,32 @@ class RunBox:
         return self.sandbox.wrap(argv, self.confinement, cwd=cwd)
 
     def agent_env(self, real: Mapping[str, str]) -> dict[str, str]:
-        """The runner's credentials: the gateway and the run token, or ``real`` when off."""
+        """The runner's credentials: the gateway and the run token, or ``real`` when off;
+        and the CA bundle, which the model's own commands (an install) need as setup does."""
         if self.gateway is None:
-            return dict(real)
+            return {**real, **self.ca_env()}
         env = {k: v for k, v in real.items() if not _is_model_credential(k)}
         env.update(self.gateway.sandbox_env(GATEWAY_PORT))
+        env.update(self.ca_env())
         env["TMPDIR"] = "/tmp"  # noqa: S108 - the run's own tmp inside the sandbox
         return env
 
     def tool_env(self) -> dict[str, str]:
-        """For tests and setup: the proxy only (no model token)."""
+        """For tests and setup: the proxy and the CA bundle only (no model token)."""
         if self.gateway is None:
-            return {}
+            return self.ca_env()
         env = {
             k: v for k, v in self.gateway.sandbox_env(GATEWAY_PORT).items() if "PROXY" in k.upper()
         }
+        env.update(self.ca_env())
         env["TMPDIR"] = "/tmp"  # noqa: S108
         return env
+
+    def ca_env(self) -> dict[str, str]:
+        """The CA variables naming the bundle where the run's processes see it."""
+        if self.ca_bundle is None:
+            return {}
+        return ca_env(SANDBOX_CA_BUNDLE if self.confined else str(self.ca_bundle))
 
     async def run(
         self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float

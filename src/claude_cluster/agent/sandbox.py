@@ -7,9 +7,10 @@
   included) are out of sight; ``--die-with-parent`` and ``--new-session``;
 * a root file system made of read-only system directories (``/usr`` and the merged-usr
   links, a minimal ``/etc``), the read-only paths the caller names (the interpreter, the
-  CLI, the repository's object store) and the writable ones (the run's repository, HOME
-  and tmp, mounted at ``/tmp``). Nothing else of the host exists inside: not the agent's
-  ``.env``, state or workspace, not other repositories or runs;
+  CLI, the repository's object store), the CA bundle of ``RUN_CA_BUNDLE`` if any, and
+  the writable ones (the run's repository, HOME and tmp, mounted at ``/tmp``). Nothing
+  else of the host exists inside: not the agent's ``.env``, state or workspace, not other
+  repositories or runs;
 * when a gateway socket is given, the one way out: the socket is bound at
   :data:`GATEWAY_SOCKET` and ``socat`` bridges ``127.0.0.1:<port>`` inside the sandbox to
   it (the network namespace has only its own loopback), so HTTP clients use
@@ -36,6 +37,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from claude_cluster.agent.ca_bundle import SANDBOX_CA_BUNDLE
 
 __all__ = [
     "GATEWAY_SOCKET",
@@ -73,6 +76,8 @@ class Confinement:
         gateway_socket: the host side of the gateway's Unix socket, if the run may talk
             to the outside at all.
         gateway_port: the loopback port inside the sandbox that reaches the gateway.
+        ca_bundle: the CA bundle the run's tools trust (``RUN_CA_BUNDLE`` with the system
+            roots), bound read-only at :data:`SANDBOX_CA_BUNDLE`.
     """
 
     writable: tuple[Path, ...]
@@ -80,6 +85,7 @@ class Confinement:
     readable: tuple[Path, ...] = ()
     gateway_socket: Path | None = None
     gateway_port: int = 3128
+    ca_bundle: Path | None = None
 
 
 def bwrap_argv(
@@ -111,6 +117,8 @@ def bwrap_argv(
         args += ["--ro-bind", str(path), str(path)]
     for path in confinement.writable:
         args += ["--bind", str(path), str(path)]
+    if confinement.ca_bundle is not None:
+        args += ["--ro-bind", str(confinement.ca_bundle), SANDBOX_CA_BUNDLE]
     command = list(argv)
     if confinement.gateway_socket is not None:
         args += ["--bind", str(confinement.gateway_socket), GATEWAY_SOCKET]
@@ -177,6 +185,7 @@ class Sandbox:
         readable: Sequence[Path] = (),
         gateway_socket: Path | None = None,
         gateway_port: int = 3128,
+        ca_bundle: Path | None = None,
     ) -> Confinement:
         return Confinement(
             writable=tuple(writable),
@@ -184,6 +193,7 @@ class Sandbox:
             readable=(*self.readable, *readable),
             gateway_socket=gateway_socket,
             gateway_port=gateway_port,
+            ca_bundle=ca_bundle,
         )
 
     def wrap(self, argv: Sequence[str], confinement: Confinement | None, *, cwd: Path) -> list[str]:

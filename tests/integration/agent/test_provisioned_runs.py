@@ -8,7 +8,9 @@ sandbox sends everything but 127.0.0.1 to it. It gets on a run's allowlist the t
 operator puts a private index there: the repository's ``contract:`` in
 GITHUB_REPOSITORIES_FILE (the Python project, which asks for it in its own contract too),
 or ``RUN_EGRESS_ALLOW`` for every run (the Node package). A repository asking for it
-without the operator's leave gets nothing but a refusal.
+without the operator's leave gets nothing but a refusal. The index's certificate is of a
+private CA: the Python project's setup trusts it through the agent's ``RUN_CA_BUNDLE``,
+the Node package through its own ``.npmrc``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from claude_cluster.agent.ca_bundle import build_ca_bundle
 from claude_cluster.agent.reporter import RunReporter
 from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.domain.states import ErrorCategory
@@ -73,14 +76,13 @@ def python_repository(index: PackageIndex) -> dict[str, str]:
     """A project that needs ``calcdep`` from the index, and says so in its contract; one
     of its two tests fails."""
     return {
-        # uv reads where its index is from the project; uv has no setting for a CA file,
-        # so the project trusts its index's host instead (the tunnel is TLS all the same)
+        # uv reads where its index is from the project; the index's CA is the agent's
+        # RUN_CA_BUNDLE, not the project's to say
         "pyproject.toml": (
             "[project]\nname = 'demo'\nversion = '0'\ndependencies = ['calcdep']\n"
             "[build-system]\nrequires = []\nbuild-backend = 'backend'\n"
             "backend-path = ['_build']\n"
             f"[tool.uv]\nindex-url = '{index.url}/simple/'\n"
-            f"allow-insecure-host = ['{index.netloc}']\n"
         ),
         "_build/backend.py": BACKEND.read_text(),
         "calc.py": CALC_BUGGY,
@@ -114,6 +116,11 @@ async def tokens(run_id: int, purpose: str) -> str:
     return "ghs_token"
 
 
+def run_ca_bundle(ca: TestCA, tmp_path: Path) -> Path:
+    """The bundle an agent with ``RUN_CA_BUNDLE`` = the index's CA builds at start."""
+    return build_ca_bundle(ca.cert, tmp_path / "agent-state" / "run-ca-certificates.pem")
+
+
 def allowing(index: PackageIndex) -> OperatorPolicy:
     """The operator's contract for a repository, with the index on its allowlist."""
     return OperatorPolicy.model_validate({"network": {"allow": [index.netloc]}})
@@ -122,17 +129,18 @@ def allowing(index: PackageIndex) -> OperatorPolicy:
 async def fixed_run(
     tmp_path: Path, fake_api: FakeAnthropic, index: PackageIndex, files: dict[str, str],
     path: str, fixed: str, *, egress_allow: tuple[str, ...] = (),
-    operator: OperatorPolicy | None = None,
+    operator: OperatorPolicy | None = None, ca_bundle: Path | None = None,
 ) -> tuple[RunReporter, str]:  # fmt: skip
     """A run of ``files`` in which the model writes ``fixed`` to ``path``, with the
-    agent's ``egress_allow`` (RUN_EGRESS_ALLOW) and the ``operator``'s contract; checks
+    agent's ``egress_allow`` (RUN_EGRESS_ALLOW), ``ca_bundle`` (built from RUN_CA_BUNDLE)
+    and the ``operator``'s contract; checks
     what every such run must show, returns its events and its pull request's body."""
     origin = make_origin(tmp_path / "remote", files)
     scenario = fake_api.scenario([write(path, fixed), text("Fixed it.")])
     opener = Opener()
     runner = job_runner(
         tmp_path, scenario.base_url, allow=egress_allow, git_tokens=tokens,
-        open_pull_request=opener,
+        open_pull_request=opener, ca_bundle=ca_bundle,
     )  # fmt: skip
     rep = reporter()
     served = index.requests
@@ -160,12 +168,15 @@ async def fixed_run(
 
 
 async def test_a_python_fix_is_tested_with_dependencies_from_the_allowed_index(
-    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, index: PackageIndex
+    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, index: PackageIndex, ca: TestCA
 ) -> None:
+    """The index's certificate is verified against the operator's RUN_CA_BUNDLE, which
+    reaches setup only through the agent (the project trusts no host of its own)."""
     files = python_repository(index)
     rep, body = await fixed_run(
-        tmp_path, fake_api, index, files, "calc.py", CALC_FIXED, operator=allowing(index)
-    )
+        tmp_path, fake_api, index, files, "calc.py", CALC_FIXED, operator=allowing(index),
+        ca_bundle=run_ca_bundle(ca, tmp_path),
+    )  # fmt: skip
 
     assert [(s["step"], s["exit_code"]) for s in events(rep, "setup")] == [
         ("python venv", 0),
@@ -223,7 +234,7 @@ async def test_a_repository_cannot_open_its_own_way_to_an_index(
 
 
 async def test_the_next_run_of_the_repository_gets_the_venv_its_first_run_saved(
-    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, index: PackageIndex
+    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, index: PackageIndex, ca: TestCA
 ) -> None:
     """Two tasks of one repository on one agent, each in its own sandbox and checkout:
     the second restores the venv (outside any sandbox) and asks the index for nothing."""
@@ -232,8 +243,9 @@ async def test_the_next_run_of_the_repository_gets_the_venv_its_first_run_saved(
     for task in (7, 8):
         scenario = fake_api.scenario([write("calc.py", CALC_FIXED), text("Fixed it.")])
         runner = job_runner(
-            tmp_path, scenario.base_url, git_tokens=tokens, open_pull_request=Opener()
-        )
+            tmp_path, scenario.base_url, git_tokens=tokens, open_pull_request=Opener(),
+            ca_bundle=run_ca_bundle(ca, tmp_path),
+        )  # fmt: skip
         rep = reporter()
         served = index.requests
         result = await runner.run(

@@ -51,6 +51,7 @@ from claude_cluster.agent.registration import RegistrationConfig, register
 from claude_cluster.agent.reporter import ReporterConfig, RunReporter, replay_spilled
 from claude_cluster.agent.run_context import JobConfig
 from claude_cluster.agent.runbox import GatewayConfig
+from claude_cluster.agent.runner_choice import RunnerChoice
 from claude_cluster.agent.sandbox import Sandbox, SandboxUnavailable
 from claude_cluster.agent.sweep import force_rmtree
 from claude_cluster.agent.workspace import WorkspaceManager
@@ -73,18 +74,50 @@ SERVER_CLOSE_GRACE = 3
 KILL_GRACE = 5.0
 
 
-def build_runner(settings: AgentSettings) -> Runner:
-    """The runner ``AGENT_RUNNER`` names, configured from the settings.
+def build_runner(settings: AgentSettings, name: str | None = None) -> Runner:
+    """The runner ``name`` (by default the one ``AGENT_RUNNER`` names), configured from the
+    settings.
 
     Raises:
         ConfigError: unknown runner or configuration it does not accept.
     """
-    name = settings.agent_runner
+    name = name or settings.agent_runner
     if name == "claude":
         return get_runner(name, cli_path=settings.claude_code_cli_path, kill_grace=KILL_GRACE)
     if name == "command":
         return get_runner(name, command=settings.agent_command or "", kill_grace=KILL_GRACE)
     return get_runner(name, kill_grace=KILL_GRACE)
+
+
+def model_credentials(settings: AgentSettings) -> dict[str, str | None]:
+    """The model credentials the agent has, for the runners' credential checks."""
+    return {
+        "ANTHROPIC_API_KEY": settings.anthropic_api_key,
+        "CLAUDE_CODE_OAUTH_TOKEN": settings.claude_code_oauth_token,
+        "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY"),
+    }
+
+
+def runner_unavailable(settings: AgentSettings, name: str) -> str | None:
+    """Why runner ``name`` cannot run on this agent (no executable, no model credential),
+    or None: what a contract's ``runner`` is checked against before its run."""
+    if name == "command" and not settings.agent_command:
+        return "AGENT_COMMAND is not set on this agent"
+    return readiness.executable_problem(
+        name,
+        cli_path=settings.claude_code_cli_path if name == "claude" else None,
+        command=settings.agent_command,
+    ) or readiness.credential_problem(name, model_credentials(settings))
+
+
+def runner_choice(settings: AgentSettings, runner: Runner | None = None) -> RunnerChoice:
+    """The agent's own runner (``runner``, else ``AGENT_RUNNER``'s) and the others a
+    contract may name, built from the settings when they are available here."""
+    return RunnerChoice(
+        runner or build_runner(settings),
+        build=lambda name: build_runner(settings, name),
+        problem=lambda name: runner_unavailable(settings, name),
+    )
 
 
 def gateway_config(settings: AgentSettings) -> GatewayConfig:
@@ -113,15 +146,19 @@ def run_ca_bundle(settings: AgentSettings) -> Path | None:
 
 
 def sandbox_for(settings: AgentSettings) -> Sandbox:
-    """The runs' sandbox: the agent's interpreter and the Claude CLI readable inside."""
+    """The runs' sandbox: the agent's interpreter, the Claude CLI and ``AGENT_COMMAND``
+    readable inside (whichever runner the agent runs: a contract may name the other)."""
     extra: list[Path] = []
-    if settings.agent_runner == "claude":
-        cli = find_claude_cli(settings.claude_code_cli_path)
-        if cli is not None:
-            extra.append(Path(cli).resolve().parent)
-    elif settings.agent_runner == "command" and settings.agent_command:
-        # the operator's command and the files it names (a script), read-only
-        words = shlex.split(settings.agent_command)
+    cli = find_claude_cli(settings.claude_code_cli_path)
+    if cli is not None:
+        extra.append(Path(cli).resolve().parent)
+    if settings.agent_command:
+        # the operator's command and the files it names (a script), read-only; one that
+        # cannot be split is refused by its runner, not here
+        try:
+            words = shlex.split(settings.agent_command)
+        except ValueError:
+            words = []
         found = shutil.which(words[0]) if words else None
         named = [Path(found)] if found else []
         named += [Path(w) for w in words[1:] if w.startswith("/") and Path(w).exists()]
@@ -201,6 +238,7 @@ class AgentDaemon:
             isolated=settings.run_sandbox,
         )
         self.homes_dir = settings.workspace_path / "homes"
+        runners = runner_choice(settings, runner)
         self.job_runner = JobRunner(
             JobConfig(
                 agent_id=settings.agent_id,
@@ -224,7 +262,8 @@ class AgentDaemon:
                 dashboard_url=settings.coordinator_url.rstrip("/"),
             ),
             workspaces=self.workspaces,
-            runner=runner or build_runner(settings),
+            runner=runners.default,
+            runners=runners,
             open_pull_request=open_pull_request,
             github_api_url=settings.github_api_url,
             git_tokens=self.client.git_token,
@@ -271,14 +310,9 @@ class AgentDaemon:
         its heartbeats, ``/status`` and ``claude_agent_ready``."""
         s = self.settings
         runner = self.job_runner.runner
-        credentials = {
-            "ANTHROPIC_API_KEY": s.anthropic_api_key,
-            "CLAUDE_CODE_OAUTH_TOKEN": s.claude_code_oauth_token,
-            "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY"),
-        }
         problems = [
             readiness.runner_problem(runner),
-            readiness.credential_problem(getattr(runner, "name", ""), credentials),
+            readiness.credential_problem(getattr(runner, "name", ""), model_credentials(s)),
             await self._sandbox_problem(),
             await asyncio.to_thread(
                 readiness.workspace_problem, s.workspace_path, s.workspace_min_free_gb

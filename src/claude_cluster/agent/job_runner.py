@@ -10,8 +10,9 @@ run; the failure is the result's ``error_category``:
 category            when
 ==================  ===========================================================
 workspace_error     fetching the repository or making the worktree failed
-contract_error      the repository's ``.claude-cluster.yml`` is invalid (before
-                    any model call; the message names the key and the line)
+contract_error      the repository's ``.claude-cluster.yml`` is invalid, or names
+                    a runner this agent does not have (before any model call;
+                    the message names the key and the line, or the runner)
 (runner outcome)    the runner failed: max_turns, rate_limited, stall, crash, …
                     (max_turns and budget_exceeded push the work as a checkpoint)
 no_changes          the runner finished without changing anything
@@ -70,7 +71,9 @@ from claude_cluster.agent.run_policy import resolve_policy
 from claude_cluster.agent.run_report import RunEnded, RunProgress
 from claude_cluster.agent.run_turns import first_turn, test_and_fix
 from claude_cluster.agent.runbox import RunBox
+from claude_cluster.agent.runner_choice import RunnerChoice, RunnerUnavailable
 from claude_cluster.agent.workspace import Workspace, WorkspaceManager
+from claude_cluster.domain.contract import RunPolicy
 from claude_cluster.domain.states import ErrorCategory
 from claude_cluster.domain.wire import ExecuteTaskRequest, RunResult
 from claude_cluster.logging import get_logger
@@ -94,7 +97,9 @@ class JobRunner:
     Args:
         config: what every run shares.
         workspaces: prepares and releases the worktrees.
-        runner: the agent CLI (``claude``, ``codex``, ``aider``, ``command``).
+        runner: the agent's own CLI (``claude``, ``codex``, ``aider``, ``command``).
+        runners: the runners a run's policy may name instead (``runner:`` of a contract);
+            by default the agent's own only.
         open_pull_request: opens the pull request for GitHub repositories; the default
             uses :class:`claude_cluster.github.GitHubClient` against ``github_api_url``.
         github_api_url: ``GITHUB_API_URL``, for the default opener.
@@ -111,6 +116,7 @@ class JobRunner:
         *,
         workspaces: WorkspaceManager,
         runner: Runner,
+        runners: RunnerChoice | None = None,
         open_pull_request: PullRequestOpener | None = None,
         github_api_url: str = "https://api.github.com",
         git_tokens: GitTokenSource | None = None,
@@ -118,7 +124,8 @@ class JobRunner:
     ) -> None:
         self.config = config
         self.workspaces = workspaces
-        self.runner = runner
+        self.runners = runners or RunnerChoice(runner)
+        self.runners.default = runner
         self.github_api_url = github_api_url
         self._git_tokens = git_tokens
         self._deliverer = Deliverer(
@@ -127,6 +134,15 @@ class JobRunner:
             git_tokens=git_tokens,
             confirm_delivery=confirm_delivery,
         )
+
+    @property
+    def runner(self) -> Runner:
+        """The agent's own runner: a run's when its policy names none."""
+        return self.runners.default
+
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        self.runners.default = runner
 
     async def run(self, request: ExecuteTaskRequest, reporter: RunReporter) -> RunResult:
         """Do the run and return its result (cancellation included: the result then says
@@ -148,6 +164,7 @@ class JobRunner:
             policy = await resolve_policy(
                 request, reporter, ws, progress, timeout=self.config.git_timeout
             )
+            runner = self._runner_for(policy, reporter, progress)
             box = await open_box(self.config, request, reporter, ws, policy)
             home = self.config.home_for(request.task_id)
             home.mkdir(parents=True, exist_ok=True)
@@ -162,7 +179,7 @@ class JobRunner:
                 home=home,
                 deadline=deadline,
             )
-            return await self._work(ctx)
+            return await self._work(ctx, runner)
         except RunEnded as ended:
             return ended.result
         except OSError as exc:
@@ -187,13 +204,28 @@ class JobRunner:
             if ws is not None:
                 await self._release(ws)
 
-    async def _work(self, ctx: RunContext) -> RunResult:
+    def _runner_for(
+        self, policy: RunPolicy, reporter: RunReporter, progress: RunProgress
+    ) -> Runner:
+        """The runner the policy names, or the agent's own.
+
+        Raises:
+            RunEnded: this agent does not have it (``contract_error``, before setup and any
+                model call: not the agent's fault, SPEC §4b).
+        """
+        try:
+            return self.runners.pick(policy.runner)
+        except RunnerUnavailable as exc:
+            reporter.event("contract", str(exc), {"runner": policy.runner}, level="error")
+            raise progress.failed(ErrorCategory.CONTRACT_ERROR, str(exc)) from None
+
+    async def _work(self, ctx: RunContext, runner: Runner) -> RunResult:
         """Setup and baseline, the agent's turns and fix rounds, then the delivery."""
         progress = ctx.progress
         await set_up(ctx)
         progress.baseline = await run_baseline(ctx)
         try:
-            await first_turn(ctx, self.runner)
+            await first_turn(ctx, runner)
         except RunEnded as stopped:
             return await self._deliverer.checkpoint(ctx, stopped)
         if not await has_changes(ctx.ws, ctx.box):
@@ -203,7 +235,7 @@ class JobRunner:
                 message="the agent finished without changing anything",
             )
         try:
-            await test_and_fix(ctx, self.runner)
+            await test_and_fix(ctx, runner)
         except RunEnded as stopped:
             return await self._deliverer.checkpoint(ctx, stopped)
         return await self._deliverer.deliver(ctx)

@@ -92,10 +92,14 @@ async def resolve_policy(
             "source": policy.source,
             "test": policy.test,
             "network_allow": list(policy.network_allow),
+            "network_refused": list(policy.network_refused),
             "protected_paths": list(policy.protected_paths),
             "when_tests_fail": policy.when_tests_fail,
             "when_untested": policy.when_untested,
             "baseline": policy.baseline,
+            "runner": policy.runner,
+            "budget_usd": policy.budget_usd,
+            "max_turns": policy.max_turns,
         },
     )
     for note in policy.notes:

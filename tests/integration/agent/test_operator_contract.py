@@ -5,13 +5,19 @@ daemon whose ``command`` runner records the limits it was given. The repository'
 ``.claude-cluster.yml`` asks for more than the operator allows (a bigger budget, more
 turns, a host outside the allowlist), as a repository under someone else's control would:
 the run gets the operator's caps and the refusals are events of the run.
+
+The policy's ``runner`` (the repository's, else the operator's) picks the runner: the real
+Claude CLI (against the fake Anthropic API) on an agent whose own runner is ``command``,
+and a refusal before any model call for a runner the agent does not have.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningCoordinator
+from tests.fakes.anthropic_api import FAKE_API_KEY, FakeAnthropic, edit, text, tool_use
 from tests.fakes.github_api import FakeGitHub
 from tests.integration.agent.conftest import GitHttpServer
 from tests.support.agents import (
@@ -50,6 +57,7 @@ OPERATOR = {
 
 @pytest.fixture
 def fake_github() -> Iterator[FakeGitHub]:
+    """(Each test asks for it before ``start_coordinator``: the coordinator stops first.)"""
     with FakeGitHub() as fake:
         fake.add_token(TOKEN, login="octocat")
         fake.add_repo(REPO)
@@ -95,26 +103,41 @@ async def _task(api: httpx.AsyncClient, task_id: int, wanted: set[str]) -> dict[
     return await eventually(probe, timeout=60, interval=0.1)
 
 
-async def test_the_operator_caps_reach_the_agent_and_a_greedy_contract_gets_neither(
+@dataclass
+class Ran:
+    """One task of ``octo/app`` run to its end by a real coordinator and agent."""
+
+    task: dict[str, Any]
+    events: list[dict[str, Any]]
+    agent: dict[str, Any]
+    bare: Path
+    opener: Opener
+
+    def contract_events(self, level: str) -> str:
+        return " | ".join(
+            e["message"] for e in self.events if e["kind"] == "contract" and e["level"] == level
+        )
+
+
+async def run_one_task(
     fake_github: FakeGitHub,
     start_coordinator: Callable[..., RunningCoordinator],
     tmp_path: Path,
-) -> None:
-    # (fake_github first: the coordinator stops before the fake GitHub it comments on)
+    *,
+    operator: dict[str, Any],
+    contract: str,
+    agent_command: str,
+    **agent_overrides: Any,
+) -> Ran:
+    """``octo/app`` (the buggy calc and ``contract`` as its ``.claude-cluster.yml``) on the
+    fake GitHub and a git server; the operator's ``contract:`` in the repositories file; an
+    agent running ``agent_command`` as its ``command`` runner; one task, to its end."""
     git_root = tmp_path / "git"
-    bare = make_origin(
-        git_root / "octo",
-        {
-            "calc.py": CALC_BUGGY,
-            "test_calc.py": CALC_TEST,
-            ".claude-cluster.yml": greedy_contract(),
-        },
-    ).rename(git_root / "octo" / "app.git")
+    files = {"calc.py": CALC_BUGGY, "test_calc.py": CALC_TEST, ".claude-cluster.yml": contract}
+    bare = make_origin(git_root / "octo", files).rename(git_root / "octo" / "app.git")
     operator_file = tmp_path / "repositories.json"
-    operator_file.write_text(json.dumps({"repositories": {REPO: {"contract": OPERATOR}}}))
+    operator_file.write_text(json.dumps({"repositories": {REPO: {"contract": operator}}}))
     issue = fake_github.create_issue(REPO, "add() subtracts", deliver=False)
-    record = tmp_path / "limits.json"
-    script = recording_fixer(tmp_path / "bin", record)
     opener = Opener()
     with GitHttpServer(git_root, TOKEN) as git_http:
         coordinator = start_coordinator(
@@ -131,9 +154,10 @@ async def test_the_operator_caps_reach_the_agent_and_a_greedy_contract_gets_neit
             agent_settings(
                 coordinator.url,
                 tmp_path / "ws",
-                agent_command=f"{sys.executable} {script}",
+                agent_command=agent_command,
                 specialties=ALL_SPECIALTIES,
                 github_api_url=fake_github.url,
+                **agent_overrides,
             ),
             open_pull_request=opener,
         )
@@ -149,25 +173,125 @@ async def test_the_operator_caps_reach_the_agent_and_a_greedy_contract_gets_neit
                     },
                 )
                 assert created.status_code == 201, created.text
-                task_id = created.json()["id"]
-                task = await _task(api, task_id, {"review", "completed", "failed"})
-                events = (await api.get(f"/api/v1/tasks/{task_id}/events")).json()
+                task = await _task(api, created.json()["id"], {"review", "completed", "failed"})
+                events = (await api.get(f"/api/v1/tasks/{task['id']}/events")).json()
+                agent_row = (await api.get("/api/v1/agents/agent-1")).json()
         finally:
             assert await agent.stop() == 0
+    return Ran(task, events, agent_row, bare, opener)
 
-    assert task["status"] == "review", task.get("error_message")
+
+async def test_the_operator_caps_reach_the_agent_and_a_greedy_contract_gets_neither(
+    fake_github: FakeGitHub,
+    start_coordinator: Callable[..., RunningCoordinator],
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "limits.json"
+    script = recording_fixer(tmp_path / "bin", record)
+    ran = await run_one_task(
+        fake_github,
+        start_coordinator,
+        tmp_path,
+        operator=OPERATOR,
+        contract=greedy_contract(),
+        agent_command=f"{sys.executable} {script}",
+    )
+    assert ran.task["status"] == "review", ran.task.get("error_message")
     # the runner got the operator's caps, not what the repository asked for
     limits = json.loads(record.read_text())
     assert limits["CLAUDE_CLUSTER_MAX_TURNS"] == "7"
     assert float(limits["CLAUDE_CLUSTER_BUDGET_USD"]) == 2
     # the hosts the operator's allowlist covers, and the refusals said in the run's events
-    contract = [e for e in events if e["kind"] == "contract"]
-    [policy] = [e for e in contract if "network_allow" in e["details"]]
+    [policy] = [
+        e for e in ran.events if e["kind"] == "contract" and "network_allow" in e["details"]
+    ]
     assert policy["details"]["network_allow"] == ["pypi.org", "files.pythonhosted.org"]
-    warnings = " | ".join(e["message"] for e in contract if e["level"] == "warning")
+    assert policy["details"]["network_refused"] == ["evil.example.com"]
+    assert (policy["details"]["budget_usd"], policy["details"]["max_turns"]) == (2, 7)
+    warnings = ran.contract_events("warning")
     assert "evil.example.com" in warnings
     assert "budget_usd: 50 asked, capped to the operator's 2" in warnings
     assert "max_turns: 500 asked, capped to the operator's 7" in warnings
     # and the run went on to deliver within them
-    [pr] = opener.opened
-    assert branch_file(bare, pr.head, "calc.py") == CALC_FIXED
+    [pr] = ran.opener.opened
+    assert branch_file(ran.bare, pr.head, "calc.py") == CALC_FIXED
+
+
+def plain_contract(extra: str = "") -> str:
+    """Setup and tests the agent can run as they are, plus ``extra``."""
+    return f"setup: ['true']\ntest: {sys.executable} -m pytest -q -p no:cacheprovider\n{extra}"
+
+
+@pytest.mark.claude
+@pytest.mark.timeout(150)
+async def test_the_runner_the_policy_names_runs_instead_of_the_agents_own(
+    fake_github: FakeGitHub,
+    start_coordinator: Callable[..., RunningCoordinator],
+    tmp_path: Path,
+    claude_cli: str,
+    fake_api: FakeAnthropic,
+) -> None:
+    """The agent runs ``command``; the operator's contract names ``claude`` (the default,
+    the repository says nothing): the real Claude CLI does the run, the command never
+    starts."""
+    scenario = fake_api.scenario(
+        [
+            tool_use("Read", {"file_path": "calc.py"}, say="Let me look at calc.py."),
+            edit("calc.py", "a - b", "a + b"),
+            text("Fixed add()."),
+        ]
+    )
+    record = tmp_path / "limits.json"
+    script = recording_fixer(tmp_path / "bin", record)
+    ran = await run_one_task(
+        fake_github,
+        start_coordinator,
+        tmp_path,
+        operator={"runner": "claude"},
+        contract=plain_contract(),
+        agent_command=f"{sys.executable} {script}",
+        claude_code_cli_path=claude_cli,
+        anthropic_api_key=FAKE_API_KEY,
+        anthropic_base_url=scenario.base_url,
+        stall_timeout=60,
+    )
+    assert ran.task["status"] == "review", ran.task.get("error_message")
+    assert not record.exists(), "the agent's own runner ran"
+    assert scenario.messages_requests, "the Claude CLI made no model call"
+    [agent_phase] = [e for e in ran.events if e["details"].get("phase") == "agent"]
+    assert agent_phase["details"]["runner"] == "claude"
+    [pr] = ran.opener.opened
+    assert branch_file(ran.bare, pr.head, "calc.py") == CALC_FIXED
+
+
+async def test_a_runner_the_agent_does_not_have_fails_the_run_before_any_model_call(
+    fake_github: FakeGitHub,
+    start_coordinator: Callable[..., RunningCoordinator],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The repository names ``codex`` (over the operator's ``command``) and this agent has
+    no codex: the run fails as ``contract_error`` naming it, and nothing counts against the
+    agent, which is healthy (as ``runner_error`` would: a repository could then put every
+    agent without codex out of service)."""
+    kept = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "codex").exists()]
+    monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    record = tmp_path / "limits.json"
+    script = recording_fixer(tmp_path / "bin", record)
+    ran = await run_one_task(
+        fake_github,
+        start_coordinator,
+        tmp_path,
+        operator={"runner": "command"},
+        contract=plain_contract("runner: codex\n"),
+        agent_command=f"{sys.executable} {script}",
+    )
+    assert ran.task["status"] == "failed"
+    message = ran.task["error_message"]
+    assert message.startswith(
+        "contract_error: the contract names runner codex, which this agent cannot run"
+    ), message
+    assert "not installed on this agent" in message
+    assert "codex" in ran.contract_events("error")
+    assert not record.exists(), "a runner ran"
+    assert ran.agent["fault_streak"] == 0 and ran.agent["not_ready_reason"] is None

@@ -12,6 +12,8 @@
 #   testhosts.sh prepare            install the host tools if missing, build/cached the rootfs
 #   testhosts.sh up h1 h2 ...       create the bridge + apt proxy, boot the named hosts
 #   testhosts.sh stop hN            shut one host down (its disk state is kept)
+#   testhosts.sh wipe hN            shut one host down and drop its disk state: the next
+#                                   "up hN" boots a fresh host (same name and address)
 #   testhosts.sh ssh hN [cmd...]    run a command on a host as root
 #   testhosts.sh down               stop every host, remove overlays, bridge, proxy, cgroups
 #   testhosts.sh key                print the path of the SSH private key
@@ -207,6 +209,14 @@ stop_host() {
     rm -rf "/run/systemd/nspawn/propagate/$PREFIX$h"
 }
 
+wipe_host() {
+    local h=$1 R=$W/ov/$1/merged
+    host_ip "$h" >/dev/null
+    stop_host "$h"
+    if mountpoint -q "$R"; then umount "$R" || umount -l "$R"; fi
+    rm -rf "${W:?}/ov/$h" "$W/docker-$h"
+}
+
 down() {
     local pidfile h d
     if [[ -d $W ]]; then
@@ -250,6 +260,7 @@ case $cmd in
     prepare) prepare ;;
     up) up "$@" ;;
     stop) (($# == 1)) || usage; stop_host "$1" ;;
+    wipe) (($# == 1)) || usage; wipe_host "$1" ;;
     ssh)
         (($# >= 1)) || usage
         ip=$(host_ip "$1"); shift

@@ -82,6 +82,7 @@ if (_reason := _skip_reason()) is not None:
 class Cluster:
     inventory: Path
     logs: Path
+    work: Path
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -204,7 +205,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     )
     assert built.returncode == 0, built.stdout[-4000:]
     inventory = _write_inventory(work / "inventory", wheelhouse)
-    cluster = Cluster(inventory=inventory, logs=logs)
+    cluster = Cluster(inventory=inventory, logs=logs, work=work)
     cluster.timings["build wheelhouse"] = time.monotonic() - started
 
     def teardown() -> None:
@@ -487,9 +488,11 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _next_version_wheelhouse(cluster: Cluster, work: Path) -> Path:
+def _next_version_wheelhouse(cluster: Cluster) -> Path:
     """The wheelhouse with the project wheel rebuilt as version 0.1.1 (N+1)."""
-    source, wheelhouse = work / "src", work / "wheelhouse"
+    source, wheelhouse = cluster.work / "src", cluster.work / "wheelhouse-next"
+    if wheelhouse.exists():
+        return wheelhouse
     shutil.copytree(
         REPO,
         source,
@@ -516,10 +519,14 @@ def _next_version_wheelhouse(cluster: Cluster, work: Path) -> Path:
     return wheelhouse
 
 
+def _runs(cluster: Cluster, task_id: str) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in cluster.api("GET", f"/api/v1/tasks/{task_id}/runs")]
+
+
 def test_upgrade_drains_agents_waits_for_the_run_and_renews_certificates(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster,
 ) -> None:
-    wheelhouse = _next_version_wheelhouse(cluster, tmp_path)
+    wheelhouse = _next_version_wheelhouse(cluster)
     before = _cert_serials(cluster)
     task = cluster.api(
         "POST",
@@ -575,13 +582,10 @@ def test_upgrade_drains_agents_waits_for_the_run_and_renews_certificates(
     assert all(after[name] != before[name] for name in before), (before, after)
 
 
-def test_backup_then_restore_after_the_database_is_lost(cluster: Cluster, tmp_path: Path) -> None:
+def test_backup_restored_onto_a_fresh_coordinator_host(cluster: Cluster, tmp_path: Path) -> None:
     tasks_before = {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")}
     assert tasks_before
-    runs_before = {
-        tid: [r["id"] for r in cluster.api("GET", f"/api/v1/tasks/{tid}/runs")]
-        for tid in tasks_before
-    }
+    runs_before = {tid: _runs(cluster, tid) for tid in tasks_before}
     for _ in range(2):  # two dumps; coordinator_backup_keep: 1 keeps the newest
         backup = cluster.ssh("h1", "systemctl start claude-coordinator-backup.service")
         assert backup.returncode == 0, cluster.ssh(
@@ -597,16 +601,33 @@ def test_backup_then_restore_after_the_database_is_lost(cluster: Cluster, tmp_pa
     dump = tmp_path / dumps[0]
     dump.write_bytes(base64.b64decode(encoded))
     assert dump.read_bytes().startswith(b"PGDMP")
-    # Lose the database.
-    lost = cluster.ssh("h1", "runuser -u postgres -- dropdb --force coordinator")
-    assert lost.returncode == 0, lost.stdout
-    with pytest.raises(urllib.error.URLError):
-        cluster.api("GET", "/api/v1/tasks")
+    # Lose the coordinator host: a new one, from the bare image, takes its address.
+    for step in (("wipe", "h1"), ("up", "h1")):
+        done = cluster.testhosts(*step)
+        assert done.returncode == 0, done.stdout
+    assert cluster.ssh("h1", "test -e /opt/coordinator").returncode != 0, "h1 is not fresh"
+    deployed = cluster.script(
+        "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
+        str(ANSIBLE_DIR / "playbooks/coordinator-setup.yml"), "--",
+        "-e", f"claude_cluster_wheelhouse_src={_next_version_wheelhouse(cluster)}",
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout[-8000:]
+    assert cluster.api("GET", "/api/v1/tasks") == []  # a new, empty database
     restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
     assert restored.returncode == 0, restored.stdout[-6000:]
     assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
-    for tid, run_ids in runs_before.items():
-        assert [r["id"] for r in cluster.api("GET", f"/api/v1/tasks/{tid}/runs")] == run_ids
+    for tid, runs in runs_before.items():
+        assert _runs(cluster, tid) == runs
+
+    # The agents find the new coordinator by themselves.
+    def agents_back() -> dict[str, Any] | None:
+        agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
+        fresh = all(
+            agents.get(n, {}).get("status") not in (None, "offline", "error") for n in AGENTS
+        )
+        return agents if fresh else None
+
+    assert _wait_for(agents_back, timeout=90, interval=3), cluster.api("GET", "/api/v1/agents")
 
 
 def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:

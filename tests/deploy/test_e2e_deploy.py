@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -46,9 +47,10 @@ NEW_AGENT = ("agent-003", f"{NET}.14", "h4", "testing")
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 CACHE = Path(os.environ.get("TESTHOSTS_CACHE", "/var/cache/claude-cluster-testhosts"))
 REPO_ON_AGENTS = "/srv/e2e-repo"
-# The e2e command runner sleeps this long first on issue 2 (a run that is still going
-# while the upgrade test deploys a new wheel).
-SLOW_ISSUE, SLOW_SECONDS = 2, 45
+# On issue 2 the e2e command runner marks its repository with WAITING and waits (up to
+# HELD_SECONDS) until the test puts RELEASE beside it: a run that is still going however
+# long the upgrade test's coordinator play takes on a busy machine.
+SLOW_ISSUE, HELD_SECONDS, WAITING, RELEASE = 2, 900, ".e2e-waiting", ".e2e-release"
 HOST_CA = "/etc/claude-cluster/tls/ca.crt"
 # Each run's script outputs (with per-task timings), kept after the run for a look.
 LOGS = Path(os.environ.get("DEPLOY_E2E_LOGS", "/var/tmp/claude-cluster-e2e-logs"))
@@ -182,7 +184,9 @@ monitoring_grafana_enabled: false
 coordinator_workers: 2
 agent_runner: command
 agent_command: >-
-  /bin/sh -c 'if [ "$CLUSTER_ISSUE_NUMBER" = {SLOW_ISSUE} ]; then sleep {SLOW_SECONDS}; fi;
+  /bin/sh -c 'if [ "$CLUSTER_ISSUE_NUMBER" = {SLOW_ISSUE} ]; then touch {WAITING}; i=0;
+  while [ ! -e {RELEASE} ] && [ $i -lt {HELD_SECONDS} ]; do sleep 1; i=$((i+1)); done;
+  rm -f {WAITING} {RELEASE}; fi;
   echo deployed-by-e2e > E2E_RESULT.txt'
 coordinator_backup_keep: 1
 # the runs push to a repository on the agent host, outside the unit's writable layout
@@ -523,7 +527,7 @@ def _runs(cluster: Cluster, task_id: str) -> list[tuple[str, str]]:
     return [(r["id"], r["status"]) for r in cluster.api("GET", f"/api/v1/tasks/{task_id}/runs")]
 
 
-def test_upgrade_drains_agents_waits_for_the_run_and_renews_certificates(
+def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
     cluster: Cluster,
 ) -> None:
     wheelhouse = _next_version_wheelhouse(cluster)
@@ -532,52 +536,69 @@ def test_upgrade_drains_agents_waits_for_the_run_and_renews_certificates(
         "POST",
         "/api/v1/tasks",
         {
-            "title": "A run that outlives the start of an upgrade",
-            "description": "The command runner sleeps, then writes E2E_RESULT.txt.",
+            "title": "A run that outlives the coordinator's upgrade",
+            "description": "The command runner waits for the test, then writes E2E_RESULT.txt.",
             "github_repository": REPO_ON_AGENTS,
             "github_issue_number": SLOW_ISSUE,
         },
     )
 
-    def running() -> bool:
-        status = cluster.api("GET", f"/api/v1/tasks/{task['id']}")["status"]
-        return bool(status == "in_progress")
+    def running() -> list[tuple[str, str]] | None:
+        runs = _runs(cluster, task["id"])
+        return runs if [status for _, status in runs] == ["running"] else None
 
-    assert _wait_for(running, timeout=30, interval=1), cluster.api(
-        "GET", f"/api/v1/tasks/{task['id']}"
-    )
-    # The agents play with the N+1 wheel; every certificate is inside the renewal window.
+    started = _wait_for(running, timeout=30, interval=1)
+    assert started, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    find = f"find /opt/agent/workspace -name {WAITING} -printf '%h\\n'"
+
+    def waiting() -> list[tuple[str, str]]:
+        return [(h, d) for _, h, _ in AGENTS.values() for d in cluster.ssh(h, find).stdout.split()]
+
+    held = _wait_for(waiting, timeout=60, interval=1)
+    assert len(held) == 1, held  # one run, waiting in its repository on one agent
+    # Version N+1, every certificate inside the renewal window. The coordinator first, as
+    # site.yml orders them: it restarts on N+1 and migrates while the run goes on at N.
     extra = f"claude_cluster_wheelhouse_src={wheelhouse} tls_cert_renew_days=400"
-    agents_only = cluster.script(
-        "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
-        str(ANSIBLE_DIR / "playbooks/agents-setup.yml"), "--", "-e", extra,
-    )  # fmt: skip
-    assert agents_only.returncode == 0, agents_only.stdout[-8000:]
-    # The deploy drained the agents and waited for the run: it finished once, on its first
-    # attempt, instead of being killed by the restart and retried.
-    assert "Wait until the agent's runs have finished" in agents_only.stdout
-    result = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
-    assert result["status"] == "completed", result
-    runs = cluster.api("GET", f"/api/v1/tasks/{task['id']}/runs")
-    assert [r["status"] for r in runs] == ["succeeded"], runs
-    # Every agent runs N+1, registered again and is back in service.
-    agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
-    for name in AGENTS:
-        assert agents[name]["version"] == "0.1.1", agents[name]
-        assert agents[name]["draining"] is False, agents[name]
-    # Then the coordinator on its own (site.yml would run the agents' play again, unchanged
-    # now): it restarts on N+1, migrates first, and renews its certificate.
     coordinator_only = cluster.script(
         "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
         str(ANSIBLE_DIR / "playbooks/coordinator-setup.yml"), "--", "-e", extra,
     )  # fmt: skip
     assert coordinator_only.returncode == 0, coordinator_only.stdout[-8000:]
+    assert "RUNNING HANDLER [coordinator : Restart coordinator]" in coordinator_only.stdout
     health = json.loads(
         urllib.request.urlopen(
             f"https://{COORDINATOR_IP}:8080/health", timeout=10, context=cluster.tls()
         ).read()
     )
     assert health["version"] == "0.1.1", health
+    # The coordinator's restart stopped no run: the same run is still going. Let it finish.
+    assert _runs(cluster, task["id"]) == started, "the run did not outlive the coordinator"
+    host, repository = held[0]
+    released = cluster.ssh(host, f"touch {shlex.quote(repository)}/{RELEASE}")
+    assert released.returncode == 0, released.stdout
+    # Then the agents: each is drained and the play waits for its run before upgrading it.
+    agents_only = cluster.script(
+        "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
+        str(ANSIBLE_DIR / "playbooks/agents-setup.yml"), "--", "-e", extra,
+    )  # fmt: skip
+    assert agents_only.returncode == 0, agents_only.stdout[-8000:]
+    assert "Wait until the agent's runs have finished" in agents_only.stdout
+    # The run delivered once, on its first attempt: not killed by either restart, not retried.
+    result = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    assert result["status"] == "completed", result
+    assert _runs(cluster, task["id"]) == [(started[0][0], "succeeded")]
+    # Each update of the branch in the repository it was pushed to is one reflog entry.
+    reflog = (
+        f"cd {REPO_ON_AGENTS} && sudo -u agent git reflog show --format=%gs"
+        f" {shlex.quote(result['github_branch'])} 2>/dev/null"
+    )
+    pushes = [cluster.ssh(host, reflog).stdout.split() for _, host, _ in AGENTS.values()]
+    assert sorted(p for p in pushes if p) == [["push"]], pushes
+    # Every agent runs N+1, registered again and is back in service.
+    agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
+    for name in AGENTS:
+        assert agents[name]["version"] == "0.1.1", agents[name]
+        assert agents[name]["draining"] is False, agents[name]
     after = _cert_serials(cluster)
     assert all(after[name] != before[name] for name in before), (before, after)
 

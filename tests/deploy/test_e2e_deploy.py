@@ -45,6 +45,8 @@ COORDINATOR_IP = f"{NET}.11"
 AGENTS = {"agent-001": (f"{NET}.12", "h2", "backend"), "agent-002": (f"{NET}.13", "h3", "frontend")}
 NEW_AGENT = ("agent-003", f"{NET}.14", "h4", "testing")
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+# The name in the stand-in public certificate of the proxy mode's webhook endpoint.
+PUBLIC_NAME = "hooks.e2e.test"
 CACHE = Path(os.environ.get("TESTHOSTS_CACHE", "/var/cache/claude-cluster-testhosts"))
 REPO_ON_AGENTS = "/srv/e2e-repo"
 # On issue 2 the e2e command runner marks its repository with WAITING and waits (up to
@@ -627,6 +629,15 @@ def test_backup_restored_onto_a_fresh_coordinator_host(cluster: Cluster, tmp_pat
         done = cluster.testhosts(*step)
         assert done.returncode == 0, done.stdout
     assert cluster.ssh("h1", "test -e /opt/coordinator").returncode != 0, "h1 is not fresh"
+    # The new host runs the proxy mode: nginx in front of the coordinator, with a public
+    # certificate for GitHub's webhooks (the control node stands in for GitHub's ranges).
+    crt, key = _public_certificate(cluster.work)
+    with (cluster.inventory.parent / "group_vars/all/zz-e2e.yml").open("a") as settings:
+        settings.write(
+            f"coordinator_tls_mode: proxy\nproxy_public_cert_file: {crt}\n"
+            f"proxy_public_key_file: {key}\nproxy_public_server_name: {PUBLIC_NAME}\n"
+            f"proxy_public_allowed_cidrs: ['{NET}.1']\n"
+        )
     deployed = cluster.script(
         "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
         str(ANSIBLE_DIR / "playbooks/coordinator-setup.yml"), "--",
@@ -649,6 +660,62 @@ def test_backup_restored_onto_a_fresh_coordinator_host(cluster: Cluster, tmp_pat
         return agents if fresh else None
 
     assert _wait_for(agents_back, timeout=90, interval=3), cluster.api("GET", "/api/v1/agents")
+
+
+def _public_certificate(work: Path) -> tuple[Path, Path]:
+    """A stand-in for the operator's publicly trusted certificate (self-signed here)."""
+    crt, key = work / "public.crt", work / "public.key"
+    made = run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-subj", f"/CN={PUBLIC_NAME}",
+            "-addext", f"subjectAltName=DNS:{PUBLIC_NAME},IP:{COORDINATOR_IP}",
+            "-keyout", str(key), "-out", str(crt),
+        ]
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout
+    return crt, key
+
+
+def test_proxy_mode_serves_the_coordinator_through_nginx(cluster: Cluster) -> None:
+    # The restored host above was deployed with coordinator_tls_mode: proxy.
+    url = f"https://{COORDINATOR_IP}:8080/health"
+    with urllib.request.urlopen(url, timeout=10, context=cluster.tls()) as response:
+        assert response.headers["Server"] == "nginx", dict(response.headers)
+        assert json.loads(response.read())["status"] == "healthy"
+    # The coordinator itself serves plain HTTP on loopback only.
+    listening = cluster.ssh("h1", "ss -Hltn").stdout
+    assert re.search(r"\s127\.0\.0\.1:8079\s", listening), listening
+    assert not re.search(r"\s(0\.0\.0\.0|\*|\[::\]):8079\s", listening), listening
+    assert not _reachable(COORDINATOR_IP, 8079)
+    tls_lines = cluster.ssh("h1", "grep -c '^TLS_CERT_FILE=' /opt/coordinator/.env").stdout
+    assert tls_lines.strip() == "0", tls_lines
+    # The public endpoint: the operator's certificate, GitHub's webhook path and nothing else.
+    public = ssl.create_default_context(cafile=str(cluster.work / "public.crt"))
+    hook = f"https://{COORDINATOR_IP}:443/webhook/health"
+    with urllib.request.urlopen(hook, timeout=10, context=public) as response:
+        assert json.loads(response.read())["service"] == "github-webhook"
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        _get(hook, cluster.tls())  # not the cluster CA's certificate
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(f"https://{COORDINATOR_IP}:443/api/v1/tasks", public)
+    assert refused.value.code == 404
+    # A delivery reaches the coordinator, which still wants GitHub's signature (401), or
+    # says webhooks are not configured here (503): its JSON answer, not nginx's.
+    forged = urllib.request.Request(
+        f"https://{COORDINATOR_IP}:443/webhook/github",
+        method="POST",
+        data=b"{}",
+        headers={
+            "X-GitHub-Event": "ping",
+            "X-Hub-Signature-256": "sha256=" + "0" * 64,
+            "Content-Type": "application/json",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.urlopen(forged, timeout=10, context=public)
+    assert answered.value.code in (401, 503), answered.value.code
+    assert json.loads(answered.value.read()), "not the coordinator's answer"
 
 
 def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:

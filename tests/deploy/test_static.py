@@ -213,8 +213,21 @@ def test_add_agent_inserts_into_the_agents_section(tmp_path: Path) -> None:
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The templates rendered with the roles' defaults, natively and for Compose."""
     out: dict[str, Path] = {}
-    for mode in ("native", "compose"):
+    modes = {
+        "native": ["coordinator_install_mode=native"],
+        "compose": ["coordinator_install_mode=compose"],
+        # native behind nginx, with an operator's public certificate for the webhooks
+        "proxy": [
+            "coordinator_install_mode=native",
+            "coordinator_tls_mode=proxy",
+            "proxy_public_cert_file=/srv/public/hooks.crt",
+            "proxy_public_key_file=/srv/public/hooks.key",
+            "proxy_public_server_name=hooks.example.com",
+        ],
+    }
+    for mode, settings in modes.items():
         target = tmp_path_factory.mktemp(f"rendered-{mode}")
+        extra = [arg for setting in settings for arg in ("-e", setting)]
         run(
             [
                 venv_tool("ansible-playbook"),
@@ -223,8 +236,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "render-templates.yml",
                 "-e",
                 f"out={target}",
-                "-e",
-                f"coordinator_install_mode={mode}",
+                *extra,
             ],
             cwd=HERE,
             check=True,
@@ -310,6 +322,81 @@ def test_env_files_carry_the_deployment_values(rendered: dict[str, Path]) -> Non
     assert agent["TLS_CA_FILE"] == "/etc/claude-cluster/tls/ca.crt"
     assert agent["CAPABILITIES"] == "typescript,react"
     assert agent["IP_ADDRESS"] == "10.0.0.11"
+
+
+def test_proxy_mode_puts_the_coordinator_on_loopback_behind_nginx(
+    rendered: dict[str, Path],
+) -> None:
+    direct = _env_keys(rendered["native"] / "coordinator/.env")
+    assert (direct["HOST"], direct["PORT"], direct["FORCE_SECURE_COOKIES"]) == (
+        "0.0.0.0",
+        "8080",
+        "false",
+    )
+    proxied = _env_keys(rendered["proxy"] / "coordinator/.env")
+    # Plain HTTP on loopback; nginx serves the certificate; agents are still verified.
+    assert (proxied["HOST"], proxied["PORT"]) == ("127.0.0.1", "8079")
+    assert "TLS_CERT_FILE" not in proxied and "TLS_KEY_FILE" not in proxied
+    assert proxied["TLS_CA_FILE"] == "/etc/claude-cluster/tls/ca.crt"
+    assert proxied["FORCE_SECURE_COOKIES"] == "true"
+    site = (rendered["proxy"] / "proxy/claude-coordinator.conf").read_text()
+    assert "listen 8080 ssl;" in site
+    assert "server 127.0.0.1:8079;" in site
+    assert "ssl_certificate /etc/claude-cluster/tls/coordinator.crt;" in site
+    # The client's address is set, never appended to what the client sent.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in site
+    assert "$proxy_add_x_forwarded_for" not in site
+    public = site.split("listen 443 ssl;", 1)[1]
+    assert "server_name hooks.example.com;" in public
+    assert "ssl_certificate /etc/claude-cluster/tls/public.crt;" in public
+    # Only GitHub's webhook path (and its health) on the public port.
+    assert re.findall(r"location (.*?) \{", public) == [
+        "= /webhook/github",
+        "= /webhook/health",
+        "/",
+    ]
+    assert "return 404;" in public.split("location / {", 1)[1]
+    # Without a public certificate there is no public port.
+    plain = (rendered["native"] / "proxy/claude-coordinator.conf").read_text()
+    assert "listen 8080 ssl;" in plain and "listen 443" not in plain
+
+
+def test_proxy_site_is_valid_nginx(rendered: dict[str, Path], tmp_path: Path) -> None:
+    nginx = system_tool("nginx", "nginx")
+    leaf = TestCA(tmp_path / "pki").issue("coordinator")
+    site = (rendered["proxy"] / "proxy/claude-coordinator.conf").read_text()
+    for name in ("coordinator", "public"):
+        site = site.replace(f"/etc/claude-cluster/tls/{name}.crt", str(leaf.cert))
+        site = site.replace(f"/etc/claude-cluster/tls/{name}.key", str(leaf.key))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  include {tmp_path}/site.conf;\n}}\n"
+    )
+    proc = run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    assert proc.returncode == 0, proc.stdout
+    # The check can fail: a broken directive is refused.
+    (tmp_path / "site.conf").write_text(site.replace("proxy_pass", "proxy_passs", 1))
+    broken = run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    assert broken.returncode != 0
+
+
+def test_grafana_serves_https_with_the_hosts_certificate(rendered: dict[str, Path]) -> None:
+    tasks = yaml.safe_load((ANSIBLE_DIR / "roles/monitoring/tasks/grafana-tls.yml").read_text())
+    ini = next(t for t in tasks if "community.general.ini_file" in t)
+    assert {(i["option"], i["value"]) for i in ini["loop"]} == {
+        ("protocol", "https"),
+        ("cert_file", "{{ monitoring_grafana_tls_dir }}/grafana.crt"),
+        ("cert_key", "{{ monitoring_grafana_tls_dir }}/grafana.key"),
+    }
+    compose = yaml.safe_load((rendered["compose"] / "coordinator/docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert grafana["environment"]["GF_SERVER_PROTOCOL"] == "https"
+    assert grafana["environment"]["GF_SERVER_CERT_FILE"] == "/etc/grafana/tls/grafana.crt"
+    assert "./monitoring/grafana/tls:/etc/grafana/tls:ro" in grafana["volumes"]
+    playbook = (ANSIBLE_DIR / "playbooks/coordinator-setup.yml").read_text()
+    # after the coordinator role, which issues the certificate it copies
+    assert playbook.index("tasks_from: grafana-tls.yml") > playbook.index("name: coordinator\n")
 
 
 def test_units_stop_their_children_within_a_finite_time(rendered: dict[str, Path]) -> None:

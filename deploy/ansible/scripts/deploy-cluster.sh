@@ -145,7 +145,7 @@ print_access_points() {
         echo "   WARNING: cluster_tls is false, tokens travel in clear text."
     fi
     if [[ $grafana == True || $grafana == true ]]; then
-        echo "   Grafana:           http://$host:$grafana_port"
+        echo "   Grafana:           $scheme://$host:$grafana_port"
     fi
     echo "   Prometheus:        loopback only on the coordinator; tunnel it with"
     echo "                      ssh -L $prometheus_port:127.0.0.1:$prometheus_port $host  ->  http://127.0.0.1:$prometheus_port"

@@ -205,7 +205,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     started = time.monotonic()
-    wheelhouse = CACHE / "wheelhouse"
+    # This run's own wheelhouse: another test run on the machine may rebuild a shared one
+    # between two deploys, and the second would then not be idempotent.
+    wheelhouse = work / "wheelhouse"
     built = run(
         [str(SCRIPTS / "build-wheelhouse.sh"), "-o", str(wheelhouse)], cwd=REPO, timeout=600
     )
@@ -514,7 +516,7 @@ def _next_version_wheelhouse(cluster: Cluster) -> Path:
                 path.read_text(),
             )
         )
-    shutil.copytree(CACHE / "wheelhouse", wheelhouse, copy_function=_link_or_copy)
+    shutil.copytree(cluster.work / "wheelhouse", wheelhouse, copy_function=_link_or_copy)
     for old in wheelhouse.glob("claude_code_cluster-*.whl"):
         old.unlink()
     built = run(["uv", "build", "--wheel", "--out-dir", str(wheelhouse), "--quiet"], cwd=source)

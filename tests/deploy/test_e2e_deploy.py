@@ -701,6 +701,7 @@ def test_proxy_mode_serves_the_coordinator_through_nginx(cluster: Cluster) -> No
         _get(hook, cluster.tls())  # not the cluster CA's certificate
     with pytest.raises(urllib.error.HTTPError) as refused:
         _get(f"https://{COORDINATOR_IP}:443/api/v1/tasks", public)
+    refused.value.close()  # an HTTPError holds its response's socket
     assert refused.value.code == 404
     # A delivery reaches the coordinator, which still wants GitHub's signature (401), or
     # says webhooks are not configured here (503): its JSON answer, not nginx's.
@@ -716,8 +717,9 @@ def test_proxy_mode_serves_the_coordinator_through_nginx(cluster: Cluster) -> No
     )
     with pytest.raises(urllib.error.HTTPError) as answered:
         urllib.request.urlopen(forged, timeout=10, context=public)
-    assert answered.value.code in (401, 503), answered.value.code
-    assert json.loads(answered.value.read()), "not the coordinator's answer"
+    with answered.value:
+        assert answered.value.code in (401, 503), answered.value.code
+        assert json.loads(answered.value.read()), "not the coordinator's answer"
 
 
 def test_add_agent_adds_a_fourth_host_that_registers(cluster: Cluster) -> None:

@@ -36,6 +36,7 @@ from claude_cluster.coordinator.reconciler import Reconciler
 from claude_cluster.coordinator.store.repository import NewTask, Repository, RunEnd
 from claude_cluster.coordinator.store.tables import Agent, ApiToken, Task, TaskEvent
 from claude_cluster.coordinator.store.transitions import StatusChange
+from claude_cluster.coordinator.token_holders import TokenHolders
 from claude_cluster.domain.analysis import analyse
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import Priority, RunStatus, TaskStatus
@@ -127,6 +128,7 @@ class Coordinator:
         self.repo = repo
         self.bus = bus
         self.client = client
+        self.token_holders = TokenHolders(repo)
         self._tokens = token_provider
         self.policy = RetryPolicy(
             max_retries=settings.task_retry_attempts,
@@ -345,6 +347,7 @@ class Coordinator:
             policy=self.policy,
             replace=replace,
         )
+        self.token_holders.forget_agent(agent.id)
         log.info(
             "agent_registered",
             agent_id=agent.id,
@@ -374,6 +377,7 @@ class Coordinator:
     async def reset_agent(self, agent_id: str) -> Agent:
         """Revoke the agent's token so that it may enrol again with the registration token."""
         agent = await self.repo.reset_agent_token(agent_id)
+        self.token_holders.forget_agent(agent_id)
         log.info("agent_reset", agent_id=agent_id)
         return agent
 

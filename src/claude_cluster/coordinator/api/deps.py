@@ -57,14 +57,13 @@ async def principal(coordinator: CoordinatorDep, credentials: Credentials) -> Pr
     token = _token(credentials)
     if tokens_equal(token, coordinator.settings.admin_token):
         return Principal("admin")
-    digest = hash_token(token)
-    api_token = await coordinator.repo.api_token_by_hash(digest)
-    if api_token is not None:
-        return Principal(api_token.role if api_token.role in ROLES else "viewer")
-    agent = await coordinator.repo.agent_by_token_hash(digest)
-    if agent is not None:
-        return Principal("agent", agent.id)
-    raise Unauthorized("invalid bearer token")
+    holder = await coordinator.token_holders.holder(hash_token(token))
+    if holder is None:
+        raise Unauthorized("invalid bearer token")
+    kind, agent_id = holder
+    if kind == "agent":
+        return Principal("agent", agent_id)
+    return Principal(kind if kind in ROLES else "viewer")
 
 
 async def admin(caller: Annotated[Principal, Depends(principal)]) -> Principal:

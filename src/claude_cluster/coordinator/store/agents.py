@@ -131,12 +131,6 @@ class AgentQueries(RunEndSteps):
             agent.status = AgentStatus.OFFLINE.value
             return agent
 
-    async def agent_by_token_hash(self, token_hash: str) -> Agent | None:
-        if token_hash == RESET_TOKEN_HASH:
-            return None
-        async with self._sessions() as s:
-            return (await s.scalars(select(Agent).where(Agent.token_hash == token_hash))).first()
-
     async def get_agent(self, agent_id: str) -> Agent:
         async with self._sessions() as s:
             return await get_or_raise(s, Agent, agent_id, "agent")

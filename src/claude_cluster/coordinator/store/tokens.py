@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import String, cast, delete, literal, null, select, union_all
 
+from claude_cluster.coordinator.store.agents import RESET_TOKEN_HASH
 from claude_cluster.coordinator.store.common import StoreBase, get_or_raise, utcnow
-from claude_cluster.coordinator.store.tables import ApiToken, DashboardSession
+from claude_cluster.coordinator.store.tables import Agent, ApiToken, DashboardSession
+
+#: who holds a token: ``("agent", agent_id)`` or ``(role, None)`` for an API token
+Holder = tuple[str, str | None]
 
 
 class TokenQueries(StoreBase):
@@ -33,6 +37,21 @@ class TokenQueries(StoreBase):
                     )
                 )
             ).first()
+
+    async def token_holder(self, token_hash: str) -> Holder | None:
+        """Whose token this is, an agent's or a live API token's, in one statement (every
+        agent request asks, so it is one round trip, not one per kind of token)."""
+        if token_hash == RESET_TOKEN_HASH:
+            return None
+        agents = select(literal("agent").label("kind"), Agent.id.label("agent_id")).where(
+            Agent.token_hash == token_hash
+        )
+        api_tokens = select(
+            ApiToken.role.label("kind"), cast(null(), String).label("agent_id")
+        ).where(ApiToken.token_hash == token_hash, ApiToken.revoked.is_(False))
+        async with self._sessions() as s:
+            row = (await s.execute(union_all(agents, api_tokens).limit(1))).first()
+        return None if row is None else (row.kind, row.agent_id)
 
     async def list_api_tokens(self) -> Sequence[ApiToken]:
         async with self._sessions() as s:

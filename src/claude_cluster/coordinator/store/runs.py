@@ -365,7 +365,7 @@ class RunQueries(RunEndSteps):
             Forbidden: the run is another agent's.
         """
         async with self._tx() as s:
-            run = await s.get(TaskRun, run_id, with_for_update=self._postgres)
+            run = await self._snapshot(s, TaskRun, run_id)
             if run is None:
                 raise Conflict(f"run {run_id} is unknown to the coordinator: do not deliver")
             if run.agent_id != agent_id:
@@ -379,13 +379,15 @@ class RunQueries(RunEndSteps):
             now = utcnow()
             if run.status == RunStatus.DISPATCHING.value:
                 await self._start_running(s, run, now)
-            task = await s.get(Task, run.task_id, with_for_update=self._postgres)
+            task = await self._snapshot(s, Task, run.task_id)
             assert task is not None
             if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
                 raise Conflict(f"task {task.id} is {task.status}: run {run_id} may not deliver")
-            run.delivery_confirmed_at = now
-            run.last_seen_at = now
-            await s.flush()
+            stamps = {"delivery_confirmed_at": now, "last_seen_at": now}
+            await (await s.connection()).execute(
+                update(TaskRun).where(TaskRun.id == run.id).values(stamps)
+            )
+            run.delivery_confirmed_at = run.last_seen_at = now
             return run, task
 
     @retry_conflicts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, insert, inspect, or_, select, update
+from sqlalchemy import ColumnElement, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -220,10 +220,8 @@ class RunQueries(RunEndSteps):
 
     async def _snapshot(self, s: AsyncSession, model: type[M], ident: int | str) -> M | None:
         """The row ``ident`` of ``model`` as a snapshot, locked on PostgreSQL."""
-        query = transitions.select_rows(model).where(inspect(model).primary_key[0] == ident)
-        if self._postgres:
-            query = query.with_for_update()
-        row = (await (await s.connection()).execute(query)).first()
+        query = transitions.select_by_key(model, self._postgres)
+        row = (await (await s.connection()).execute(query, {"key": ident})).first()
         return None if row is None else transitions.snapshot(model, row)
 
     async def _start_running(self, s: AsyncSession, run: TaskRun, now: datetime) -> Task | None:

@@ -17,6 +17,7 @@ was read in, and several moves share one ``executemany``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,6 +79,15 @@ def row_columns(model: type[Base]) -> list[Any]:
 def select_rows(model: type[M]) -> Select[Any]:
     """``SELECT`` every column of ``model`` as plain rows (no ORM identity, no flush)."""
     return select(*row_columns(model))
+
+
+@functools.cache
+def select_by_key(model: type[Base], lock: bool) -> Select[Any]:
+    """``SELECT`` one row of ``model`` by the bound parameter ``key`` (``FOR UPDATE`` when
+    ``lock``). Built once: SQLAlchemy builds and hashes a new statement on every call, a
+    cost that a prepared statement object pays only the first time."""
+    query = select_rows(model).where(inspect(model).primary_key[0] == bindparam("key"))
+    return query.with_for_update() if lock else query
 
 
 class Snapshot(SimpleNamespace):

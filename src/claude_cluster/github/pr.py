@@ -65,6 +65,8 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
+    #: the model's turns (not part of :meth:`line`: the PR body states them with the time)
+    num_turns: int = 0
 
     def line(self) -> str:
         text = f"${self.cost_usd:.4f} USD; {self.input_tokens:,} input, "

@@ -5,7 +5,8 @@ comment's body; the coordinator edits the same comment as the task moves, so the
 shows one up-to-date account instead of a trail of comments:
 queued → workspace → setup and baseline → agent → tests → delivery, then the result. The
 tests on the base commit (:class:`Baseline`) show as soon as they have run, and the end
-shows them before → after.
+shows them before → after. While the run is active, the agent step shows the turns and
+cost its finished rounds have reported so far.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Progress:
     agent: str | None = None
     #: the latest run's cost and tests, when it has ended
     usage: Usage | None = None
+    #: the turns and cost the active run's finished agent rounds reported so far (the
+    #: dashboard's "cost so far"); None once it has ended or before its first round ends
+    so_far: Usage | None = None
     tests: TestResults | None = None
     #: the latest run's tests on the base commit, once they have run (or been skipped)
     baseline: Baseline | None = None
@@ -84,11 +88,14 @@ def render_progress(p: Progress) -> str:
     }.get(p.status, "🤖 **Claude Code Cluster is working on this issue.**")
     lines = [head, ""]
     current = _step_index(p)
-    for index, (_, label) in enumerate(STEPS):
+    for index, (name, label) in enumerate(STEPS):
         mark = _DONE if index < current else (_NOW if index == current else _TODO)
         detail = ""
         if index == current and index > 0 and p.agent:
             detail = f" on `{p.agent}`" + (f" (attempt {p.attempt})" if p.attempt > 1 else "")
+        if name == "agent" and index <= current and p.so_far is not None:
+            turns = p.so_far.num_turns
+            detail += f" — {turns} turn{'' if turns == 1 else 's'}, ${p.so_far.cost_usd:.2f} so far"
         lines.append(f"- {mark} {label}{detail}")
     lines.append("")
     if p.pr_url:

@@ -3,6 +3,8 @@ more often than the interval allows, and always to the newest state."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -95,3 +97,39 @@ async def test_the_comment_shows_the_baseline_then_the_tests_before_and_after(
         shown = [i for i, body in enumerate(edits) if before in body]
         assert shown and edits[-1] == final and shown[-1] < len(edits) - 1
         assert not any(before_after in body for body in edits[: shown[0]])
+
+
+def agent_round(turns: int, cost: float) -> dict[str, Any]:
+    """The event an agent sends when one run of the CLI (an agent round) has finished."""
+    data = {"succeeded": True, "cost_usd": cost, "num_turns": turns, "fix_round": 0}
+    return {"kind": "runner_finished", "message": "done", "data": data}
+
+
+async def test_the_agent_step_shows_turns_and_cost_so_far_in_bounded_edits(loop: Loop) -> None:
+    async with SimAgents(loop.coordinator.url) as sims:
+        agent = await sims.add("a1", behaviour="hold")
+        task_id, issue = await labelled_task(loop)
+        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
+        run_id = next(iter(agent.held))
+        agent_step = {"kind": "phase", "message": "agent", "data": {"phase": "agent"}}
+        await sims.report("a1", run_id, [agent_step, agent_round(3, 0.25)])
+        (ours,) = await loop.comments(issue, "- ⏳ Agent working on `a1` — 3 turns, $0.25 so far")
+        comment_id = next(c["id"] for c in loop.fake.comments(REPO, issue) if c["body"] == ours)
+
+        def edits() -> list[str]:
+            return [body for cid, body in loop.fake.comment_edits if cid == comment_id]
+
+        # twenty rounds' figures in quick succession: the comment follows them, but its
+        # edits stay at least GITHUB_PROGRESS_INTERVAL (1 s here) apart
+        seen, start = len(edits()), time.monotonic()
+        for seq in range(2, 22):
+            await sims.report("a1", run_id, [agent_round(1, 0.05)], first_seq=seq)
+            await asyncio.sleep(0.05)
+        await loop.comments(issue, "- ⏳ Agent working on `a1` — 23 turns, $1.25 so far")
+        during = edits()[seen:]
+        assert 1 <= len(during) <= (time.monotonic() - start) / 1.0 + 1
+        await sims.finish("a1", run_id, cost_usd=1.25, num_turns=23)
+        # the coordinator's final edit: the run's own figures replace the ones so far
+        (final,) = await loop.comments(issue, "**Cost:** $1.2500 USD", timeout=10)
+        assert "so far" not in final and edits()[-1] == final
+        assert f"Task ID: {task_id}" in final

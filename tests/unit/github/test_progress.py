@@ -110,3 +110,26 @@ def test_a_skipped_or_impossible_baseline_is_said_plainly() -> None:
 def test_a_fix_round_stays_on_the_agent_step() -> None:
     body = render_progress(Progress(task_id=7, status="in_progress", phase="fix", agent="a1"))
     assert marks(body) == ["✅", "✅", "✅", "⏳", "⬜", "⬜"]
+
+
+def test_the_agent_step_shows_the_turns_and_cost_so_far() -> None:
+    so_far = Usage(cost_usd=0.4178, num_turns=12)
+    working = render_progress(
+        Progress(task_id=7, status="in_progress", phase="fix", agent="a1", so_far=so_far)
+    )
+    assert "- ⏳ Agent working on `a1` — 12 turns, $0.42 so far" in working
+    # once the agent step is done, the figure stays on its line until the result replaces it
+    testing = render_progress(
+        Progress(task_id=7, status="testing", phase="tests", agent="a1", so_far=so_far)
+    )
+    assert "- ✅ Agent working — 12 turns, $0.42 so far" in testing
+    assert "- ⏳ Tests on `a1`" in testing
+    # before the agent step there is nothing to show yet
+    setup = render_progress(
+        Progress(task_id=7, status="in_progress", phase="setup", agent="a1", so_far=so_far)
+    )
+    assert "so far" not in setup
+    one = render_progress(
+        Progress(task_id=7, status="in_progress", phase="agent", so_far=Usage(0.01, num_turns=1))
+    )
+    assert "- ⏳ Agent working — 1 turn, $0.01 so far" in one

@@ -87,11 +87,12 @@ class OverviewQueries(StoreBase):
         )
         async with self._sessions() as s:
             rows = (await s.execute(query)).all()
-        costs = await self._reported_costs([run.id for run, _ in rows])
-        return [ActiveRun(run, task, costs.get(run.id, 0.0)) for run, task in rows]
+        so_far = await self.reported_so_far([run.id for run, _ in rows])
+        return [ActiveRun(run, task, so_far.get(run.id, (0.0, 0))[0]) for run, task in rows]
 
-    async def _reported_costs(self, run_ids: list[int]) -> dict[int, float]:
-        """The ``cost_usd`` of each run's ``runner_finished`` events, summed per run.
+    async def reported_so_far(self, run_ids: list[int]) -> dict[int, tuple[float, int]]:
+        """Dollars and turns of each run's ``runner_finished`` events, summed per run; runs
+        without one are left out. The dashboard's and the progress comment's "so far".
 
         The run row learns its cost only from the result; these events arrive after each
         runner invocation, so a run in its fix rounds shows what it has spent already."""
@@ -100,12 +101,18 @@ class OverviewQueries(StoreBase):
         query = select(TaskEvent.run_id, TaskEvent.details).where(
             TaskEvent.run_id.in_(run_ids), TaskEvent.kind == "runner_finished"
         )
-        totals: dict[int, float] = {}
+        totals: dict[int, tuple[float, int]] = {}
         async with self._sessions() as s:
             for run_id, details in (await s.execute(query)).all():
-                cost = (details or {}).get("cost_usd")
-                if isinstance(cost, int | float) and run_id is not None:
-                    totals[run_id] = totals.get(run_id, 0.0) + float(cost)
+                if run_id is None:
+                    continue
+                cost, turns = (details or {}).get("cost_usd"), (details or {}).get("num_turns")
+                dollars, count = totals.get(run_id, (0.0, 0))
+                if isinstance(cost, int | float) and not isinstance(cost, bool):
+                    dollars += float(cost)
+                if type(turns) is int and turns > 0:
+                    count += turns
+                totals[run_id] = (dollars, count)
         return totals
 
     async def cost_by_repository(self, today: datetime, week: datetime) -> list[RepositoryCost]:

@@ -20,7 +20,9 @@ from claude_cluster.errors import Forbidden, Unauthorized
 _bearer = HTTPBearer(auto_error=False, description="admin, API or agent token")
 
 
-def get_coordinator(request: Request) -> Coordinator:
+async def get_coordinator(request: Request) -> Coordinator:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
+    # thread hop on every request for an attribute read
     coordinator: Coordinator = request.app.state.coordinator
     return coordinator
 

@@ -20,12 +20,18 @@ def loop_settings(loop_settings: dict[str, Any]) -> dict[str, Any]:
     return {**loop_settings, "sweep_interval": 60.0, "github_progress_interval": 1.0}
 
 
+async def run_held_by_a1(loop: Loop, sims: SimAgents) -> tuple[int, int, int]:
+    """A labelled issue's task, dispatched to agent a1, which holds its run: the task's
+    id, the issue's number and the run's id, once the comment shows the workspace step."""
+    agent = await sims.add("a1", behaviour="hold")
+    task_id, issue = await labelled_task(loop)
+    await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
+    return task_id, issue, next(iter(agent.held))
+
+
 async def test_one_comment_follows_the_task_step_by_step(loop: Loop) -> None:
     async with SimAgents(loop.coordinator.url) as sims:
-        agent = await sims.add("a1", behaviour="hold")
-        task_id, issue = await labelled_task(loop)
-        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
-        run_id = next(iter(agent.held))
+        task_id, issue, run_id = await run_held_by_a1(loop, sims)
         steps = ("workspace", "setup", "agent", "tests")
         for seq, step in enumerate(steps):
             phase = {"kind": "phase", "message": step, "data": {"phase": step}}
@@ -55,10 +61,7 @@ async def test_the_comment_shows_the_baseline_then_the_tests_before_and_after(
     loop: Loop,
 ) -> None:
     async with SimAgents(loop.coordinator.url) as sims:
-        agent = await sims.add("a1", behaviour="hold")
-        task_id, issue = await labelled_task(loop)
-        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
-        run_id = next(iter(agent.held))
+        task_id, issue, run_id = await run_held_by_a1(loop, sims)
         steps = ("workspace", "setup", "baseline")
         for seq, step in enumerate(steps):
             phase = {"kind": "phase", "message": step, "data": {"phase": step}}
@@ -107,10 +110,7 @@ def agent_round(turns: int, cost: float) -> dict[str, Any]:
 
 async def test_the_agent_step_shows_turns_and_cost_so_far_in_bounded_edits(loop: Loop) -> None:
     async with SimAgents(loop.coordinator.url) as sims:
-        agent = await sims.add("a1", behaviour="hold")
-        task_id, issue = await labelled_task(loop)
-        await loop.comments(issue, "- ⏳ Workspace on `a1`", timeout=10)
-        run_id = next(iter(agent.held))
+        task_id, issue, run_id = await run_held_by_a1(loop, sims)
         agent_step = {"kind": "phase", "message": "agent", "data": {"phase": "agent"}}
         await sims.report("a1", run_id, [agent_step, agent_round(3, 0.25)])
         (ours,) = await loop.comments(issue, "- ⏳ Agent working on `a1` — 3 turns, $0.25 so far")

@@ -329,6 +329,8 @@ async def partition(
                 lab.agent("agent-b", coordinator.url, work_seconds=1.0)
             elif lab.agents["agent-b"].proc is None:
                 await asyncio.to_thread(lab.agents["agent-b"].start)
+            # B's start-up (imports, sandbox canary) is not part of the recovery measured
+            await until(lambda: _idle(lab, "agent-b"), 120, "agent B registered and idle")
             to_coordinator.cut()
             to_agent.cut()
             cut_at = time.time()
@@ -347,6 +349,11 @@ async def partition(
         figures.tasks = len(ids)
         figures.lost, figures.duplicated, figures.notes = await lab.invariants(ids, timeout=60)
     return figures
+
+
+async def _idle(lab: Lab, agent_id: str) -> bool:
+    rows = await lab.query("SELECT status FROM agents WHERE id = $1", agent_id)
+    return bool(rows) and rows[0]["status"] == "idle"
 
 
 async def _runner_on(lab: Lab, task_id: int, agent_id: str) -> object:

@@ -37,7 +37,7 @@ async def test_postgres_restarted_under_load_stops_no_run(lab: Lab) -> None:
     assert (figures.lost, figures.duplicated, figures.stopped) == (0, 0, 0), figures.notes
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 async def test_an_agent_partitioned_past_its_lease_does_not_deliver_twice(lab: Lab) -> None:
     figures = await scenarios.partition(lab)
     report(figures)

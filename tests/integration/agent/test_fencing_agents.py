@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from claude_cluster.agent.reporter import ReporterConfig
+from claude_cluster.agent.reporter import ReporterConfig, RunReporter
 from claude_cluster.coordinator.app import create_app
 from tests.conftest import RunningCoordinator, coordinator_settings
 from tests.support.agents import (
@@ -81,6 +81,19 @@ async def _async(value: Any) -> Any:
     return value
 
 
+def reported_kinds(reporter: RunReporter) -> list[str]:
+    """The kinds of the events ``reporter`` is given from now on (sent or not)."""
+    kinds: list[str] = []
+    report = reporter.event
+
+    def event(kind: str, *args: Any, **kwargs: Any) -> None:
+        kinds.append(kind)
+        report(kind, *args, **kwargs)
+
+    reporter.event = event  # type: ignore[method-assign]
+    return kinds
+
+
 async def test_a_coordinator_outage_longer_than_a_lease_loses_no_run(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -100,10 +113,12 @@ async def test_a_coordinator_outage_longer_than_a_lease_loses_no_run(
             created = await api.post("/api/v1/tasks", json=task_body(origin))
             task_id = int(created.json()["id"])
             await eventually(lambda: _async(pid_file.exists()), timeout=20)
+            job = next(iter(agent.daemon.pool.jobs.values()))
+            said = reported_kinds(job.reporter)
             await asyncio.to_thread(server.stop)  # a restart with a migration, say
             # the run finishes its work and waits for a confirmation, past the lease
-            await asyncio.sleep(5.0)
-            job = next(iter(agent.daemon.pool.jobs.values()))
+            await eventually(lambda: _async("delivery_waiting" in said), timeout=30)
+            await asyncio.sleep(settings.run_lease_seconds + 1.0)
             assert job.stop_cause is None  # nothing stopped it
             server = ServerThread(create_app(settings), port=port).start()
             done = await eventually(

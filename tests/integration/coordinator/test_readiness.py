@@ -124,8 +124,11 @@ async def test_a_broken_agent_no_longer_fails_tasks(coordinator: RunningCoordina
             assert reply.json()["task_status"] == "queued"
             row = await agent(api, "broken")
             assert row["fault_streak"] == streak
+            # back in the queue without a retry spent (the dispatcher may have handed it
+            # out again already: after one fault the agent still takes work)
             queued = (await api.get(f"/api/v1/tasks/{task['id']}")).json()
-            assert (queued["retry_count"], queued["status"]) == (0, "queued")
+            assert queued["retry_count"] == 0
+            assert queued["status"] in ("queued", "assigned", "running")
         assert "2 runs in a row failed for a reason of this agent" in row["not_ready_reason"]
         assert "auth_error: no claude" in row["not_ready_reason"]
         assert "claude-cluster agents ready broken" in row["not_ready_reason"]

@@ -94,7 +94,9 @@ class Loop:
         return await eventually(probe, timeout=15)
 
     async def tasks(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (await self.api.get("/api/v1/tasks")).json()
+        response = await self.api.get("/api/v1/tasks")
+        assert response.status_code == 200, (response.status_code, response.text)
+        result: list[dict[str, Any]] = response.json()
         return result
 
     def last_delivery(self) -> Delivery:

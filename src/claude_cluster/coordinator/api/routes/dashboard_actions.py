@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from claude_cluster.coordinator.api.deps import AgentIdPath, CoordinatorDep, IdPath
 from claude_cluster.coordinator.api.routes.dashboard import User, login_page
-from claude_cluster.coordinator.api.routes.dashboard_pages import page
+from claude_cluster.coordinator.api.routes.dashboard_pages import render
 from claude_cluster.coordinator.service import Coordinator
 from claude_cluster.coordinator.web import csrf
 from claude_cluster.coordinator.web.access import DashboardUser
@@ -52,7 +52,7 @@ class Action:
             return login_page(request)
 
         def refuse(status_code: int, message: str) -> Response:
-            return page(
+            return render(
                 request,
                 "error.html",
                 user,

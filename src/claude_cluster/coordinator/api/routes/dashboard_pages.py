@@ -37,7 +37,7 @@ DONE = {
 }
 
 
-def page(
+def render(
     request: Request,
     name: str,
     user: DashboardUser,
@@ -83,7 +83,9 @@ async def _overview_context(coordinator: Coordinator) -> dict[str, Any]:
 async def overview(request: Request, coordinator: CoordinatorDep, user: User) -> Response:
     if user is None:
         return login_page(request, status_code=200)
-    return page(request, "overview.html", user, coordinator, **await _overview_context(coordinator))
+    return render(
+        request, "overview.html", user, coordinator, **await _overview_context(coordinator)
+    )
 
 
 @router.get("/overview/live", response_class=HTMLResponse)
@@ -91,7 +93,7 @@ async def overview_live(request: Request, coordinator: CoordinatorDep, user: Use
     """The overview's live part alone, for the page's polling."""
     if user is None:
         return Response("sign in first", status_code=401)
-    return page(
+    return render(
         request, "_overview_live.html", user, coordinator, **await _overview_context(coordinator)
     )
 
@@ -99,7 +101,7 @@ async def overview_live(request: Request, coordinator: CoordinatorDep, user: Use
 def _filter_error(
     request: Request, user: DashboardUser, coordinator: Coordinator, message: str
 ) -> Response:
-    return page(request, "error.html", user, coordinator, status_code=422, message=message)
+    return render(request, "error.html", user, coordinator, status_code=422, message=message)
 
 
 @router.get("/tasks", response_class=HTMLResponse)
@@ -114,7 +116,7 @@ async def task_list(
     q: Annotated[str, Query(max_length=200)] = "",
     sort: Annotated[str, Query()] = "id",
     order: Annotated[str, Query()] = "desc",
-    page_number: Annotated[int, Query(alias="page")] = 1,
+    page: int = 1,
 ) -> Response:
     if user is None:
         return login_page(request)
@@ -129,7 +131,7 @@ async def task_list(
         )
     if order not in ("asc", "desc"):
         return _filter_error(request, user, coordinator, "order must be asc or desc")
-    if page_number < 1:
+    if page < 1:
         return _filter_error(request, user, coordinator, "page must be 1 or more")
     found = TaskFilter(
         status=status or None,
@@ -140,7 +142,7 @@ async def task_list(
         sort=sort,
         descending=order == "desc",
         limit=PAGE_SIZE,
-        offset=(page_number - 1) * PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
     )
     tasks, total = await coordinator.repo.search_tasks(found)
     repositories, agents = await coordinator.repo.task_filter_choices()
@@ -162,17 +164,17 @@ async def task_list(
     def page_url(number: int) -> str:
         return "/tasks?" + urlencode({**params, "page": number})
 
-    return page(
+    return render(
         request,
         "tasks.html",
         user,
         coordinator,
         tasks=tasks,
         total=total,
-        page_number=page_number,
+        page_number=page,
         pages=pages,
-        prev_url=page_url(page_number - 1),
-        next_url=page_url(page_number + 1),
+        prev_url=page_url(page - 1),
+        next_url=page_url(page + 1),
         params=params,
         statuses=statuses,
         repositories=repositories,
@@ -193,12 +195,14 @@ async def task_page(
     try:
         task = await coordinator.repo.get_task(task_id)
     except NotFound as exc:
-        return page(request, "error.html", user, coordinator, status_code=404, message=exc.message)
+        return render(
+            request, "error.html", user, coordinator, status_code=404, message=exc.message
+        )
     runs = await coordinator.repo.list_runs(task_id)
     events = await coordinator.events(task_id)
     items = [views.item_of(e) for e in events]
     name = "_timeline.html" if request.query_params.get("part") == "timeline" else "task.html"
-    return page(
+    return render(
         request,
         name,
         user,
@@ -225,8 +229,10 @@ async def agent_page(
     try:
         agent = await coordinator.repo.get_agent(agent_id)
     except NotFound as exc:
-        return page(request, "error.html", user, coordinator, status_code=404, message=exc.message)
-    return page(
+        return render(
+            request, "error.html", user, coordinator, status_code=404, message=exc.message
+        )
+    return render(
         request,
         "agent.html",
         user,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Response
+from fastapi import status as http
 
 from claude_cluster.coordinator.api.deps import Admin, CoordinatorDep, IdPath, Reader
 from claude_cluster.coordinator.api.schemas import EventOut, RunOut, TaskCreate, TaskOut, TaskUpdate
@@ -15,7 +16,7 @@ from claude_cluster.errors import Conflict
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={200: {"model": TaskOut}})
+@router.post("", status_code=http.HTTP_201_CREATED, responses={200: {"model": TaskOut}})
 async def create_task(
     body: TaskCreate, coordinator: CoordinatorDep, _: Admin, response: Response
 ) -> TaskOut:
@@ -35,7 +36,7 @@ async def create_task(
         )
     )
     if not created:
-        response.status_code = status.HTTP_200_OK
+        response.status_code = http.HTTP_200_OK
     return TaskOut.model_validate(task)
 
 
@@ -43,13 +44,13 @@ async def create_task(
 async def list_tasks(
     coordinator: CoordinatorDep,
     _: Reader,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    status: TaskStatus | None = None,
     repository: Annotated[str | None, Query(max_length=500, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[TaskOut]:
     tasks = await coordinator.repo.list_tasks(
-        status=status_.value if status_ else None, repository=repository, limit=limit, offset=offset
+        status=status.value if status else None, repository=repository, limit=limit, offset=offset
     )
     waiting = await coordinator.repo.waiting_reasons(tasks)
     return [

@@ -36,6 +36,22 @@ from tests.support.sim_agents import SimAgents
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def bench_settings(workers: int, agents: int) -> dict[str, str]:
+    """The coordinator's settings in every run of this benchmark: with several workers,
+    Redis fans the wake-ups out between them and the pools fit PostgreSQL's 100
+    connections."""
+    settings = {
+        "SWEEP_INTERVAL": "2",
+        "LOG_LEVEL": "WARNING",
+        "MAX_CONCURRENT_TASKS": "1000",
+        "MAX_AGENTS": str(max(100, agents + 10)),
+        "WORKERS": str(workers),
+    }
+    if workers > 1:
+        settings.update(REDIS_URL="redis://127.0.0.1:6379/0", DATABASE_MAX_OVERFLOW="5")
+    return settings
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -309,13 +325,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "coordinator.log"
             with coordinator_process(
-                url,
-                log=log,
-                SWEEP_INTERVAL="2",
-                LOG_LEVEL="WARNING",
-                MAX_CONCURRENT_TASKS="1000",
-                MAX_AGENTS="100",
-                WORKERS=str(args.workers),
+                url, log=log, **bench_settings(args.workers, args.agents)
             ) as proc:
                 asyncio.run(paced_and_flood(proc.url, proc.pid, args.tasks, args.agents))
             if not args.skip_death:
@@ -339,11 +349,7 @@ def run_backlog(args: argparse.Namespace) -> None:
             coordinator_process(
                 url,
                 log=Path(tmp) / "coordinator.log",
-                SWEEP_INTERVAL="2",
-                LOG_LEVEL="WARNING",
-                MAX_CONCURRENT_TASKS="1000",
-                MAX_AGENTS=str(args.agents + 10),
-                WORKERS=str(args.workers),
+                **bench_settings(args.workers, args.agents),
             ) as proc,
         ):
             asyncio.run(backlog(proc.url, proc.pid, args.agents, args.backlog, args.seconds))

@@ -144,7 +144,7 @@ def procrastinate_run(url: str, tasks: int, workers: int, concurrency: int) -> d
 
 
 def main() -> None:
-    from dispatch import paced_and_flood
+    from dispatch import bench_settings, paced_and_flood
     from tests.support import databases
     from tests.support.processes import coordinator_process
 
@@ -165,11 +165,7 @@ def main() -> None:
                     coordinator_process(
                         url,
                         log=Path(tmp) / "coordinator.log",
-                        SWEEP_INTERVAL="2",
-                        LOG_LEVEL="WARNING",
-                        MAX_CONCURRENT_TASKS="1000",
-                        MAX_AGENTS="100",
-                        WORKERS=str(args.workers),
+                        **bench_settings(args.workers, args.agents),
                     ) as proc,
                 ):
                     ours = asyncio.run(paced_and_flood(proc.url, proc.pid, args.tasks, args.agents))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Annotated
 
@@ -11,6 +12,8 @@ from rich.console import Console
 
 from claude_cluster.cli.settings import coordinator_settings
 from claude_cluster.coordinator.store import migrate
+from claude_cluster.coordinator.store.db import check_connection_budget
+from claude_cluster.errors import ConfigError
 
 
 def coordinator(
@@ -31,6 +34,17 @@ def coordinator(
     if settings.is_sqlite and n_workers > 1:
         Console(stderr=True).print("WORKERS > 1 needs PostgreSQL; SQLite runs one worker")
         n_workers = 1
+    try:
+        asyncio.run(
+            check_connection_budget(
+                settings.database_url,
+                workers=n_workers,
+                per_worker=settings.database_pool_size + settings.database_max_overflow,
+            )
+        )
+    except ConfigError as exc:
+        Console(stderr=True).print(f"[red]configuration error:[/red] {exc}", markup=True)
+        raise typer.Exit(2) from None
     if migrate_first if migrate_first is not None else settings.is_sqlite:
         migrate.upgrade(settings.database_url)
     uvicorn.run(

@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from claude_cluster.coordinator.store.db import check_connection_budget
 from tests.conftest import ADMIN_TOKEN
 from tests.support import databases
-from tests.support.processes import coordinator_process
+from tests.support.processes import coordinator_env, coordinator_process, spawn_coordinator
+from tests.support.servers import free_port
 from tests.support.sim_agents import SimAgents
 from tests.support.waiting import eventually
 
@@ -91,3 +93,25 @@ async def test_two_coordinators_never_dispatch_a_task_twice(pg_url: str, tmp_pat
     # Under this load the simulated agents' server sometimes refuses a connection; such a
     # push never reached an agent, and only then may a task have had a second attempt.
     assert {(r["status"], r["error_category"]) for r in earlier} <= {("lost", "dispatch_failed")}
+
+
+def test_workers_that_could_exhaust_postgresql_are_refused_at_start(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """4 workers x (60 + 20) connections is more than the server's 100: refused with the
+    variables named, before a burst would turn the excess into 500s."""
+    log = tmp_path / "coordinator.log"
+    env = coordinator_env(pg_url, WORKERS="4", DATABASE_POOL_SIZE="60")
+    proc = spawn_coordinator(env, log=log)
+    assert proc.wait(timeout=60) == 2
+    said = " ".join(log.read_text().split())
+    assert "WORKERS (4) x (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW = 80) = 320" in said
+    assert "more than PostgreSQL accepts (" in said
+
+
+async def test_the_budget_check_leaves_an_unreachable_server_to_the_start() -> None:
+    """No server yet (a host booting): the check passes; the coordinator's own start
+    reports the connection failure as it always has."""
+    port = free_port()
+    url = f"postgresql://nobody@127.0.0.1:{port}/none"
+    assert await check_connection_budget(url, workers=64, per_worker=1000) is None

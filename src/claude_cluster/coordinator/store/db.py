@@ -10,9 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from claude_cluster.errors import ConfigError
 
 
 def async_url(url: str) -> str:
@@ -45,6 +49,38 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> A
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
     return engine
+
+
+#: what PostgreSQL lets ordinary roles open: max_connections less the reserved slots
+_CONNECTION_LIMIT = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+)
+
+
+async def check_connection_budget(url: str, *, workers: int, per_worker: int) -> None:
+    """Refuse to start when this host's worker processes could open more connections than
+    PostgreSQL accepts: under a burst the extra ones would fail with "too many clients"
+    (500s) instead of waiting for a free connection. Other replicas' pools are not seen
+    here (SPEC §8). Nothing to check on SQLite, nor when the server cannot be reached yet:
+    the coordinator's start says so in its own words."""
+    engine = create_async_engine(async_url(url), poolclass=NullPool)
+    try:
+        if is_sqlite(engine):
+            return
+        async with engine.connect() as connection:
+            limit = int((await connection.execute(_CONNECTION_LIMIT)).scalar_one())
+    except (OSError, SQLAlchemyError):
+        return
+    finally:
+        await engine.dispose()
+    if workers * per_worker > limit:
+        raise ConfigError(
+            f"WORKERS ({workers}) x (DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW = {per_worker})"
+            f" = {workers * per_worker} connections, more than PostgreSQL accepts ({limit}:"
+            " max_connections less superuser_reserved_connections); lower them or raise"
+            " max_connections"
+        )
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

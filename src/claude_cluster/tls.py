@@ -15,7 +15,14 @@ from typing import Self
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-__all__ = ["TlsSettings", "client_verify"]
+__all__ = ["KEEP_ALIVE_SECONDS", "TlsSettings", "client_verify"]
+
+#: how long the coordinator and the agents keep an idle client connection open. Longer
+#: than httpx's 5 s keep-alive expiry, so that the client always closes first: when the
+#: server closed first, a request sent as the close went out failed with a ReadError
+#: (seen under a flood, when a busy event loop runs its timers late), and every agent
+#: report more than 5 s after the last one paid for a new TLS handshake.
+KEEP_ALIVE_SECONDS = 30
 
 
 class TlsSettings(BaseSettings):

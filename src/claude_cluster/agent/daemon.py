@@ -60,7 +60,7 @@ from claude_cluster.errors import ConfigError
 from claude_cluster.logging import configure, get_logger
 from claude_cluster.runners import Runner, get_runner
 from claude_cluster.runners.claude_code import find_claude_cli
-from claude_cluster.tls import client_verify
+from claude_cluster.tls import KEEP_ALIVE_SECONDS, client_verify
 
 __all__ = ["SHUTDOWN_GRACE", "AgentDaemon", "build_runner", "main"]
 
@@ -470,6 +470,7 @@ class AgentDaemon:
             # Runs are drained before the server stops; what is left are idle keep-alive
             # connections, and closing a TLS one waits for the peer's close_notify (30 s).
             timeout_graceful_shutdown=SERVER_CLOSE_GRACE,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
         self._server = _Server(config)
         self._serve_task = asyncio.create_task(self._server.serve())

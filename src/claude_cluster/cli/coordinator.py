@@ -14,6 +14,7 @@ from claude_cluster.cli.settings import coordinator_settings
 from claude_cluster.coordinator.store import migrate
 from claude_cluster.coordinator.store.db import check_connection_budget
 from claude_cluster.errors import ConfigError
+from claude_cluster.tls import KEEP_ALIVE_SECONDS
 
 
 def coordinator(
@@ -59,4 +60,5 @@ def coordinator(
         ssl_keyfile=settings.tls_key_file,
         # Idle keep-alive TLS connections would otherwise hold a stop for 30 s each.
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )

@@ -4,6 +4,8 @@ tasks to simulated agents: every task runs exactly once."""
 from __future__ import annotations
 
 import asyncio
+import http.client
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,19 @@ async def test_the_budget_check_leaves_an_unreachable_server_to_the_start() -> N
     port = free_port()
     url = f"postgresql://nobody@127.0.0.1:{port}/none"
     assert await check_connection_budget(url, workers=64, per_worker=1000) is None
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(pg_url: str, tmp_path: Path) -> None:
+    """httpx drops an idle connection after 5 s; the coordinator keeps it longer, so the
+    client always closes first (no request sent into a connection being closed)."""
+    with coordinator_process(pg_url, log=tmp_path / "c.log") as proc:
+        host, port = proc.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            for _ in range(2):  # the second on the same connection, after the pause
+                conn.request("GET", "/health")
+                response = conn.getresponse()
+                assert (response.status, response.read()[:19]) == (200, b'{"status":"healthy"')
+                time.sleep(6)  # past httpx's keep-alive expiry (and uvicorn's default)
+        finally:
+            conn.close()

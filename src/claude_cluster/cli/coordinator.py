@@ -10,7 +10,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from claude_cluster.cli.settings import coordinator_settings
+from claude_cluster.cli.settings import coordinator_settings, refuse
 from claude_cluster.coordinator.store import migrate
 from claude_cluster.coordinator.store.db import check_connection_budget
 from claude_cluster.errors import ConfigError
@@ -44,8 +44,7 @@ def coordinator(
             )
         )
     except ConfigError as exc:
-        Console(stderr=True).print(f"[red]configuration error:[/red] {exc}", markup=True)
-        raise typer.Exit(2) from None
+        refuse(exc)
     if migrate_first if migrate_first is not None else settings.is_sqlite:
         migrate.upgrade(settings.database_url)
     uvicorn.run(

@@ -3,8 +3,11 @@ exit code 2, never a traceback."""
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from claude_cluster.config import load
 from claude_cluster.coordinator.config import CoordinatorSettings
@@ -15,5 +18,10 @@ def coordinator_settings(**overrides: object) -> CoordinatorSettings:
     try:
         return load(CoordinatorSettings, **overrides)
     except ConfigError as exc:
-        Console(stderr=True).print(f"[red]configuration error:[/red] {exc}", markup=True)
-        raise typer.Exit(2) from None
+        refuse(exc)
+
+
+def refuse(exc: ConfigError) -> NoReturn:
+    """Print a configuration error and exit with code 2."""
+    Console(stderr=True).print(f"[red]configuration error:[/red] {escape(str(exc))}")
+    raise typer.Exit(2) from None

@@ -29,7 +29,7 @@ import contextlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ import httpx
 
 from claude_cluster.logging import get_logger
 
-__all__ = ["DomainAllowlist", "GatewayUsage", "RunGateway", "model_price"]
+__all__ = ["DomainAllowlist", "GatewayUsage", "RunGateway", "model_price", "usage_cost"]
 
 log = get_logger(__name__)
 
@@ -73,6 +73,20 @@ def model_price(model: str) -> tuple[float, float]:
         if family in lowered:
             return price_in, price_out
     return _UNKNOWN_PRICE
+
+
+def usage_cost(model: str, usage: Mapping[str, int]) -> float:
+    """Estimated dollars of one model response's ``usage`` (Messages API field names) at
+    :func:`model_price`. The gateway's budget cut-off and the agent's cost of a round in
+    progress both use it; the CLI's own figure, when it reports one, is the real one."""
+    price_in, price_out = model_price(model)
+    fresh = usage.get("input_tokens", 0)
+    read = usage.get("cache_read_input_tokens", 0)
+    created = usage.get("cache_creation_input_tokens", 0)
+    out = usage.get("output_tokens", 0)
+    return (
+        fresh * price_in + read * price_in * 0.1 + created * price_in * 1.25 + out * price_out
+    ) / 1e6
 
 
 @dataclass(frozen=True)
@@ -111,18 +125,11 @@ class GatewayUsage:
     cost_usd: float = 0.0
 
     def add(self, model: str, usage: dict[str, int]) -> None:
-        price_in, price_out = model_price(model)
-        fresh = usage.get("input_tokens", 0)
-        read = usage.get("cache_read_input_tokens", 0)
-        created = usage.get("cache_creation_input_tokens", 0)
-        out = usage.get("output_tokens", 0)
-        self.input_tokens += fresh
-        self.output_tokens += out
-        self.cache_read_tokens += read
-        self.cache_creation_tokens += created
-        self.cost_usd += (
-            fresh * price_in + read * price_in * 0.1 + created * price_in * 1.25 + out * price_out
-        ) / 1e6
+        self.input_tokens += usage.get("input_tokens", 0)
+        self.output_tokens += usage.get("output_tokens", 0)
+        self.cache_read_tokens += usage.get("cache_read_input_tokens", 0)
+        self.cache_creation_tokens += usage.get("cache_creation_input_tokens", 0)
+        self.cost_usd += usage_cost(model, usage)
 
 
 @dataclass

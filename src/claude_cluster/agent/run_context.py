@@ -14,6 +14,7 @@ from pathlib import Path
 
 from claude_cluster.agent.deliver import DEFAULT_PROTECTED_PATHS
 from claude_cluster.agent.reporter import RunReporter
+from claude_cluster.agent.round_progress import ROUND_PROGRESS_INTERVAL
 from claude_cluster.agent.run_report import RunProgress
 from claude_cluster.agent.runbox import GatewayConfig, RunBox
 from claude_cluster.agent.sandbox import Sandbox
@@ -41,6 +42,8 @@ class JobConfig:
         task_timeout: wall time of a run when the request names none (``TASK_TIMEOUT``).
         stall_timeout: output-idle limit of the runner (``STALL_TIMEOUT``).
         result_grace: how long the CLI may linger after its result line (``RESULT_GRACE``).
+        progress_interval: seconds between two ``round_progress`` reports of an agent
+            round (:data:`~claude_cluster.agent.round_progress.ROUND_PROGRESS_INTERVAL`).
         max_fix_rounds: ``MAX_FIX_ROUNDS``.
         test_timeout: ``TEST_TIMEOUT``.
         git_user_name: commit author (``GIT_USER_NAME``).
@@ -66,6 +69,7 @@ class JobConfig:
     task_timeout: float = 3600.0
     stall_timeout: float = 300.0
     result_grace: float = 10.0
+    progress_interval: float = ROUND_PROGRESS_INTERVAL
     max_fix_rounds: int = 2
     test_timeout: float = 900.0
     git_user_name: str = "Claude Code Cluster"

@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 from claude_cluster.agent.prompt import feedback_prompt, fix_prompt, issue_prompt
+from claude_cluster.agent.round_progress import ROUND_PROGRESS, RoundMeter
 from claude_cluster.agent.run_context import RunContext
 from claude_cluster.agent.run_environment import run_test_phase
 from claude_cluster.agent.run_report import RunEnded
@@ -114,8 +115,20 @@ async def agent_turn(
         wrap=box.wrap if box.confined else None,
     )
 
+    # the round's turns and cost while it runs; its runner_finished (below, queued after
+    # the runner returned, so after the meter's last report) has the real figures
+    gateway = box.gateway
+    meter = RoundMeter(
+        fix_round,
+        interval=config.progress_interval,
+        spent=(lambda: gateway.usage.cost_usd) if gateway is not None else None,
+    )
+
     async def forward(event: RunnerEvent) -> None:
-        ctx.reporter.event(event.kind, event.message, event.data, event.level)
+        if not meter.observe(event):
+            ctx.reporter.event(event.kind, event.message, event.data, event.level)
+        if (so_far := meter.due()) is not None:
+            ctx.reporter.event(ROUND_PROGRESS, meter.message(so_far), so_far)
 
     outcome = await runner.run(spec, forward)
     progress.add(outcome)

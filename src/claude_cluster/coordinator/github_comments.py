@@ -1,11 +1,12 @@
 """What the cluster tells an issue: one progress comment per task, kept up to date.
 
 :class:`IssueCommenter` is a coordinator observer: every committed change of a task of a
-watched repository (created, claimed, accepted, a new step or a finished agent round
-reported by the agent, a run's end, a retry, cancel, merge) asks for the task's progress
-comment to be brought up to date. The body is always rendered from the database's
-current state (:func:`~claude_cluster.github.progress.render_progress`), so an edit can
-never show an older state than the one before it, whichever replica makes it.
+watched repository (created, claimed, accepted, a new step, a finished agent round or the
+progress of the one running, reported by the agent, a run's end, a retry, cancel, merge)
+asks for the task's progress comment to be brought up to date. The body is always
+rendered from the database's current state
+(:func:`~claude_cluster.github.progress.render_progress`), so an edit can never show an
+older state than the one before it, whichever replica makes it.
 
 - **Once**: the comment is created by the first change (claimed with a task event, so
   replicas and restarts create it at most once); its id is kept as a task event too.
@@ -15,7 +16,8 @@ never show an older state than the one before it, whichever replica makes it.
 - **The coordinator writes it**, never the model: the result, the tests and the cost come
   from the run's report, the tests on the base commit from the run's ``baseline`` event
   (counts and a fixed vocabulary only: no text of the run reaches the comment that way),
-  the turns and cost so far from its ``runner_finished`` events (the dashboard's figure).
+  the turns and cost so far from its ``runner_finished`` and ``round_progress`` events
+  (the dashboard's figure; numbers only, checked by the API and again when read).
 """
 
 from __future__ import annotations
@@ -190,11 +192,13 @@ class IssueCommenter:
         baseline = None
         if run is not None and not retrying:
             baseline = baseline_of(await repo.run_event_details(run.id, "baseline"))
-        so_far = None
+        so_far, estimated = None, False
         if run is not None and not ended:
-            # the dashboard's figure: what the run's finished agent rounds reported
+            # the dashboard's figure: the run's finished agent rounds and the one running
             reported = (await repo.reported_so_far([run.id])).get(run.id)
-            so_far = Usage(cost_usd=reported[0], num_turns=reported[1]) if reported else None
+            if reported is not None:
+                so_far = Usage(cost_usd=reported.cost_usd, num_turns=reported.turns)
+                estimated = reported.estimated
         reason = None
         if task.status == TaskStatus.FAILED.value:
             reason = task.error_message or (run.message if run else None) or "the run failed"
@@ -208,6 +212,7 @@ class IssueCommenter:
             agent=run.agent_id if run else None,
             usage=usage_of(run) if ended and run is not None else None,
             so_far=so_far,
+            so_far_estimated=estimated,
             tests=tests_of(run) if ended and run is not None else None,
             baseline=baseline,
             pr_url=(run.pr_url if run else None) or None,

@@ -65,7 +65,7 @@ def tokens_equal(given: str, expected: str) -> bool:
 
 
 #: run events that change what the issue's progress comment shows
-PROGRESS_EVENTS = frozenset({"phase", "baseline", "runner_finished"})
+PROGRESS_EVENTS = frozenset({"phase", "baseline", "runner_finished", "round_progress"})
 
 
 @dataclass(frozen=True)
@@ -413,8 +413,8 @@ class Coordinator:
         for event in stored:
             await self.bus.publish(f"task:{event.task_id}", _event_message(event))
         # a new step of the run (workspace, setup, agent, tests, deliver), the baseline's
-        # counts and an agent round's turns and cost are news for observers (the issue's
-        # progress comment, which rate-limits its own edits)
+        # counts and an agent round's turns and cost, finished or so far, are news for
+        # observers (the progress comment, which rate-limits its own edits)
         for task_id in {event.task_id for event in stored if event.kind in PROGRESS_EVENTS}:
             await self._notify(TaskChange("progress", await self.repo.get_task(task_id)))
         return count

@@ -10,7 +10,14 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from claude_cluster.domain.contract import OperatorPolicy
 from claude_cluster.domain.states import AgentStatus, ErrorCategory, Priority
@@ -127,6 +134,30 @@ class HeartbeatReply(_Wire):
     draining: bool = False
 
 
+#: the kind of the event that reports the agent round in progress
+ROUND_PROGRESS = "round_progress"
+#: the most agent rounds a run can have (the first turn and ``MAX_FIX_ROUNDS`` ≤ 10)
+MAX_ROUNDS = 100
+#: bounds of a round's figures: far above any real round, far below what breaks a sum
+MAX_ROUND_TURNS = 1_000_000
+MAX_ROUND_COST_USD = 1_000_000.0
+
+
+class RoundProgressData(BaseModel):
+    """``data`` of a ``round_progress`` event: the turns and cost of the agent round in
+    progress (SPEC §5). Numbers only, strictly typed and bounded, and nothing else: the
+    issue's comment and the dashboard show them, so no text of a run rides along."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    #: the round (0: the first turn, then the fix rounds), as its ``runner_finished`` says
+    fix_round: int = Field(ge=0, le=MAX_ROUNDS)
+    num_turns: int = Field(ge=0, le=MAX_ROUND_TURNS)
+    cost_usd: float = Field(ge=0, le=MAX_ROUND_COST_USD, allow_inf_nan=False)
+    #: the cost is the agent's estimate from the tokens (shown as "~$")
+    estimate: bool = True
+
+
 class RunEvent(_Inbound):
     """One event of a run, as the agent reports it (batched)."""
 
@@ -141,6 +172,13 @@ class RunEvent(_Inbound):
     def _small(self) -> RunEvent:
         if _json_size({"message": self.message, "data": self.data}) > MAX_EVENT_BYTES:
             raise ValueError(f"the event is over {MAX_EVENT_BYTES} bytes as JSON")
+        if self.kind == ROUND_PROGRESS:
+            try:
+                RoundProgressData.model_validate(self.data)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "data"
+                raise ValueError(f"round_progress data.{where}: {first['msg']}") from None
         return self
 
 

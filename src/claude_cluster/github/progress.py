@@ -6,7 +6,8 @@ shows one up-to-date account instead of a trail of comments:
 queued → workspace → setup and baseline → agent → tests → delivery, then the result. The
 tests on the base commit (:class:`Baseline`) show as soon as they have run, and the end
 shows them before → after. While the run is active, the agent step shows the turns and
-cost its finished rounds have reported so far.
+cost its finished rounds and the round in progress have reported so far ("~$0.12" while
+part of it is the agent's estimate of the running round).
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ class Progress:
     agent: str | None = None
     #: the latest run's cost and tests, when it has ended
     usage: Usage | None = None
-    #: the turns and cost the active run's finished agent rounds reported so far (the
-    #: dashboard's "cost so far"); None once it has ended or before its first round ends
+    #: the turns and cost the active run's finished agent rounds and the round in
+    #: progress reported so far (the dashboard's "cost so far"); None once it has ended or
+    #: before its agent's first model call
     so_far: Usage | None = None
+    #: part of ``so_far`` is the agent's estimate for the round in progress: shown "~$"
+    so_far_estimated: bool = False
     tests: TestResults | None = None
     #: the latest run's tests on the base commit, once they have run (or been skipped)
     baseline: Baseline | None = None
@@ -95,7 +99,11 @@ def render_progress(p: Progress) -> str:
             detail = f" on `{p.agent}`" + (f" (attempt {p.attempt})" if p.attempt > 1 else "")
         if name == "agent" and index <= current and p.so_far is not None:
             turns = p.so_far.num_turns
-            detail += f" — {turns} turn{'' if turns == 1 else 's'}, ${p.so_far.cost_usd:.2f} so far"
+            approx = "~" if p.so_far_estimated else ""
+            detail += (
+                f" — {turns} turn{'' if turns == 1 else 's'}, "
+                f"{approx}${p.so_far.cost_usd:.2f} so far"
+            )
         lines.append(f"- {mark} {label}{detail}")
     lines.append("")
     if p.pr_url:

@@ -147,6 +147,8 @@ def _usage(text: str, state: AiderState) -> RunnerEvent:
         "cache_read_tokens": state.cache_read_tokens,
         "cache_creation_tokens": state.cache_creation_tokens,
         "cost_usd": state.session_cost,
+        # the model calls so far: with the running cost, the round's progress
+        "num_turns": state.calls,
     }
     return RunnerEvent(EventKind.USAGE, text, data)
 

@@ -98,6 +98,9 @@ class EventKind(StrEnum):
     RATE_LIMIT = "rate_limit"  #: a subscription rate-limit notice; data: status, resets_at
     SYSTEM = "system"  #: another notice of the CLI (compaction, task progress, ...)
     USAGE = "usage"  #: tokens used so far (runners without a final result line)
+    #: one model call's tokens (the ``claude`` runner, per assistant line); the agent turns
+    #: them into ``round_progress`` and does not forward them (one per content block)
+    MODEL_USAGE = "model_usage"
     RESULT = "result"  #: the final result; data: subtype, is_error, cost, tokens, turns
     OUTPUT = "output"  #: a line of output the runner does not interpret
     WATCHDOG = "watchdog"  #: the runner stopped the process; data: reason

@@ -21,6 +21,7 @@ __all__ = [
     "ApiErrorNotice",
     "ApiRetry",
     "AssistantText",
+    "MessageUsage",
     "PermissionDenied",
     "PlainOutput",
     "RateLimit",
@@ -54,6 +55,21 @@ class AssistantText:
 
     text: str
     message_id: str | None
+
+
+@dataclass(frozen=True)
+class MessageUsage:
+    """The ``usage`` an assistant line carries for its message (one model call).
+
+    The CLI writes one line per content block, each repeating the message's id and its
+    usage so far, so a consumer keeps the newest usage per ``message_id``; the number of
+    distinct messages is the number of model calls (turns) of the run so far."""
+
+    message_id: str | None
+    model: str | None
+    #: the Messages API's counts: ``input_tokens``, ``output_tokens``,
+    #: ``cache_read_input_tokens``, ``cache_creation_input_tokens`` (non-negative ints)
+    usage: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,7 @@ class PlainOutput:
 StreamEvent = (
     SessionInit
     | AssistantText
+    | MessageUsage
     | ToolCall
     | ToolResult
     | ApiErrorNotice
@@ -237,6 +254,9 @@ def runner_event(event: StreamEvent) -> RunnerEvent:
             )
         case AssistantText():
             return RunnerEvent(EventKind.ASSISTANT_TEXT, clip(event.text))
+        case MessageUsage():
+            data = {"message_id": event.message_id, "model": event.model, **event.usage}
+            return RunnerEvent(EventKind.MODEL_USAGE, "", data, "debug")
         case ToolCall():
             data = {
                 "tool_use_id": event.tool_use_id,
@@ -339,7 +359,20 @@ def _assistant(obj: dict[str, Any]) -> list[StreamEvent]:
             events.append(
                 ToolCall(_str(block, "id"), str(block.get("name", "")), _dict(block.get("input")))
             )
+    counts = _dict(message.get("usage"))
+    usage = {key: max(0, _int(counts, key)) for key in _USAGE_KEYS}
+    if any(usage.values()):
+        events.append(MessageUsage(_str(message, "id"), _str(message, "model"), usage))
     return events  # thinking and future block types are not forwarded
+
+
+#: the token counts of a message's ``usage`` that its cost depends on
+_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
 def _tool_results(obj: dict[str, Any]) -> list[StreamEvent]:

@@ -133,3 +133,74 @@ async def test_the_agent_step_shows_turns_and_cost_so_far_in_bounded_edits(loop:
         (final,) = await loop.comments(issue, "**Cost:** $1.2500 USD", timeout=10)
         assert "so far" not in final and edits()[-1] == final
         assert f"Task ID: {task_id}" in final
+
+
+def round_progress(fix_round: int, turns: int, cost: float) -> dict[str, Any]:
+    """The agent's report of the round in progress (its turns and estimated cost so far)."""
+    data = {"fix_round": fix_round, "num_turns": turns, "cost_usd": cost, "estimate": True}
+    return {"kind": "round_progress", "message": "agent round so far", "data": data}
+
+
+async def test_the_round_in_progress_shows_before_it_ends_and_its_end_replaces_it(
+    loop: Loop,
+) -> None:
+    async with SimAgents(loop.coordinator.url) as sims:
+        task_id, issue, run_id = await run_held_by_a1(loop, sims)
+        agent_step = {"kind": "phase", "message": "agent", "data": {"phase": "agent"}}
+        await sims.report("a1", run_id, [agent_step, round_progress(0, 2, 0.0412)])
+        # the first round has not ended: its estimate shows, marked as one
+        await loop.comments(issue, "- ⏳ Agent working on `a1` — 2 turns, ~$0.04 so far")
+        dashboard = await loop.api.get("/overview/live")
+        assert "~" in dashboard.text and "$0.04" in dashboard.text
+        # newer reports of the round replace the older (the table keeps only the newest)
+        await sims.report("a1", run_id, [round_progress(0, 5, 0.1234)], first_seq=2)
+        await loop.comments(issue, "— 5 turns, ~$0.12 so far")
+        events = (await loop.api.get(f"/api/v1/tasks/{task_id}/events")).json()
+        assert [e["details"]["num_turns"] for e in events if e["kind"] == "round_progress"] == [5]
+        # a resent older report is not stored again
+        await sims.report("a1", run_id, [round_progress(0, 2, 0.0412)], first_seq=1)
+        events = (await loop.api.get(f"/api/v1/tasks/{task_id}/events")).json()
+        assert [e["seq"] for e in events if e["kind"] == "round_progress"] == [2]
+        # the round ends: its own figure replaces the estimate; the fix round runs on
+        await sims.report("a1", run_id, [agent_round(6, 0.20)], first_seq=3)
+        await loop.comments(issue, "— 6 turns, $0.20 so far")
+        await sims.report("a1", run_id, [round_progress(1, 1, 0.01)], first_seq=4)
+        await loop.comments(issue, "— 7 turns, ~$0.21 so far")
+        page = await loop.api.get(f"/tasks/{task_id}?part=timeline")
+        assert 'data-tally="turns">7<' in page.text and "~$0.2100" in page.text
+        await sims.finish("a1", run_id, cost_usd=0.23, num_turns=8)
+        (final,) = await loop.comments(issue, "**Cost:** $0.2300 USD", timeout=10)
+        assert "so far" not in final
+
+
+async def test_progress_figures_that_are_not_bounded_numbers_are_refused(loop: Loop) -> None:
+    async with SimAgents(loop.coordinator.url) as sims:
+        task_id, issue, run_id = await run_held_by_a1(loop, sims)
+        token = sims.agents["a1"].token
+        good = round_progress(0, 2, 0.04)["data"]
+        attempts = {
+            "cost_usd": [-1, 1e12, "1.0", "NaN", None],
+            "num_turns": [-1, 2.5, True, "3", 10**12],
+            "fix_round": [-1, 10**6, "0"],
+            "estimate": ["yes"],
+            # text riding along to reach the comment through the figures
+            "note": ["**merged** see https://evil.example"],
+        }
+        for field, values in attempts.items():
+            for value in values:
+                event = {
+                    "seq": 9,
+                    "ts": "2026-12-04T10:00:00Z",
+                    "kind": "round_progress",
+                    "data": {**good, field: value},
+                }
+                answer = await sims._http.post(
+                    f"/api/v1/runs/{run_id}/events",
+                    json={"events": [event]},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert answer.status_code == 422, (field, value, answer.text)
+                assert f"round_progress data.{field}" in answer.text, answer.text
+        events = (await loop.api.get(f"/api/v1/tasks/{task_id}/events")).json()
+        assert not [e for e in events if e["kind"] == "round_progress"]
+        assert "evil.example" not in "".join(c["body"] for c in loop.fake.comments(REPO, issue))

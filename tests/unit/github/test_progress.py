@@ -133,3 +133,18 @@ def test_the_agent_step_shows_the_turns_and_cost_so_far() -> None:
         Progress(task_id=7, status="in_progress", phase="agent", so_far=Usage(0.01, num_turns=1))
     )
     assert "- ⏳ Agent working — 1 turn, $0.01 so far" in one
+
+
+def test_an_estimate_of_the_round_in_progress_is_marked_as_one() -> None:
+    so_far = Usage(cost_usd=0.1234, num_turns=3)
+    body = render_progress(
+        Progress(
+            task_id=7,
+            status="in_progress",
+            phase="agent",
+            agent="a1",
+            so_far=so_far,
+            so_far_estimated=True,
+        )
+    )
+    assert "- ⏳ Agent working on `a1` — 3 turns, ~$0.12 so far" in body

@@ -12,6 +12,7 @@ from claude_cluster.runners.claude_stream import (
     ApiErrorNotice,
     ApiRetry,
     AssistantText,
+    MessageUsage,
     PermissionDenied,
     PlainOutput,
     RateLimit,
@@ -42,7 +43,7 @@ def summary_of(name: str) -> StreamSummary:
 
 
 def test_a_write_edit_run_in_order() -> None:
-    events = events_of("write-edit")
+    events = [e for e in events_of("write-edit") if not isinstance(e, MessageUsage)]
     assert [type(e) for e in events] == [
         SessionInit,
         AssistantText,
@@ -211,3 +212,43 @@ def test_every_recorded_line_maps_to_a_runner_event() -> None:
             converted = runner_event(event)
             assert converted.kind in set(EventKind)
             json.dumps(converted.data)  # events travel as JSON to the coordinator
+
+
+def test_assistant_lines_carry_their_messages_usage_for_the_round_in_progress() -> None:
+    usages = [e for e in events_of("write-edit") if isinstance(e, MessageUsage)]
+    # one line per content block, each repeating its message's id and usage so far
+    assert len(usages) == 5
+    assert len({u.message_id for u in usages}) == 3  # the result's num_turns
+    first = usages[0]
+    assert first.model == "claude-opus-5-5"
+    assert first.usage == {
+        "input_tokens": 100,
+        "output_tokens": 1,  # as of the message's start: the result has the final count
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+    }
+    event = runner_event(first)
+    assert event.kind == EventKind.MODEL_USAGE == "model_usage"
+    assert event.data["message_id"] == first.message_id and event.data["input_tokens"] == 100
+
+
+def test_a_usage_of_strange_numbers_counts_nothing_negative() -> None:
+    line = {
+        "type": "assistant",
+        "message": {
+            "id": "m1",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "hi"}],
+            "usage": {"input_tokens": -5, "output_tokens": "many", "cache_read_input_tokens": 7},
+        },
+    }
+    (text, usage) = parse_line(json.dumps(line))
+    assert isinstance(text, AssistantText) and isinstance(usage, MessageUsage)
+    assert usage.usage == {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 7,
+        "cache_creation_input_tokens": 0,
+    }
+    no_usage = {**line, "message": {**line["message"], "usage": {}}}  # type: ignore[dict-item]
+    assert [type(e) for e in parse_line(json.dumps(no_usage))] == [AssistantText]

@@ -27,20 +27,43 @@ function followTask(root) {
   function count(item) {
     const run = item.dataset.run;
     if (!run) return;
+    const entry = document.querySelector(`li[data-run="${run}"]:not([data-kind])`);
     const bump = (name, by) => {
       const el = document.querySelector(`[data-run="${run}"] [data-tally="${name}"]`);
       if (el) el.textContent = name === "cost"
-        ? "$" + (parseFloat(el.textContent.slice(1)) + by).toFixed(4)
+        ? "$" + (parseFloat(el.textContent.replace(/[^0-9.]/g, "")) + by).toFixed(4)
         : String(Number(el.textContent) + by);
+    };
+    // the round in progress: its newest round_progress is in the tally (kept on the run's
+    // timeline entry); a newer one replaces it, the round's runner_finished takes it out
+    const dropLive = (round) => {
+      if (!entry || entry.dataset.liveRound === undefined) return;
+      if (round !== undefined && entry.dataset.liveRound !== round) return;
+      bump("turns", -Number(entry.dataset.liveTurns || "0"));
+      bump("cost", -parseFloat(entry.dataset.liveCost || "0"));
+      delete entry.dataset.liveRound;
+      delete entry.dataset.liveEstimate;
     };
     const kind = item.dataset.kind;
     if (kind === "assistant_text") bump("messages", 1);
     if (kind === "tool_use") bump("tools", 1);
     if (item.classList.contains("fix")) bump("fixes", 1);
+    if (kind === "runner_finished") dropLive(item.dataset.round);
+    if (kind === "round_progress" && entry) {
+      dropLive();
+      entry.dataset.liveRound = item.dataset.round;
+      entry.dataset.liveTurns = item.dataset.liveTurns;
+      entry.dataset.liveCost = item.dataset.liveCost;
+      if (item.dataset.estimate) entry.dataset.liveEstimate = "1";
+      bump("turns", Number(item.dataset.liveTurns || "0"));
+      bump("cost", parseFloat(item.dataset.liveCost || "0"));
+    }
     const turns = Number(item.dataset.turns || "0");
     if (turns) bump("turns", turns);
     const cost = parseFloat(item.dataset.cost || "0");
     if (cost) bump("cost", cost);
+    const shown = document.querySelector(`[data-run="${run}"] [data-tally="cost"]`);
+    if (shown && entry && entry.dataset.liveEstimate) shown.textContent = "~" + shown.textContent;
   }
 
   source.addEventListener("open", () => { if (live) live.textContent = "live"; });

@@ -15,6 +15,7 @@ from sqlalchemy import Text, cast, func, select
 
 from claude_cluster.coordinator.store.common import ACTIVE_RUNS, StoreBase, utcnow
 from claude_cluster.coordinator.store.tables import Task, TaskEvent, TaskRun
+from claude_cluster.run_log import RoundSums
 
 #: the columns a task list may be sorted by (anything else is refused by the caller)
 TASK_SORTS = {
@@ -53,8 +54,10 @@ class QueueBucket:
 class ActiveRun:
     run: TaskRun
     task: Task
-    #: dollars reported so far by the run's finished runner invocations (agent, fix rounds)
+    #: dollars reported so far by the run's finished agent rounds and the one in progress
     cost_so_far: float
+    #: part of ``cost_so_far`` is the agent's estimate for the round in progress
+    estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,32 +91,41 @@ class OverviewQueries(StoreBase):
         async with self._sessions() as s:
             rows = (await s.execute(query)).all()
         so_far = await self.reported_so_far([run.id for run, _ in rows])
-        return [ActiveRun(run, task, so_far.get(run.id, (0.0, 0))[0]) for run, task in rows]
+        none = RoundSums()
+        return [
+            ActiveRun(
+                run,
+                task,
+                so_far.get(run.id, none).cost_usd,
+                estimated=so_far.get(run.id, none).estimated,
+            )
+            for run, task in rows
+        ]
 
-    async def reported_so_far(self, run_ids: list[int]) -> dict[int, tuple[float, int]]:
-        """Dollars and turns of each run's ``runner_finished`` events, summed per run; runs
-        without one are left out. The dashboard's and the progress comment's "so far".
+    async def reported_so_far(self, run_ids: list[int]) -> dict[int, RoundSums]:
+        """Turns and dollars of each run so far: its finished agent rounds
+        (``runner_finished``) plus the newest ``round_progress`` of a round that has not
+        finished (:class:`~claude_cluster.run_log.RoundSums`); runs without either are left
+        out. The dashboard's and the progress comment's "so far".
 
         The run row learns its cost only from the result; these events arrive after each
-        runner invocation, so a run in its fix rounds shows what it has spent already."""
+        runner invocation and while one runs, so an active run shows what it has spent."""
         if not run_ids:
             return {}
-        query = select(TaskEvent.run_id, TaskEvent.details).where(
-            TaskEvent.run_id.in_(run_ids), TaskEvent.kind == "runner_finished"
+        query = (
+            select(TaskEvent.run_id, TaskEvent.kind, TaskEvent.details)
+            .where(
+                TaskEvent.run_id.in_(run_ids),
+                TaskEvent.kind.in_(("runner_finished", "round_progress")),
+            )
+            .order_by(TaskEvent.run_id, TaskEvent.seq, TaskEvent.id)
         )
-        totals: dict[int, tuple[float, int]] = {}
+        sums: dict[int, RoundSums] = {}
         async with self._sessions() as s:
-            for run_id, details in (await s.execute(query)).all():
-                if run_id is None:
-                    continue
-                cost, turns = (details or {}).get("cost_usd"), (details or {}).get("num_turns")
-                dollars, count = totals.get(run_id, (0.0, 0))
-                if isinstance(cost, int | float) and not isinstance(cost, bool):
-                    dollars += float(cost)
-                if type(turns) is int and turns > 0:
-                    count += turns
-                totals[run_id] = (dollars, count)
-        return totals
+            for run_id, kind, details in (await s.execute(query)).all():
+                if run_id is not None:
+                    sums.setdefault(run_id, RoundSums()).add(kind, details or {})
+        return {run_id: total for run_id, total in sums.items() if total.seen}
 
     async def cost_by_repository(self, today: datetime, week: datetime) -> list[RepositoryCost]:
         """Dollars of the runs that ended since ``today`` and since ``week``, per

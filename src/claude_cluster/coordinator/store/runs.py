@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -41,7 +41,7 @@ from claude_cluster.domain.states import (
     RunStatus,
     TaskStatus,
 )
-from claude_cluster.domain.wire import RunEvent, RunResult
+from claude_cluster.domain.wire import ROUND_PROGRESS, RunEvent, RunResult
 from claude_cluster.errors import Conflict, Forbidden, NotFound
 
 #: the PostgreSQL advisory lock every claim takes first (held to its commit), so the count
@@ -305,8 +305,9 @@ class RunQueries(RunEndSteps):
                         ).all()
                     )
                     stored = []
+                    live = await self._newest_progress(s, run_id, events)
                     for e in events:
-                        if e.seq in seen:
+                        if e.seq in seen or (e.kind == ROUND_PROGRESS and e.seq != live):
                             continue
                         seen.add(e.seq)
                         row = TaskEvent(
@@ -328,6 +329,25 @@ class RunQueries(RunEndSteps):
             except IntegrityError:
                 continue
         raise Conflict(f"events of run {run_id} are being written concurrently; resend")
+
+    async def _newest_progress(
+        self, s: AsyncSession, run_id: int, events: Sequence[RunEvent]
+    ) -> int | None:
+        """The seq of the one ``round_progress`` of the batch to store, if any.
+
+        Only the newest of a run matters (it replaces the earlier ones of its round, and a
+        finished round's ``runner_finished`` replaces it), so a run keeps one: the batch's
+        newest is stored and the run's older ones are deleted; one older than the run's
+        stored one (a resent batch) is not stored again."""
+        newest = max((e.seq for e in events if e.kind == ROUND_PROGRESS), default=None)
+        if newest is None:
+            return None
+        of_run = (TaskEvent.run_id == run_id) & (TaskEvent.kind == ROUND_PROGRESS)
+        stored = await s.scalar(select(func.max(TaskEvent.seq)).where(of_run))
+        if stored is not None and stored >= newest:
+            return None
+        await s.execute(delete(TaskEvent).where(of_run))
+        return newest
 
     @retry_conflicts
     async def set_phase(self, run_id: int, agent_id: str, phase: str) -> Task:

@@ -12,6 +12,7 @@ coordinator hands out with each run (the same way GitHub checks it).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,15 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from tests.fakes.anthropic_api import FAKE_API_KEY, FakeAnthropic, edit, text, tool_use, write
+from tests.fakes.anthropic_api import (
+    FAKE_API_KEY,
+    FakeAnthropic,
+    edit,
+    held,
+    text,
+    tool_use,
+    write,
+)
 from tests.fakes.github_api import FakeGitHub
 from tests.integration.agent.conftest import GitHttpServer
 from tests.support import databases
@@ -201,3 +210,112 @@ def test_label_to_merged_pull_request(
         assert git_http.seen_authorization and all(
             a == git_http.expected for a in git_http.seen_authorization if a
         )
+
+
+def test_the_comment_shows_the_first_rounds_turns_and_cost_before_it_ends(
+    tmp_path: Path, claude_cli: str, fake_api: FakeAnthropic, fake_github: FakeGitHub
+) -> None:
+    """The real CLI's first round is held at its third model call: by then the issue's
+    comment shows the turns and estimated cost of the round, from the agent's
+    round_progress; when the round ends, the CLI's own figures replace them."""
+    big = {"input_tokens": 20_000}  # $0.10 a call at the list price of the CLI's default
+    scenario = fake_api.scenario(
+        [
+            tool_use("Read", {"file_path": "calc.py"}, say="Let me look at calc.py.", **big),
+            edit("calc.py", "a - b", "a + b", **big),
+            held(text("Fixed add().", **big)),
+        ]  # type: ignore[list-item]
+    )
+    git_root = tmp_path / "git"
+    make_origin(git_root / "octo").rename(git_root / "octo" / "app.git")
+    with ExitStack() as stack:
+        stack.callback(scenario.release)  # never leave the CLI waiting
+        git_http = stack.enter_context(GitHttpServer(git_root, TOKEN))
+        coordinator = stack.enter_context(
+            coordinator_process(
+                databases.new_sqlite_database(tmp_path),
+                log=tmp_path / "coordinator.log",
+                HEARTBEAT_INTERVAL="0.5",
+                GITHUB_API_URL=fake_github.url,
+                GITHUB_TOKEN=TOKEN,
+                GITHUB_WEBHOOK_SECRET=SECRET.decode(),
+                GITHUB_REPOSITORIES=REPO,
+                GITHUB_WEB_URL=git_http.base_url,
+                GITHUB_PROGRESS_INTERVAL="0.5",
+            )
+        )
+        fake_github.set_hook(f"{coordinator.url}/webhook/github", SECRET)
+        env = agent_env(
+            coordinator.url,
+            tmp_path / "agent",
+            free_port(),
+            AGENT_RUNNER="claude",
+            CLAUDE_CODE_CLI_PATH=claude_cli,
+            ANTHROPIC_BASE_URL=scenario.base_url,
+            ANTHROPIC_API_KEY=FAKE_API_KEY,
+            GITHUB_API_URL=fake_github.url,
+            STALL_TIMEOUT="60",
+            TEST_TIMEOUT="60",
+            MAX_FIX_ROUNDS="0",
+        )
+        agent = stack.enter_context(agent_process(env, log=tmp_path / "agent.log"))
+        api = stack.enter_context(
+            httpx.Client(
+                base_url=coordinator.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
+        )
+
+        def logs() -> str:
+            coordinator_log = (tmp_path / "coordinator.log").read_text(errors="replace")
+            return f"agent:\n{agent.output()[-3000:]}\ncoordinator:\n{coordinator_log[-3000:]}"
+
+        issue = fake_github.create_issue(REPO, TITLE, DESCRIPTION, deliver=False)
+        number = issue["number"]
+        fake_github.label_issue(REPO, number, "claude-code")
+        live = re.compile(r"Agent working on `[^`]+` — (\d+) turns?, ~\$(\d+\.\d\d) so far")
+
+        def shown_mid_round() -> re.Match[str] | None:
+            for _, body in fake_github.comment_edits:
+                if (found := live.search(body)) is not None:
+                    return found
+            return None
+
+        try:
+            wait_for(scenario.held.is_set, "the round's third model call")
+            found = wait_for(shown_mid_round, "the round's figures in the comment", 30)
+        except AssertionError:
+            raise AssertionError(logs()) from None
+        # still mid-round: the third call is unanswered, the round has not finished
+        assert not scenario.released.is_set()
+        turns, cost = int(found.group(1)), float(found.group(2))
+        assert turns >= 1 and cost >= 0.1, found.group(0)
+        (task,) = api.get("/api/v1/tasks").json()
+        events = api.get(f"/api/v1/tasks/{task['id']}/events").json()
+        kinds = [e["kind"] for e in events]
+        assert "round_progress" in kinds and "runner_finished" not in kinds
+        assert "model_usage" not in kinds  # the stream's usage lines stay on the agent
+        page = api.get("/overview/live").text
+        assert "~" in page
+
+        scenario.release()
+        try:
+            wait_for(lambda: task_in_review(api), "the task to reach review")
+        except AssertionError:
+            raise AssertionError(logs()) from None
+        events = api.get(f"/api/v1/tasks/{task['id']}/events").json()
+        seqs = {e["kind"]: e["seq"] for e in events if e["run_id"] is not None}
+        assert seqs["round_progress"] < seqs["runner_finished"]  # never after its round
+        (run,) = api.get(f"/api/v1/tasks/{task['id']}/runs").json()
+        assert run["num_turns"] == 3
+
+        def final() -> list[str]:
+            bodies = [c["body"] for c in fake_github.comments(REPO, number)]
+            return [b for b in bodies if "opened a pull request" in b]
+
+        (done,) = wait_for(final, "the final comment", 15)
+        assert "so far" not in done and "USD" in done
+
+
+def task_in_review(api: httpx.Client) -> bool:
+    tasks = api.get("/api/v1/tasks").json()
+    return bool(tasks) and tasks[0]["status"] == "review"

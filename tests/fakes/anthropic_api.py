@@ -57,6 +57,7 @@ __all__ = [
     "ApiError",
     "Disconnect",
     "FakeAnthropic",
+    "Held",
     "RecordedRequest",
     "Reply",
     "Scenario",
@@ -69,6 +70,7 @@ __all__ = [
     "disconnect",
     "edit",
     "fake_anthropic",
+    "held",
     "overloaded",
     "rate_limited",
     "reply",
@@ -149,7 +151,15 @@ class Disconnect:
     after_events: int = 4
 
 
-Turn = Reply | ApiError | Stall | Disconnect
+@dataclass(frozen=True)
+class Held:
+    """Answer ``reply`` only once the scenario is released (a slow model turn): the CLI
+    waits for its answer meanwhile, so a test can look at what the run shows mid-round."""
+
+    reply: Reply
+
+
+Turn = Reply | ApiError | Stall | Disconnect | Held
 
 
 def reply(*blocks: Text | ToolUse | str, **usage: Any) -> Reply:
@@ -225,6 +235,11 @@ def overloaded(message: str = "Overloaded") -> ApiError:
 def unauthorized(message: str = "invalid x-api-key") -> ApiError:
     """A 401 ``authentication_error``."""
     return ApiError(401, "authentication_error", message)
+
+
+def held(reply_: Reply) -> Held:
+    """A turn answered only after :meth:`Scenario.release`. See :class:`Held`."""
+    return Held(reply_)
 
 
 def stall(
@@ -318,6 +333,8 @@ class Scenario:
         self.turns: tuple[Turn, ...] = tuple(turns)
         self.requests: list[RecordedRequest] = []
         self.released = threading.Event()
+        #: a :class:`Held` turn has been asked for and waits for :meth:`release`
+        self.held = threading.Event()
         self._lock = threading.Lock()
         self._next = 0
         self._pending_fallback: Stall | None = None
@@ -484,6 +501,10 @@ class _Handler(BaseHTTPRequestHandler):
         _, turn = scenario._take(streaming)
         model = str(request.body.get("model", "claude-fake"))
         cwd = request.cwd
+        if isinstance(turn, Held):
+            scenario.held.set()
+            scenario.released.wait(MAX_STALL_SECONDS)
+            turn = turn.reply
         if turn is None:  # a withheld fallback: read, never answered
             self._hold(scenario)
         elif isinstance(turn, ApiError):

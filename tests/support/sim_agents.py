@@ -46,6 +46,9 @@ class SimAgent:
     #: what the agent's readiness checks say (None = ready), sent at registration and on
     #: every heartbeat
     not_ready: str | None = None
+    #: the runners the agent offers, sent at registration and on every heartbeat (None:
+    #: not told, as an older agent)
+    runners: list[str] | None = None
 
 
 class SimAgents:
@@ -136,9 +139,11 @@ class SimAgents:
         capacity: int = 3,
         specialties: list[str] | None = None,
         not_ready: str | None = None,
+        runners: list[str] | None = None,
     ) -> SimAgent:
         agent = SimAgent(agent_id, behaviour, capacity, specialties or ["general"])
         agent.not_ready = not_ready
+        agent.runners = runners
         self.agents[agent_id] = agent
         response = await self._http.post(
             "/api/v1/agents",
@@ -153,6 +158,7 @@ class SimAgents:
                 "secret": SECRET,
                 "ready": not_ready is None,
                 "not_ready_reason": not_ready,
+                **({"runners": runners} if runners is not None else {}),
             },
         )
         response.raise_for_status()
@@ -255,6 +261,7 @@ class SimAgents:
                 "last_task_completed_at": datetime.now(UTC).isoformat(),
                 "ready": agent.not_ready is None,
                 "not_ready_reason": agent.not_ready,
+                **({"runners": agent.runners} if agent.runners is not None else {}),
             },
             headers={"Authorization": f"Bearer {agent.token}"},
         )

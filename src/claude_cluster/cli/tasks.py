@@ -132,6 +132,8 @@ def show(task_id: int, as_json: Annotated[bool, typer.Option("--json")] = False)
     )
     if task["error_message"]:
         out.print(Text(f"  {task['error_message']}", style="red"))
+    if task.get("required_runner"):
+        out.print(Text(f"  needs runner {task['required_runner']}"))
     if task.get("waiting_for"):
         out.print(Text(f"  {task['waiting_for']}", style="yellow"))
     table = Table(

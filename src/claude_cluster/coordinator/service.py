@@ -130,6 +130,7 @@ class Coordinator:
         self.client = client
         self.token_holders = TokenHolders(repo)
         self._tokens = token_provider
+        self._contracts = operator_contract
         self.policy = RetryPolicy(
             max_retries=settings.task_retry_attempts,
             base_seconds=settings.retry_base_seconds,
@@ -250,6 +251,7 @@ class Coordinator:
                 budget_usd=request.budget_usd,
                 test_command=request.test_command,
                 created_by=request.created_by,
+                required_runner=self._required_runner(request.github_repository),
             )
         )
         if created:
@@ -263,6 +265,13 @@ class Coordinator:
             await self._wake_all()
             await self._notify(TaskChange("created", task))
         return task, created
+
+    def _required_runner(self, repository: str) -> str | None:
+        """The runner the operator's contract of ``repository`` names, known at creation
+        (the repository's own file, which may name another, only an agent reads: when it
+        does, that agent's refusal corrects the task's runner, SPEC §4b)."""
+        contract = self._contracts(repository)
+        return contract.runner if contract is not None else None
 
     async def cancel_task(self, task_id: int, reason: str = "cancelled by a user") -> Task:
         task, to_stop = await self.repo.cancel_task(task_id, reason)

@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_PROTECTED_PATHS",
     "MAX_CONTRACT_BYTES",
     "PACKAGE_REGISTRIES",
+    "RUNNERS",
     "ContractError",
     "NetworkPolicy",
     "OperatorPolicy",
@@ -52,6 +53,8 @@ __all__ = [
     "RunPolicy",
     "SetupStep",
     "host_allowed",
+    "known_runner",
+    "known_runners",
     "parse_contract",
     "pick_contract",
     "resolve",
@@ -76,6 +79,28 @@ PACKAGE_REGISTRIES: tuple[str, ...] = (
 )
 Policy = Literal["push", "draft", "fail"]
 Runner = Literal["claude", "codex", "aider", "command"]
+#: every runner a contract may name, and so every runner the coordinator routes by
+RUNNERS: tuple[str, ...] = get_args(Runner)
+
+
+def known_runner(value: object) -> str | None:
+    """``value`` when it is the name of a runner (:data:`RUNNERS`), else None.
+
+    A runner name reaches the coordinator from text it does not control (a repository's
+    file, through an agent's report; an agent's own list), so it is checked against this
+    closed list before it is stored or used, never trusted as it comes."""
+    return value if isinstance(value, str) and value in RUNNERS else None
+
+
+def known_runners(values: Iterable[object] | None) -> list[str] | None:
+    """The known runner names of ``values`` in :data:`RUNNERS` order, once each; unknown
+    names are dropped (a newer agent may have a runner this coordinator does not know).
+    None stays None: not told."""
+    if values is None:
+        return None
+    named = {v for v in values if known_runner(v) is not None}
+    return [r for r in RUNNERS if r in named]
+
 
 _HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"^(?:\*\.)?{_HOST_LABEL}(?:\.{_HOST_LABEL})*(?::[0-9]{{1,5}})?$")

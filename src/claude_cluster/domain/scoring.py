@@ -1,6 +1,7 @@
 """Which agent gets a task: the seed's score, over the candidates the design allows.
 
-Candidates are online, not draining, ready, below their slot limit, and match a
+Candidates are online, not draining, ready, below their slot limit, offer the runner
+the task needs (when it needs one: a capability, never overridden), and match a
 requirement in their specialties or capabilities (a task without requirements, or only
 ``general``, matches any agent). Requirements come only from explicit labels or the API;
 preferences (keywords of the issue) raise the score and restrict nothing. The best score
@@ -25,6 +26,8 @@ class AgentView:
     completed: int
     failed: int
     average_duration_seconds: float
+    #: the runners the agent offers; None: not told (an older agent)
+    runners: Sequence[str] | None = None
 
     @property
     def load(self) -> float:
@@ -42,6 +45,11 @@ def matches(agent: AgentView, requirements: Sequence[str]) -> bool:
         return True
     skills = {s.lower() for s in (*agent.specialties, *agent.capabilities)}
     return bool(wanted & skills) or "general" in {s.lower() for s in agent.specialties}
+
+
+def offers(agent: AgentView, runner: str | None) -> bool:
+    """Whether ``agent`` can run a task that needs ``runner`` (None: any runner)."""
+    return runner is None or runner in (agent.runners or ())
 
 
 def score(
@@ -69,13 +77,17 @@ def pick(
     *,
     require_match: bool = True,
     preferences: Sequence[str] = (),
+    runner: str | None = None,
 ) -> list[AgentView]:
-    """Agents with a free slot that match the requirements, best first (preferences only
-    score). A manual assignment (``require_match=False``) overrides the match."""
+    """Agents with a free slot that offer ``runner`` and match the requirements, best
+    first (preferences only score). A manual assignment (``require_match=False``)
+    overrides the match, not the runner: an agent without it could only refuse the run."""
     candidates = [
         a
         for a in agents
-        if a.active < a.capacity and (not require_match or matches(a, requirements))
+        if a.active < a.capacity
+        and offers(a, runner)
+        and (not require_match or matches(a, requirements))
     ]
     return sorted(
         candidates,
@@ -83,12 +95,16 @@ def pick(
     )
 
 
-def waiting_for(agents: Sequence[AgentView], requirements: Sequence[str]) -> str | None:
+def waiting_for(
+    agents: Sequence[AgentView], requirements: Sequence[str], runner: str | None = None
+) -> str | None:
     """Why no agent of ``agents`` (the online, ready ones) can ever take a task with these
-    requirements, or None when one can (busy or not)."""
-    if any(matches(a, requirements) for a in agents):
+    requirements and this runner, or None when one can (busy or not)."""
+    if any(matches(a, requirements) and offers(a, runner) for a in agents):
         return None
-    wanted = [r for r in requirements if r != "general"]
     if not agents:
         return "waiting for an agent: none is online and ready"
+    wanted = [r for r in requirements if r != "general"]
+    if runner is not None:
+        wanted.append(f"runner {runner}")
     return f"waiting for an agent with: {', '.join(wanted)}"

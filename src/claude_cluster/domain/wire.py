@@ -30,6 +30,8 @@ Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: a short name (specialty, capability, file path)
 Name = Annotated[str, Field(max_length=200)]
+#: a runner's name as an agent sends it (checked against the known runners where stored)
+RunnerName = Annotated[str, Field(max_length=40)]
 #: registration ``configuration`` and ``metadata``, each as JSON
 MAX_METADATA_BYTES = 16 * 1024
 #: one reported event, as JSON
@@ -103,6 +105,10 @@ class AgentRegistration(_Inbound):
     #: canary, workspace): it is registered in ``maintenance`` and gets no work
     ready: bool = True
     not_ready_reason: str | None = Field(default=None, max_length=2000)
+    #: the runners this agent can run (its own and those it can build: installed, with a
+    #: model credential); the coordinator keeps the names it knows. None: not told (an
+    #: older agent), so it gets no task that needs a runner (SPEC §5)
+    runners: list[RunnerName] | None = Field(default=None, max_length=20)
 
     @field_validator("configuration", "metadata")
     @classmethod
@@ -126,6 +132,8 @@ class Heartbeat(_Inbound):
     #: False comes with ``not_ready_reason``
     ready: bool | None = None
     not_ready_reason: str | None = Field(default=None, max_length=2000)
+    #: the runners the agent can run now (a credential may come or go); None: not told
+    runners: list[RunnerName] | None = Field(default=None, max_length=20)
 
 
 class HeartbeatReply(_Wire):
@@ -243,6 +251,10 @@ class RunResult(_Inbound):
         default_factory=list, max_length=MAX_CHANGED_FILES
     )
     log_excerpt: str = Field(default="", max_length=20_000)
+    #: with ``contract_error``: the runner the run's contract names, which this agent
+    #: cannot run. The coordinator then requeues the task for an agent that offers it,
+    #: without counting a retry (SPEC §4b); a name it does not know is ignored
+    needs_runner: RunnerName | None = None
 
 
 # --- coordinator → agent ---------------------------------------------------------------

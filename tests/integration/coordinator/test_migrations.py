@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.util.exc import CommandError
@@ -79,3 +81,58 @@ def test_0004_moves_keyword_requirements_of_live_tasks_to_preferences(tmp_path: 
         3: (["frontend"], []),
         4: (["backend", "testing"], []),
     }
+
+
+async def test_0005_adds_the_runner_columns_empty_and_takes_them_away(empty_db: str) -> None:
+    """Up: agents and tasks that were there offer and need no runner (NULL: as before,
+    every task may go to any agent). Down: the columns go, the rows stay."""
+    from sqlalchemy import inspect, text
+
+    from claude_cluster.coordinator.store.db import create_engine
+
+    def columns(conn: Any, table: str) -> set[str]:
+        return {c["name"] for c in inspect(conn).get_columns(table)}
+
+    await asyncio.to_thread(migrate.upgrade, empty_db, "0004")
+    engine = create_engine(empty_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO agents (id, name, hostname, ip_address, port, url, specialties, "
+                    "capabilities, max_concurrent_tasks, status, active_task_count, "
+                    "current_load, total_tasks_completed, total_tasks_failed, "
+                    "average_task_duration, uptime_percentage, registered_at, workspace_path, "
+                    "configuration, version, metadata, token_hash, draining, "
+                    "dispatch_failures, fault_streak) VALUES ('a1', 'a1', '', '', 8081, "
+                    "'http://a1', '[]', '[]', 3, 'idle', 0, 0, 0, 0, 0, 100, "
+                    "'2026-12-05 12:00:00', '', '{}', '', '{}', 'h', false, 0, 0)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO tasks (title, description, status, priority, priority_rank, "
+                    "github_repository, github_issue_number, repository_url, labels, "
+                    "requirements, preferences, estimated_complexity, "
+                    "estimated_duration_minutes, result_data, attempts, retry_count, cost_usd, "
+                    "created_at, updated_at, created_by) VALUES ('t', '', 'queued', 'medium', "
+                    "1, 'acme/app', 1, 'x', '[]', '[]', '[]', 'low', 60, '{}', 0, 0, 0, "
+                    "'2026-12-05 12:00:00', '2026-12-05 12:00:00', '')"
+                )
+            )
+        await asyncio.to_thread(migrate.upgrade, empty_db)
+        async with engine.connect() as conn:
+            assert "runners" in await conn.run_sync(columns, "agents")
+            assert "required_runner" in await conn.run_sync(columns, "tasks")
+            assert (await conn.execute(text("SELECT runners FROM agents"))).all() == [(None,)]
+            assert (await conn.execute(text("SELECT required_runner FROM tasks"))).all() == [
+                (None,)
+            ]
+        await asyncio.to_thread(migrate.downgrade, empty_db, "0004")
+        async with engine.connect() as conn:
+            assert "runners" not in await conn.run_sync(columns, "agents")
+            assert "required_runner" not in await conn.run_sync(columns, "tasks")
+            assert (await conn.execute(text("SELECT id FROM agents"))).all() == [("a1",)]
+            assert (await conn.execute(text("SELECT count(*) FROM tasks"))).scalar() == 1
+    finally:
+        await engine.dispose()

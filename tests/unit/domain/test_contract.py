@@ -235,3 +235,14 @@ def test_the_operator_contract_travels_with_the_dispatch() -> None:
     assert resolve(None, received.operator_contract).network_allow == ("pypi.org",)
     with pytest.raises(ValidationError, match=r"operator_contract\.max_cost"):
         ExecuteTaskRequest.model_validate({**base, "operator_contract": {"max_cost": 1}})
+
+
+def test_runner_names_are_checked_against_the_known_runners() -> None:
+    from claude_cluster.domain.contract import RUNNERS, known_runner, known_runners
+
+    assert RUNNERS == ("claude", "codex", "aider", "command")
+    assert known_runner("codex") == "codex"
+    for hostile in ("Codex", "codex ", "../codex", "codex'; --", "", None, 3, ["codex"]):
+        assert known_runner(hostile) is None
+    assert known_runners(["command", "evil", "claude", "command"]) == ["claude", "command"]
+    assert known_runners(None) is None

@@ -60,3 +60,21 @@ def test_waiting_for_names_what_no_agent_has() -> None:
     assert waiting_for([backend], ["general"]) is None
     assert waiting_for([backend], ["testing"]) == "waiting for an agent with: testing"
     assert waiting_for([], ["general"]) == "waiting for an agent: none is online and ready"
+
+
+def test_a_task_that_needs_a_runner_goes_only_to_agents_that_offer_it() -> None:
+    from claude_cluster.domain import scoring as sc
+
+    def view(agent_id: str, runners: list[str] | None) -> sc.AgentView:
+        return sc.AgentView(agent_id, ["backend"], [], 0, 2, 0, 0, 0.0, runners=runners)
+
+    agents = [view("old", None), view("cmd", ["command"]), view("both", ["claude", "command"])]
+    assert [a.id for a in sc.pick(agents, [], 60, runner="claude")] == ["both"]
+    assert {a.id for a in sc.pick(agents, [], 60)} == {"old", "cmd", "both"}
+    # a manual assignment overrides the requirements, never the runner
+    assert [a.id for a in sc.pick(agents[:2], [], 60, require_match=False, runner="claude")] == []
+    assert sc.waiting_for(agents[:2], [], "claude") == "waiting for an agent with: runner claude"
+    assert sc.waiting_for(agents, ["testing"], "claude") == (
+        "waiting for an agent with: testing, runner claude"
+    )
+    assert sc.waiting_for(agents, [], "claude") is None

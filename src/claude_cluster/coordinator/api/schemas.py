@@ -89,6 +89,9 @@ class TaskOut(BaseModel):
     #: why a queued task waits when no online, ready agent can take it
     #: (``waiting for an agent with: testing``); None when one can or it is not queued
     waiting_for: str | None = None
+    #: the runner the task's contract names, when known (the operator's contract, or an
+    #: agent that refused it for lack of it): only agents that offer it take the task
+    required_runner: str | None = None
     estimated_complexity: str
     estimated_duration_minutes: int
     assigned_agent_id: str | None
@@ -188,6 +191,9 @@ class AgentOut(BaseModel):
     #: runs in a row that failed for a reason of the agent (runner, credentials, sandbox,
     #: disk); a success resets it
     fault_streak: int = 0
+    #: the runners the agent can run (its own and those it can build); None: not told (an
+    #: older agent), which takes no task that needs a runner
+    runners: list[str] | None = None
     #: what the agent told about itself at registration (runner, model, ``sandbox``,
     #: ``ready``, ``not_ready_reason``); never credentials
     configuration: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from claude_cluster.coordinator.store.common import (
 )
 from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, TaskRun
+from claude_cluster.domain.contract import known_runners
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     AGENT_FAULT_LIMIT,
@@ -99,6 +100,7 @@ class AgentQueries(RunEndSteps):
             agent.status = (AgentStatus.IDLE if reg.ready else AgentStatus.MAINTENANCE).value
             agent.not_ready_reason = None if reg.ready else not_ready_text(reg.not_ready_reason)
             agent.fault_streak = 0
+            agent.runners = known_runners(reg.runners)
             agent.current_load = 0.0
             agent.last_heartbeat = now
             agent.cooldown_until = None
@@ -190,6 +192,8 @@ class AgentQueries(RunEndSteps):
             if hb.status == AgentStatus.MAINTENANCE:
                 agent.status = AgentStatus.MAINTENANCE.value
             _note_readiness(agent, hb)
+            if hb.runners is not None:
+                agent.runners = known_runners(hb.runners)
             # Runs the agent holds that are not (or no longer) its own: it must stop them.
             reply = HeartbeatReply(stop_run_ids=sorted(held - ours), draining=agent.draining)
             return reply, agent.active_task_count < agent.max_concurrent_tasks

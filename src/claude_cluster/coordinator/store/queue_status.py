@@ -88,6 +88,7 @@ class QueueQueries(StoreBase):
                 completed=a.total_tasks_completed,
                 failed=a.total_tasks_failed,
                 average_duration_seconds=a.average_task_duration,
+                runners=a.runners,
             )
             for a in agents
         ]
@@ -99,7 +100,9 @@ class QueueQueries(StoreBase):
         if not queued:
             return {}
         views = await self._ready_agent_views()
-        reasons = {t.id: scoring.waiting_for(views, t.requirements) for t in queued}
+        reasons = {
+            t.id: scoring.waiting_for(views, t.requirements, t.required_runner) for t in queued
+        }
         return {task_id: reason for task_id, reason in reasons.items() if reason}
 
     async def queue_waits(self, now: datetime | None = None) -> QueueWaits:
@@ -107,7 +110,7 @@ class QueueQueries(StoreBase):
         async with self._sessions() as s:
             rows = (
                 await s.execute(
-                    select(Task.queued_at, Task.requirements)
+                    select(Task.queued_at, Task.requirements, Task.required_runner)
                     .where(Task.status == TaskStatus.QUEUED.value)
                     .order_by(Task.queued_at)
                     .limit(_WAIT_SCAN_LIMIT)
@@ -115,6 +118,8 @@ class QueueQueries(StoreBase):
             ).all()
         views = await self._ready_agent_views()
         # a retry is queued from the end of its back-off: it waits from then on
-        waited = [(now - at).total_seconds() for at, _ in rows if at is not None and at <= now]
-        unmatched = sum(1 for _, required in rows if scoring.waiting_for(views, required))
+        waited = [(now - at).total_seconds() for at, _, _ in rows if at is not None and at <= now]
+        unmatched = sum(
+            1 for _, required, runner in rows if scoring.waiting_for(views, required, runner)
+        )
         return QueueWaits(oldest_seconds=max(waited, default=0.0), unmatched=unmatched)

@@ -63,11 +63,14 @@ class RunEndSteps(StoreBase):
         figures: dict[str, Any] | None = None,
         cooldown_until: datetime | None = None,
         fault: bool | None = None,
+        tally: bool = True,
     ) -> Agent:
         """End a run (with the figures it reported) and give its agent slot back, with the
         agent's statistics; ``cooldown_until`` also counts a failed push against the agent.
         ``fault`` True adds to the agent's fault streak (at :data:`AGENT_FAULT_LIMIT` the
         agent is not ready), False (a success) ends the streak and a block it caused.
+        ``tally`` False leaves a failure out of the agent's statistics (a run it could not
+        take, by no fault of its own: a runner it does not offer).
 
         One ``UPDATE … RETURNING`` on the agent row: the hottest rows of the schema are
         locked for as short a time as a statement allows."""
@@ -97,7 +100,7 @@ class RunEndSteps(StoreBase):
             values["average_task_duration"] = Agent.average_task_duration + (
                 duration - Agent.average_task_duration
             ) / (Agent.total_tasks_completed + 1)
-        elif status in (RunStatus.FAILED, RunStatus.LOST):
+        elif status in (RunStatus.FAILED, RunStatus.LOST) and tally:
             values["total_tasks_failed"] = Agent.total_tasks_failed + 1
         if cooldown_until is not None:
             values["dispatch_failures"] = Agent.dispatch_failures + 1

@@ -31,6 +31,7 @@ from claude_cluster.coordinator.store.common import (
 from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
 from claude_cluster.domain import scoring
+from claude_cluster.domain.contract import known_runner
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     AGENT_FAULT_CATEGORIES,
@@ -112,6 +113,10 @@ class RunQueries(RunEndSteps):
                 ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
             if only_task is not None:
                 ready = ready & (Task.id == only_task)
+            # a task that needs a runner no candidate offers is not read at all (in SQL, so
+            # a queue of such tasks neither costs rows nor blocks the tasks behind it)
+            offered = sorted({r for a in agents.values() for r in a.runners or ()})
+            ready = ready & or_(Task.required_runner.is_(None), Task.required_runner.in_(offered))
             tasks = await self._ready_tasks(conn, ready, room * 4 if only_task is None else 1)
             chosen = _choose(tasks, agents, room, require_match=only_agent is None)
             if not chosen:
@@ -493,6 +498,17 @@ class RunQueries(RunEndSteps):
                 )
                 await self._change_task(s, task, changes)
                 return RunEnd(task=task, run=run)
+            needed = known_runner(result.needs_runner)
+            if category == ErrorCategory.CONTRACT_ERROR and needed is not None:
+                agent = await self._snapshot(s, Agent, run.agent_id)  # after the task
+                assert agent is not None
+                # an agent that offers the runner and still refuses it is not routed
+                # around: its run fails as any contract_error (no requeue loop)
+                if needed not in (agent.runners or ()):
+                    await self._runner_missing(
+                        s, task, run, agent, needed, result.message, figures, changes, now
+                    )
+                    return RunEnd(task=task, run=run, retried=True)
             if category in AGENT_FAULT_CATEGORIES:
                 await self._agent_fault(
                     s, task, run, category, result.message, figures, changes, now, cooldown_seconds
@@ -571,6 +587,51 @@ class RunQueries(RunEndSteps):
             **{**changes, "assigned_agent_id": None},
         )
 
+    async def _runner_missing(
+        self,
+        s: AsyncSession,
+        task: Task,
+        run: TaskRun,
+        agent: Agent,
+        runner: str,
+        message: str,
+        figures: dict[str, Any],
+        changes: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """The task's contract names a runner its agent does not offer: neither the task's
+        fault nor the agent's. The run fails (not counted in the agent's statistics), the
+        task records the runner it needs and goes back to ``queued`` at once without
+        counting a retry, for an agent that offers it (SPEC §4b)."""
+        await self._end_run(
+            s,
+            run,
+            RunStatus.FAILED,
+            now,
+            category=ErrorCategory.CONTRACT_ERROR,
+            message=message,
+            figures=figures,
+            tally=False,
+        )
+        changes = {**changes, "required_runner": runner}
+        if TaskStatus(task.status) not in RUNNING_TASK_STATUSES:
+            await self._change_task(s, task, changes)
+            return
+        await transitions.move_task(
+            s,
+            task,
+            TaskStatus.QUEUED,
+            now,
+            kind="runner_required",
+            message=f"run {run.id}: agent {agent.id} cannot run {runner}, which the task's "
+            f"contract names; requeued without counting a retry, for an agent that offers "
+            f"{runner}",
+            details={"runner": runner, "agent_id": agent.id, "offered": agent.runners},
+            run_id=run.id,
+            level="warning",
+            **{**changes, "assigned_agent_id": None, "not_before": None},
+        )
+
     # --- cost -------------------------------------------------------------------------
 
     async def repository_cost_since(self, repository: str, since: datetime) -> float:
@@ -617,6 +678,7 @@ def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
         completed=agent.total_tasks_completed,
         failed=agent.total_tasks_failed,
         average_duration_seconds=agent.average_task_duration,
+        runners=agent.runners,
     )
 
 
@@ -636,6 +698,7 @@ def _choose(
             task.estimated_duration_minutes,
             require_match=require_match,
             preferences=task.preferences,
+            runner=task.required_runner,
         )
         if not best:
             continue

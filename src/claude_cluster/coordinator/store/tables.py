@@ -113,6 +113,9 @@ class Agent(Base):
     not_ready_reason: Mapped[str | None] = mapped_column(Text)
     #: runs in a row that failed for a reason of the agent, not of the task
     fault_streak: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the runners the agent says it can run (known names only); NULL: not told (an older
+    #: agent), which takes no task that needs a runner
+    runners: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Task(Base):
@@ -149,6 +152,9 @@ class Task(Base):
     requirements: Mapped[list[str]] = mapped_column(default=list)
     #: what raises an agent's score but restricts nothing (keywords of the issue)
     preferences: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
+    #: the runner the task's contract names (the operator's at creation, else the one an
+    #: agent refused for lack of it); only agents that offer it take the task. NULL: any
+    required_runner: Mapped[str | None] = mapped_column(String(20))
     estimated_complexity: Mapped[str] = mapped_column(String(10), default="medium")
     estimated_duration_minutes: Mapped[int] = mapped_column(Integer, default=180)
     assigned_agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))

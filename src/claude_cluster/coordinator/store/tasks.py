@@ -24,6 +24,7 @@ from claude_cluster.coordinator.store.common import (
 from claude_cluster.coordinator.store.run_end import RunEndSteps
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskRun
 from claude_cluster.domain.analysis import preferences_from_text
+from claude_cluster.domain.contract import known_runner
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     TERMINAL_TASK_STATUSES,
@@ -52,6 +53,8 @@ class NewTask:
     test_command: str | None = None
     created_by: str = ""
     preferences: list[str] = field(default_factory=list)
+    #: the runner the operator's contract names (checked against the known runners)
+    required_runner: str | None = None
 
 
 class TaskQueries(RunEndSteps):
@@ -88,6 +91,7 @@ class TaskQueries(RunEndSteps):
                         labels=new.labels,
                         requirements=new.requirements,
                         preferences=new.preferences,
+                        required_runner=known_runner(new.required_runner),
                         estimated_complexity=new.complexity,
                         estimated_duration_minutes=new.estimated_duration_minutes,
                         budget_usd=new.budget_usd,
@@ -106,6 +110,11 @@ class TaskQueries(RunEndSteps):
                             "requirements": new.requirements,
                             "preferences": new.preferences,
                             "created_by": new.created_by,
+                            **(
+                                {"required_runner": values["required_runner"]}
+                                if values["required_runner"]
+                                else {}
+                            ),
                         },
                     )
                 return task, True

@@ -387,6 +387,7 @@ class AgentDaemon:
             url=s.url,
             ready=self.pool.not_ready is None,
             not_ready_reason=self.pool.not_ready,
+            runners=self.job_runner.runners.offered(),
         )
 
     # --- the signal ladder -----------------------------------------------------------
@@ -517,6 +518,7 @@ class AgentDaemon:
             HeartbeatConfig(interval=interval, lease_seconds=registered.lease_seconds),
             agent_id=self.agent_id,
             reregister=self._register_once,
+            runners=self.job_runner.runners.offered,
         )
         housekeeping = HousekeepingLoop(
             self.workspaces,

@@ -53,6 +53,8 @@ class HeartbeatLoop:
         config: timing.
         agent_id: who we are.
         reregister: registers again (one attempt; raises :class:`CoordinatorError`).
+        runners: the runners the agent can run now (a credential or an executable may
+            come or go), told with each heartbeat; None: not told.
     """
 
     def __init__(
@@ -63,12 +65,14 @@ class HeartbeatLoop:
         *,
         agent_id: str,
         reregister: Callable[[], Awaitable[None]],
+        runners: Callable[[], list[str]] | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
         self.config = config
         self.agent_id = agent_id
         self.reregister = reregister
+        self.runners = runners
         self.started = time.monotonic()
         #: monotonic time of the last heartbeat the coordinator answered
         self.last_success = time.monotonic()
@@ -121,6 +125,7 @@ class HeartbeatLoop:
             run_ids=pool.held_run_ids(),
             ready=pool.not_ready is None,
             not_ready_reason=pool.not_ready,
+            runners=self.runners() if self.runners is not None else None,
         )
 
     def _say_unreachable(self, error: str) -> None:

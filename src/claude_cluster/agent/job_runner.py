@@ -217,7 +217,10 @@ class JobRunner:
             return self.runners.pick(policy.runner)
         except RunnerUnavailable as exc:
             reporter.event("contract", str(exc), {"runner": policy.runner}, level="error")
-            raise progress.failed(ErrorCategory.CONTRACT_ERROR, str(exc)) from None
+            ended = progress.failed(ErrorCategory.CONTRACT_ERROR, str(exc))
+            # the coordinator routes the task to an agent that offers this runner
+            ended.result.needs_runner = policy.runner
+            raise ended from None
 
     async def _work(self, ctx: RunContext, runner: Runner) -> RunResult:
         """Setup and baseline, the agent's turns and fix rounds, then the delivery."""

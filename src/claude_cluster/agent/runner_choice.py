@@ -7,13 +7,16 @@ asks for it, and only when it is available here: its executable is found and it 
 model credential, the checks readiness makes of the agent's own runner
 (:mod:`~claude_cluster.agent.readiness`). When it is not, :meth:`RunnerChoice.pick` raises
 :class:`RunnerUnavailable`, naming the runner and saying it is not installed on this agent;
-the run fails before any model call (SPEC §4b).
+the run fails before any model call (SPEC §4b), and the coordinator routes its task to an
+agent that has it. :meth:`RunnerChoice.offered` is what the agent tells the coordinator it
+can run, at registration and with every heartbeat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from claude_cluster.domain.contract import RUNNERS
 from claude_cluster.runners import Runner
 
 __all__ = ["RunnerChoice", "RunnerUnavailable"]
@@ -63,6 +66,17 @@ class RunnerChoice:
         if name not in self._built:
             self._built[name] = self._build(name)
         return self._built[name]
+
+    def offered(self) -> list[str]:
+        """The runners this agent can run now: its own, and each other one it could build
+        (installed, with a model credential), in :data:`RUNNERS` order."""
+        own = self.default.name
+        return [
+            name
+            for name in RUNNERS
+            if name == own
+            or (self._build is not None and (self._problem is None or self._problem(name) is None))
+        ]
 
 
 def _refusal(name: str, problem: str) -> str:

@@ -95,10 +95,16 @@ def recording_fixer(directory: Path, record: Path) -> Path:
     )
 
 
-async def _task(api: httpx.AsyncClient, task_id: int, wanted: set[str]) -> dict[str, Any]:
+def ended(task: dict[str, Any]) -> bool:
+    return task["status"] in {"review", "completed", "failed"}
+
+
+async def _task(
+    api: httpx.AsyncClient, task_id: int, done: Callable[[dict[str, Any]], bool] = ended
+) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         task: dict[str, Any] = (await api.get(f"/api/v1/tasks/{task_id}")).json()
-        return task if task["status"] in wanted else None
+        return task if done(task) else None
 
     return await eventually(probe, timeout=60, interval=0.1)
 
@@ -112,6 +118,7 @@ class Ran:
     agent: dict[str, Any]
     bare: Path
     opener: Opener
+    runs: list[dict[str, Any]]
 
     def contract_events(self, level: str) -> str:
         return " | ".join(
@@ -127,6 +134,7 @@ async def run_one_task(
     operator: dict[str, Any],
     contract: str,
     agent_command: str,
+    done: Callable[[dict[str, Any]], bool] = ended,
     **agent_overrides: Any,
 ) -> Ran:
     """``octo/app`` (the buggy calc and ``contract`` as its ``.claude-cluster.yml``) on the
@@ -173,12 +181,13 @@ async def run_one_task(
                     },
                 )
                 assert created.status_code == 201, created.text
-                task = await _task(api, created.json()["id"], {"review", "completed", "failed"})
+                task = await _task(api, created.json()["id"], done)
                 events = (await api.get(f"/api/v1/tasks/{task['id']}/events")).json()
+                runs = (await api.get(f"/api/v1/tasks/{task['id']}/runs")).json()
                 agent_row = (await api.get("/api/v1/agents/agent-1")).json()
         finally:
             assert await agent.stop() == 0
-    return Ran(task, events, agent_row, bare, opener)
+    return Ran(task, events, agent_row, bare, opener, runs)
 
 
 async def test_the_operator_caps_reach_the_agent_and_a_greedy_contract_gets_neither(
@@ -264,16 +273,23 @@ async def test_the_runner_the_policy_names_runs_instead_of_the_agents_own(
     assert branch_file(ran.bare, pr.head, "calc.py") == CALC_FIXED
 
 
-async def test_a_runner_the_agent_does_not_have_fails_the_run_before_any_model_call(
+def needs_codex(task: dict[str, Any]) -> bool:
+    """(The operator's ``command`` is the task's runner from its creation until an agent
+    reads the repository's ``codex``.)"""
+    return ended(task) or (task["status"] == "queued" and task["required_runner"] == "codex")
+
+
+async def test_a_runner_the_agent_does_not_have_ends_the_run_before_any_model_call(
     fake_github: FakeGitHub,
     start_coordinator: Callable[..., RunningCoordinator],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The repository names ``codex`` (over the operator's ``command``) and this agent has
-    no codex: the run fails as ``contract_error`` naming it, and nothing counts against the
-    agent, which is healthy (as ``runner_error`` would: a repository could then put every
-    agent without codex out of service)."""
+    no codex: the run ends as ``contract_error`` naming it, the task waits for an agent
+    that offers codex without a retry counted, and nothing counts against the agent, which
+    is healthy (as ``runner_error`` would: a repository could then put every agent without
+    codex out of service)."""
     kept = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "codex").exists()]
     monkeypatch.setenv("PATH", os.pathsep.join(kept))
     record = tmp_path / "limits.json"
@@ -285,13 +301,145 @@ async def test_a_runner_the_agent_does_not_have_fails_the_run_before_any_model_c
         operator={"runner": "command"},
         contract=plain_contract("runner: codex\n"),
         agent_command=f"{sys.executable} {script}",
+        done=needs_codex,
     )
-    assert ran.task["status"] == "failed"
-    message = ran.task["error_message"]
-    assert message.startswith(
-        "contract_error: the contract names runner codex, which this agent cannot run"
-    ), message
-    assert "not installed on this agent" in message
+    assert ran.task["status"] == "queued", ran.task.get("error_message")
+    assert ran.task["required_runner"] == "codex"
+    assert (ran.task["retry_count"], ran.task["attempts"]) == (0, 1)
+    assert ran.task["waiting_for"] == "waiting for an agent with: runner codex"
+    [run] = ran.runs
+    assert (run["status"], run["error_category"]) == ("failed", "contract_error")
+    assert run["message"].startswith(
+        "the contract names runner codex, which this agent cannot run"
+    ), run["message"]
+    assert "not installed on this agent" in run["message"]
     assert "codex" in ran.contract_events("error")
+    [requeued] = [e for e in ran.events if e["kind"] == "runner_required"]
+    assert "agent-1 cannot run codex" in requeued["message"]
     assert not record.exists(), "a runner ran"
     assert ran.agent["fault_streak"] == 0 and ran.agent["not_ready_reason"] is None
+    assert ran.agent["runners"] == ["command"]
+
+
+async def test_a_mixed_cluster_routes_each_task_to_an_agent_with_its_runner(
+    fake_github: FakeGitHub,
+    start_coordinator: Callable[..., RunningCoordinator],
+    tmp_path: Path,
+) -> None:
+    """Two real agents: ``claude-only`` (the Claude CLI, never started here, and no
+    ``AGENT_COMMAND``) and ``command-only`` (a fixer script, no Claude CLI). ``octo/app``'s
+    own file names ``command``: the first agent refuses it, the task waits for ``command``
+    without a retry spent and ends on the second. ``octo/lib``'s operator names ``command``:
+    its task needs it from its creation and never reaches the first agent."""
+    fake_github.add_repo("octo/lib")
+    git_root = tmp_path / "git"
+    for name, contract in (("app", plain_contract("runner: command\n")), ("lib", "")):
+        files = {"calc.py": CALC_BUGGY, "test_calc.py": CALC_TEST}
+        if contract:
+            files[".claude-cluster.yml"] = contract
+        make_origin(git_root / "octo" / name, files).rename(git_root / "octo" / f"{name}.git")
+    operator_file = tmp_path / "repositories.json"
+    operator_file.write_text(
+        json.dumps({"repositories": {REPO: {}, "octo/lib": {"contract": {"runner": "command"}}}})
+    )
+    issues = {
+        repo: fake_github.create_issue(repo, "add() subtracts", deliver=False)["number"]
+        for repo in (REPO, "octo/lib")
+    }
+    script = recording_fixer(tmp_path / "bin", tmp_path / "limits.json")
+    common: dict[str, Any] = {
+        "specialties": ALL_SPECIALTIES,
+        "github_api_url": fake_github.url,
+        "test_timeout": 60,
+    }
+    with GitHttpServer(git_root, TOKEN) as git_http:
+        coordinator = start_coordinator(
+            heartbeat_interval=0.5,
+            github_api_url=fake_github.url,
+            github_token=TOKEN,
+            github_webhook_secret="operator-contract-secret",
+            github_repositories=f"{REPO},octo/lib",
+            github_repositories_file=operator_file,
+            github_web_url=git_http.base_url,
+            github_poll_interval=0,
+        )
+        claude_only = await start_daemon(
+            agent_settings(
+                coordinator.url,
+                tmp_path / "ws-claude",
+                agent_id="claude-only",
+                agent_runner="claude",
+                agent_command=None,
+                claude_code_cli_path=sys.executable,  # found; never run: refused first
+                anthropic_api_key="sk-test",
+                **common,
+            )
+        )
+        command_only = None
+        try:
+            async with admin(coordinator.url) as api:
+                ids = {}
+                for repo, number in issues.items():
+                    created = await api.post(
+                        "/api/v1/tasks",
+                        json={
+                            "title": "add() subtracts",
+                            "description": "add(2, 3) returns -1 instead of 5",
+                            "github_repository": repo,
+                            "github_issue_number": number,
+                        },
+                    )
+                    assert created.status_code == 201, created.text
+                    ids[repo] = created.json()["id"]
+                    assert created.json()["required_runner"] == (
+                        "command" if repo == "octo/lib" else None
+                    )
+                # app: refused by claude-only, then waits for command with no retry spent
+                app = await _task(
+                    api,
+                    ids[REPO],
+                    lambda t: ended(t) or t["required_runner"] == "command",
+                )
+                assert (app["status"], app["retry_count"], app["attempts"]) == ("queued", 0, 1)
+                assert app["waiting_for"] == "waiting for an agent with: runner command"
+                lib = (await api.get(f"/api/v1/tasks/{ids['octo/lib']}")).json()
+                assert (lib["status"], lib["attempts"]) == ("queued", 0)
+                assert lib["waiting_for"] == "waiting for an agent with: runner command"
+                agents = {a["id"]: a for a in (await api.get("/api/v1/agents")).json()}
+                assert "command" not in agents["claude-only"]["runners"]
+                assert "claude" in agents["claude-only"]["runners"]
+                # an agent with command joins: both tasks end there
+                opener = Opener()
+                command_only = await start_daemon(
+                    agent_settings(
+                        coordinator.url,
+                        tmp_path / "ws-command",
+                        agent_id="command-only",
+                        agent_command=f"{sys.executable} {script}",
+                        claude_code_cli_path=str(tmp_path / "nowhere" / "claude"),
+                        **common,
+                    ),
+                    open_pull_request=opener,
+                )
+                for repo, task_id in ids.items():
+                    done = await _task(api, task_id)
+                    assert done["status"] == "review", (repo, done.get("error_message"))
+                    assert done["retry_count"] == 0
+                    runs = (await api.get(f"/api/v1/tasks/{task_id}/runs")).json()
+                    ran = [
+                        (r["agent_id"], r["status"]) for r in sorted(runs, key=lambda r: r["id"])
+                    ]
+                    expected = [("command-only", "succeeded")]
+                    if repo == REPO:
+                        expected.insert(0, ("claude-only", "failed"))
+                    assert ran == expected, repo
+                agents = {a["id"]: a for a in (await api.get("/api/v1/agents")).json()}
+                assert "claude" not in agents["command-only"]["runners"]
+                refuser = agents["claude-only"]
+                assert (refuser["fault_streak"], refuser["total_tasks_failed"]) == (0, 0)
+                assert refuser["not_ready_reason"] is None
+                assert len(opener.opened) == 2
+        finally:
+            assert await claude_only.stop() == 0
+            if command_only is not None:
+                assert await command_only.stop() == 0

@@ -81,3 +81,30 @@ def test_a_runner_the_agent_does_not_have_is_refused_by_name(
     message = str(refused.value)
     assert message.startswith(f"the contract names runner {name}, which this agent cannot run")
     assert words in message
+
+
+def test_an_agent_offers_its_own_runner_and_those_it_can_build(tmp_path: Path) -> None:
+    """What the agent tells the coordinator (registration, heartbeats): only the runners
+    that pass the same checks a run's pick makes."""
+    assert RunnerChoice(get_runner("command", command="true")).offered() == ["command"]
+    both = runner_choice(
+        settings(
+            tmp_path,
+            agent_runner="command",
+            agent_command="true",
+            claude_code_cli_path=sys.executable,
+            anthropic_api_key="sk-test",
+        )
+    )
+    assert both.offered() == ["claude", "command"]
+    no_key = runner_choice(
+        settings(
+            tmp_path,
+            agent_runner="command",
+            agent_command="true",
+            claude_code_cli_path=sys.executable,
+        )
+    )
+    assert no_key.offered() == ["command"]
+    for name in ("codex", "aider"):
+        assert name not in both.offered()  # not on this PATH

@@ -116,7 +116,10 @@ class RunQueries(RunEndSteps):
             # a task that needs a runner no candidate offers is not read at all (in SQL, so
             # a queue of such tasks neither costs rows nor blocks the tasks behind it)
             offered = sorted({r for a in agents.values() for r in a.runners or ()})
-            ready = ready & or_(Task.required_runner.is_(None), Task.required_runner.in_(offered))
+            runner_ok: ColumnElement[bool] = Task.required_runner.is_(None)
+            if offered:  # (no empty IN: a plain IS NULL when no candidate offers any)
+                runner_ok = or_(runner_ok, Task.required_runner.in_(offered))
+            ready = ready & runner_ok
             tasks = await self._ready_tasks(conn, ready, room * 4 if only_task is None else 1)
             chosen = _choose(tasks, agents, room, require_match=only_agent is None)
             if not chosen:

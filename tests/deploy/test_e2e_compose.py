@@ -18,6 +18,7 @@ needs. Run: uv run pytest tests/deploy/test_e2e_compose.py -m deploy
 from __future__ import annotations
 
 import atexit
+import base64
 import fcntl
 import hashlib
 import json
@@ -482,6 +483,61 @@ def test_the_backup_timer_dumps_the_database(cluster: ComposeCluster) -> None:
     assert any(d.endswith(".dump") for d in dumps), dumps
     head = cluster.ssh("h1", "head -c 5 /opt/coordinator/backup/*.dump").stdout
     assert head.startswith("PGDMP"), head
+
+
+def _runs(cluster: ComposeCluster, task_id: str) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in cluster.api("GET", f"/api/v1/tasks/{task_id}/runs")]
+
+
+def test_a_backup_restores_after_the_database_is_lost(
+    cluster: ComposeCluster, tmp_path: Path
+) -> None:
+    """restore.sh's Compose branch: the dump goes back into the postgres container's database."""
+    tasks_before = {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")}
+    assert tasks_before, "no task to find again (test_a_task_runs_to_completion made one)"
+    runs_before = {tid: _runs(cluster, tid) for tid in tasks_before}
+    # The newest dump the backup timer wrote (test_the_backup_timer_dumps_the_database),
+    # copied off the host as an operator would.
+    listed = cluster.ssh("h1", "ls -t /opt/coordinator/backup/").stdout.split()
+    dumps = [name for name in listed if name.endswith(".dump")]
+    assert dumps, listed
+    encoded = cluster.ssh("h1", f"base64 -w0 /opt/coordinator/backup/{dumps[0]}").stdout
+    dump = tmp_path / dumps[0]
+    dump.write_bytes(base64.b64decode(encoded))
+    assert dump.read_bytes().startswith(b"PGDMP")
+    # Lose the database: the project goes down, its PostgreSQL volume is removed, and the
+    # unit starts it again on a new, empty cluster (migrated, so the coordinator serves).
+    lost = cluster.ssh(
+        "h1",
+        "set -e; systemctl stop claude-coordinator;"
+        " docker volume rm $(docker volume ls -q"
+        " --filter label=com.docker.compose.volume=postgres-data);"
+        " systemctl start claude-coordinator",
+        timeout=300,
+    )
+    assert lost.returncode == 0, lost.stdout + _stack_log(cluster)
+    assert cluster.api("GET", "/api/v1/tasks") == []  # a new, empty database
+    restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
+    assert restored.returncode == 0, restored.stdout[-6000:] + "\n" + _stack_log(cluster)
+    assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
+    for tid, runs in runs_before.items():
+        assert _runs(cluster, tid) == runs
+    # The project is whole again under its unit: the coordinator healthy, migrate done.
+    assert cluster.ssh("h1", "systemctl is-active claude-coordinator").stdout.strip() == "active"
+    ps = cluster.compose("ps --all --format json")
+    services = {
+        s["Service"]: s
+        for s in (json.loads(line) for line in ps.stdout.splitlines() if line.startswith("{"))
+    }
+    assert services["coordinator"]["Health"] == "healthy", services["coordinator"]
+    assert services["migrate"]["State"] == "exited" and services["migrate"]["ExitCode"] == 0
+
+    # The agent is back in service with the restored coordinator.
+    def agent_back() -> dict[str, Any] | None:
+        agent = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}.get(AGENT[0])
+        return agent if agent and agent["status"] not in ("offline", "error") else None
+
+    assert _wait_for(agent_back, timeout=90, interval=3), cluster.api("GET", "/api/v1/agents")
 
 
 def test_second_deploy_changes_nothing(cluster: ComposeCluster) -> None:

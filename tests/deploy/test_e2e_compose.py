@@ -517,6 +517,14 @@ def test_a_backup_restores_after_the_database_is_lost(
     )
     assert lost.returncode == 0, lost.stdout + _stack_log(cluster)
     assert cluster.api("GET", "/api/v1/tasks") == []  # a new, empty database
+
+    # The agent enrols again with the empty coordinator (its token unknown there), as agents
+    # do with a fresh coordinator host before the operator restores onto it: it now holds
+    # a token the dump does not know.
+    def enrolled() -> list[Any]:
+        return [a for a in cluster.api("GET", "/api/v1/agents") if a["id"] == AGENT[0]]
+
+    assert _wait_for(enrolled, timeout=60, interval=2), cluster.api("GET", "/api/v1/agents")
     restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
     assert restored.returncode == 0, restored.stdout[-6000:] + "\n" + _stack_log(cluster)
     assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
@@ -532,12 +540,19 @@ def test_a_backup_restores_after_the_database_is_lost(
     assert services["coordinator"]["Health"] == "healthy", services["coordinator"]
     assert services["migrate"]["State"] == "exited" and services["migrate"]["ExitCode"] == 0
 
-    # The agent is back in service with the restored coordinator.
-    def agent_back() -> dict[str, Any] | None:
-        agent = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}.get(AGENT[0])
-        return agent if agent and agent["status"] not in ("offline", "error") else None
+    # The agent is back in service with the restored coordinator: its heartbeats are
+    # accepted again (the restored row alone says "idle" with the dump's last heartbeat).
+    restored_beat = enrolled()[0]["last_heartbeat"]
 
-    assert _wait_for(agent_back, timeout=90, interval=3), cluster.api("GET", "/api/v1/agents")
+    def agent_back() -> dict[str, Any] | None:
+        agent: dict[str, Any] = enrolled()[0]
+        fresh = agent["last_heartbeat"] != restored_beat
+        return agent if fresh and agent["status"] not in ("offline", "error") else None
+
+    assert _wait_for(agent_back, timeout=90, interval=3), (
+        enrolled(),
+        cluster.ssh(AGENT[2], "tail -n 20 /opt/agent/logs/agent.log").stdout[-3000:],
+    )
 
 
 def test_second_deploy_changes_nothing(cluster: ComposeCluster) -> None:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -47,7 +48,17 @@ from tests.deploy.conftest import (
     run,
     tool_env,
 )
-from tests.deploy.test_e2e_deploy import _changed_tasks, _reachable, _recap, _wait_for
+from tests.deploy.test_e2e_deploy import (
+    HELD_SECONDS,
+    RELEASE,
+    SLOW_ISSUE,
+    WAITING,
+    _changed_tasks,
+    _reachable,
+    _recap,
+    _wait_for,
+    next_version_wheelhouse,
+)
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -267,7 +278,11 @@ monitoring_grafana_enabled: false
 monitoring_node_exporter_enabled: false
 coordinator_workers: 2
 agent_runner: command
-agent_command: /bin/sh -c 'echo deployed-by-compose-e2e > E2E_RESULT.txt'
+agent_command: >-
+  /bin/sh -c 'if [ "$CLUSTER_ISSUE_NUMBER" = {SLOW_ISSUE} ]; then touch {WAITING}; i=0;
+  while [ ! -e {RELEASE} ] && [ $i -lt {HELD_SECONDS} ]; do sleep 1; i=$((i+1)); done;
+  rm -f {WAITING} {RELEASE}; fi;
+  echo deployed-by-compose-e2e > E2E_RESULT.txt'
 agent_read_write_paths: ["{REPO_ON_AGENT}"]
 """
     )
@@ -596,3 +611,68 @@ def test_health_check_reports_the_compose_services(cluster: ComposeCluster) -> N
         assert "DOWN  Redis" in degraded.stdout and "OK    PostgreSQL" in degraded.stdout
     finally:
         cluster.compose("start redis")
+
+
+def test_a_run_in_flight_outlives_the_coordinators_upgrade(
+    cluster: ComposeCluster, tmp_path: Path
+) -> None:
+    """Version N+1 of the coordinator image replaces N while a run goes on at the agent."""
+    wheelhouse = next_version_wheelhouse(CACHE / "wheelhouse-compose", tmp_path)
+    task = cluster.api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "title": "A run that outlives the coordinator's upgrade",
+            "description": "The command runner waits for the test, then writes E2E_RESULT.txt.",
+            "github_repository": REPO_ON_AGENT,
+            "github_issue_number": SLOW_ISSUE,
+        },
+    )
+
+    def running() -> list[tuple[str, str]] | None:
+        runs = _runs(cluster, task["id"])
+        return runs if [status for _, status in runs] == ["running"] else None
+
+    started = _wait_for(running, timeout=30, interval=1)
+    assert started, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    find = f"find /opt/agent/workspace -name {WAITING} -printf '%h\\n'"
+    held = _wait_for(lambda: cluster.ssh(AGENT[2], find).stdout.split(), timeout=60, interval=1)
+    assert held and len(held) == 1, held  # the run waits in its repository on the agent
+    # The coordinator's play on N+1: the image is rebuilt from the new wheel and the unit
+    # restarts the project (down, then up: PostgreSQL and Redis too) while the run goes on.
+    upgraded = cluster.script(
+        "deploy-cluster.sh", "-i", str(cluster.inventory), "-p",
+        str(ANSIBLE_DIR / "playbooks/coordinator-setup.yml"), "--",
+        "-e", f"claude_cluster_wheelhouse_src={wheelhouse}",
+    )  # fmt: skip
+    assert upgraded.returncode == 0, upgraded.stdout[-8000:] + "\n" + _stack_log(cluster)
+    assert "RUNNING HANDLER [coordinator : Restart coordinator]" in upgraded.stdout
+    url = f"https://{COORDINATOR_IP}:8080/health"
+    health = json.loads(urllib.request.urlopen(url, timeout=10, context=cluster.tls()).read())
+    assert health["version"] == "0.1.1", health
+    image = cluster.compose("ps --format '{{.Image}}' coordinator").stdout.strip()
+    assert image == "claude-cluster-coordinator:0.1.1", image
+    # The restart stopped no run: the same run is still going. Let it finish.
+    assert _runs(cluster, task["id"]) == started, (
+        "the run did not outlive the coordinator",
+        cluster.ssh(AGENT[2], "tail -n 30 /opt/agent/logs/agent.log").stdout[-4000:],
+        cluster.compose("logs --no-color --tail 60 coordinator").stdout[-6000:],
+    )
+    released = cluster.ssh(AGENT[2], f"touch {shlex.quote(held[0])}/{RELEASE}")
+    assert released.returncode == 0, released.stdout
+
+    def finished() -> dict[str, Any] | None:
+        current: dict[str, Any] = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+        return current if current["status"] in {"completed", "failed", "cancelled"} else None
+
+    result = _wait_for(finished, timeout=120)
+    assert result, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    # Delivered once, on its first attempt: not killed by the restart, not retried.
+    assert result["status"] == "completed", result
+    assert _runs(cluster, task["id"]) == [(started[0][0], "succeeded")]
+    reflog = (
+        f"cd {REPO_ON_AGENT} && sudo -u agent git reflog show --format=%gs"
+        f" {shlex.quote(result['github_branch'])}"
+    )
+    pushes = cluster.ssh(AGENT[2], reflog)
+    assert pushes.stdout.split() == ["push"], pushes.stdout

@@ -498,7 +498,12 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def _next_version_wheelhouse(cluster: Cluster) -> Path:
     """The wheelhouse with the project wheel rebuilt as version 0.1.1 (N+1)."""
-    source, wheelhouse = cluster.work / "src", cluster.work / "wheelhouse-next"
+    return next_version_wheelhouse(cluster.work / "wheelhouse", cluster.work)
+
+
+def next_version_wheelhouse(current: Path, work: Path) -> Path:
+    """A copy of the wheelhouse current, in work, with the project wheel rebuilt as 0.1.1."""
+    source, wheelhouse = work / "src", work / "wheelhouse-next"
     if wheelhouse.exists():
         return wheelhouse
     shutil.copytree(
@@ -516,7 +521,7 @@ def _next_version_wheelhouse(cluster: Cluster) -> Path:
                 path.read_text(),
             )
         )
-    shutil.copytree(cluster.work / "wheelhouse", wheelhouse, copy_function=_link_or_copy)
+    shutil.copytree(current, wheelhouse, copy_function=_link_or_copy)
     for old in wheelhouse.glob("claude_code_cluster-*.whl"):
         old.unlink()
     built = run(["uv", "build", "--wheel", "--out-dir", str(wheelhouse), "--quiet"], cwd=source)

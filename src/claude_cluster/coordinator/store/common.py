@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from claude_cluster.coordinator.store.tables import Base, Task
 from claude_cluster.coordinator.store.transitions import CHANGES_KEY, StatusChange, add_event
@@ -103,6 +103,18 @@ class StoreBase:
         async with self._sessions.begin() as s:
             yield s
         changes = s.info.pop(CHANGES_KEY, None)
+        if changes and self.on_status_change is not None:
+            self.on_status_change(changes)
+
+    @contextlib.asynccontextmanager
+    async def _statement(self) -> AsyncIterator[tuple[AsyncConnection, list[StatusChange]]]:
+        """A connection outside any transaction, for a change made by one statement (its
+        own transaction: no BEGIN and COMMIT round trips); the status changes noted in the
+        list are handed on after it."""
+        engine = self._sessions.kw["bind"]
+        changes: list[StatusChange] = []
+        async with engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT"), changes
         if changes and self.on_status_change is not None:
             self.on_status_change(changes)
 

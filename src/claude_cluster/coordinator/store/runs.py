@@ -38,7 +38,6 @@ from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
     AgentStatus,
     ErrorCategory,
-    Priority,
     RunStatus,
     TaskStatus,
 )
@@ -73,8 +72,8 @@ class RunQueries(RunEndSteps):
     ) -> list[Claim]:
         """Claim up to ``batch`` ready tasks for the best agents, in one transaction.
 
-        SQLAlchemy Core throughout (rows, not ORM objects): count the active runs, read
-        the candidate agents and the ready tasks (``SKIP LOCKED``), score, take the slots
+        SQLAlchemy Core throughout (rows, not ORM objects): read the candidate agents with
+        the count of active runs, then the ready tasks (``SKIP LOCKED``), score, take the slots
         with conditional updates, insert the runs and move the tasks in one statement each.
         """
         async with self._tx() as s:
@@ -82,16 +81,14 @@ class RunQueries(RunEndSteps):
             if self._postgres:  # the global cap holds across replicas: one claim at a time
                 await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
             now = utcnow()
-            active = (
-                await conn.scalar(
-                    select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(ACTIVE_RUNS))
-                )
-                or 0
+            agent_query = transitions.select_rows(Agent).add_columns(
+                select(func.count())
+                .select_from(TaskRun)
+                .where(TaskRun.status.in_(ACTIVE_RUNS))
+                .scalar_subquery()
+                .label("active_runs")
             )
-            room = min(batch, max_active - active)
-            if room <= 0:
-                return []
-            agent_query = transitions.select_rows(Agent).where(
+            agent_query = agent_query.where(
                 Agent.status.in_(ONLINE_AGENTS),
                 Agent.draining.is_(False),
                 Agent.not_ready_reason.is_(None),
@@ -100,18 +97,23 @@ class RunQueries(RunEndSteps):
             )
             if only_agent is not None:
                 agent_query = agent_query.where(Agent.id == only_agent)
-            agents = {
-                a.id: a
-                for a in (
-                    transitions.snapshot(Agent, row) for row in await conn.execute(agent_query)
-                )
-            }
-            if not agents:
+            rows = (await conn.execute(agent_query)).all()
+            if not rows:
                 return []
+            # the active runs counted in the same statement (after the lock: every other
+            # claim has committed)
+            room = min(batch, max_active - rows[0].active_runs)
+            if room <= 0:
+                return []
+            agents = {}
+            for row in rows:
+                agent = transitions.snapshot(Agent, row)
+                delattr(agent, "active_runs")  # the count, not a column of the agent
+                agents[agent.id] = agent
             ready = Task.status == TaskStatus.QUEUED.value
             if only_task is None:  # a manual assignment overrides the back-off (and a hold)
                 ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
-            if only_task is not None:
+            else:
                 ready = ready & (Task.id == only_task)
             # a task that needs a runner no candidate offers is not read at all (in SQL, so
             # a queue of such tasks neither costs rows nor blocks the tasks behind it)
@@ -119,8 +121,9 @@ class RunQueries(RunEndSteps):
             runner_ok: ColumnElement[bool] = Task.required_runner.is_(None)
             if offered:  # (no empty IN: a plain IS NULL when no candidate offers any)
                 runner_ok = or_(runner_ok, Task.required_runner.in_(offered))
-            ready = ready & runner_ok
-            tasks = await self._ready_tasks(conn, ready, room * 4 if only_task is None else 1)
+            tasks = await self._ready_tasks(
+                conn, ready & runner_ok, room * 4 if only_task is None else 1
+            )
             chosen = _choose(tasks, agents, room, require_match=only_agent is None)
             if not chosen:
                 return []
@@ -162,26 +165,18 @@ class RunQueries(RunEndSteps):
     async def _ready_tasks(
         self, conn: AsyncConnection, ready: ColumnElement[bool], limit: int
     ) -> list[Task]:
-        """Up to ``limit`` ``ready`` tasks, most urgent first, then oldest.
-
-        One query per priority, most urgent first, until ``limit`` are read: each reads
-        ``ix_tasks_claim`` (status, priority_rank, created_at) in order and stops at its
-        LIMIT, where one query ordered by ``priority_rank DESC, created_at`` sorts the
-        whole queue on every claim (the index is ascending throughout)."""
-        tasks: list[Task] = []
-        for priority in sorted(Priority, key=lambda p: p.rank, reverse=True):
-            query = (
-                transitions.select_rows(Task)
-                .where(ready, Task.priority_rank == priority.rank)
-                .order_by(Task.created_at, Task.id)
-                .limit(limit - len(tasks))
-            )
-            if self._postgres:
-                query = query.with_for_update(skip_locked=True)
-            tasks += [transitions.snapshot(Task, row) for row in await conn.execute(query)]
-            if len(tasks) >= limit:
-                break
-        return tasks
+        """Up to ``limit`` ``ready`` tasks, most urgent first, then oldest: one read of
+        ``ix_tasks_claim`` (status, priority_rank DESC, created_at, id) in its own order,
+        which stops at the LIMIT however long the queue is."""
+        query = (
+            transitions.select_rows(Task)
+            .where(ready)
+            .order_by(Task.priority_rank.desc(), Task.created_at, Task.id)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        return [transitions.snapshot(Task, row) for row in await conn.execute(query)]
 
     @staticmethod
     async def _take_slots(conn: AsyncConnection, chosen: list[tuple[Task, Agent]]) -> set[str]:
@@ -220,6 +215,9 @@ class RunQueries(RunEndSteps):
     async def mark_accepted(self, run_id: int) -> Task | None:
         """The agent took the run: run ``running``, task ``in_progress``; returns the task
         when this call moved it (``None`` when a report or a sweep got there first)."""
+        if self._postgres:  # one statement (transitions.accept_statement)
+            async with self._statement() as (conn, changes):
+                return await transitions.accept(conn, run_id, utcnow(), changes)
         async with self._tx() as s:
             run = await self._snapshot(s, TaskRun, run_id)
             if run is None or run.status != RunStatus.DISPATCHING.value:

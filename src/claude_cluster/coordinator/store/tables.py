@@ -130,7 +130,6 @@ class Task(Base):
             sqlite_where=text(_NON_TERMINAL),
             postgresql_where=text(_NON_TERMINAL),
         ),
-        Index("ix_tasks_claim", "status", "priority_rank", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
@@ -181,6 +180,10 @@ class Task(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+# the claim's read: most urgent first, then oldest, in the index's own order
+Index("ix_tasks_claim", Task.status, Task.priority_rank.desc(), Task.created_at, Task.id)
 
 
 class TaskRun(Base):

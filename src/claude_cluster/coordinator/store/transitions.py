@@ -13,6 +13,10 @@ A move applies to a row the session tracks (an ORM object: the flush writes it) 
 snapshot (:func:`snapshot`, read with SQLAlchemy Core on the hot paths: claim, accept,
 finish): then the move is one ``UPDATE`` of the changed columns, guarded by the status it
 was read in, and several moves share one ``executemany``.
+
+On PostgreSQL the agent's acceptance is one statement (:func:`accept_statement`): the run's
+and the task's guarded ``UPDATE`` and the event's ``INSERT`` as data-modifying CTEs, checked
+against the tables when it is built, run on a connection outside a transaction.
 """
 
 from __future__ import annotations
@@ -24,7 +28,20 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, bindparam, insert, inspect, select, update
+from sqlalchemy import (
+    JSON,
+    Select,
+    String,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -341,3 +358,61 @@ async def move_run(
         )
         if done.rowcount != 1:
             raise RuntimeError(f"run {run.id} changed under a locked snapshot")
+
+
+async def accept(
+    conn: AsyncConnection, run_id: int, now: datetime, changes: list[StatusChange]
+) -> Task | None:
+    """Run ``run_id`` accepted, in one statement (:func:`accept_statement`, PostgreSQL);
+    the task when it moved, its change added to ``changes``."""
+    row = (await conn.execute(accept_statement(), {"run_id": run_id, "now": now})).first()
+    if row is None:
+        return None
+    task = snapshot(Task, row)
+    changes.append(StatusChange(task.id, TaskStatus.ASSIGNED.value, task.status, task.priority))
+    return task
+
+
+@functools.cache
+def accept_statement() -> Select[Any]:
+    """The agent took the run, in one PostgreSQL statement: run ``dispatching`` →
+    ``running`` and its task ``assigned`` → ``in_progress``, each guarded by the status it
+    leaves, with the ``accepted`` event; returns the task's row when the task moved (no row:
+    a report or a sweep got there first). Parameters: ``run_id``, ``now``."""
+    check_run_transition(RunStatus.DISPATCHING, RunStatus.RUNNING)
+    check_transition(TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS)
+    now = bindparam("now", type_=TaskRun.__table__.c.accepted_at.type)
+    run = (
+        update(TaskRun)
+        .where(TaskRun.id == bindparam("run_id"), TaskRun.status == RunStatus.DISPATCHING.value)
+        .values(status=RunStatus.RUNNING.value, accepted_at=now, last_seen_at=now)
+        .returning(TaskRun.id.label("run_id"), TaskRun.task_id, TaskRun.agent_id)
+        .cte("accepted_run")
+    )
+    task = (
+        update(Task)
+        .where(Task.id == run.c.task_id, Task.status == TaskStatus.ASSIGNED.value)
+        .values(
+            status=TaskStatus.IN_PROGRESS.value,
+            started_at=func.coalesce(Task.started_at, now),
+            updated_at=now,
+        )
+        .returning(*row_columns(Task))
+        .cte("started_task")
+    )
+    message = (
+        literal("run ") + sql_cast(run.c.run_id, String) + literal(" accepted by ") + run.c.agent_id
+    )
+    event = insert(TaskEvent).from_select(
+        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+        select(
+            task.c.id,
+            run.c.run_id,
+            now,
+            literal("accepted"),
+            literal("info"),
+            message,
+            literal({}, JSON),
+        ).select_from(task.join(run, true())),
+    )
+    return select(task).add_cte(event.cte("accepted_event"))

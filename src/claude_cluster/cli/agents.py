@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from claude_cluster.cli.client import call
 from claude_cluster.humanize import ago, parse_time
@@ -23,16 +23,17 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
     if as_json:
         typer.echo(json.dumps(agents, indent=2))
         return
+    # the id, status and heartbeat stay whole; the lists wrap when the terminal is narrow
     table = Table(
-        "id",
-        "status",
+        Column("id", no_wrap=True),
+        Column("status", no_wrap=True),
         "slots",
         "load",
         "specialties",
         "runners",
         "done",
         "failed",
-        "heartbeat",
+        Column("heartbeat", no_wrap=True),
         "drain",
     )
     for a in agents:

@@ -185,7 +185,9 @@ def test_on_a_terminal_logs_are_readable_lines_under_a_status_line(
     started = next(i for i, line in enumerate(lines) if "coord coordinator_started" in line)
     registered = next(i for i, line in enumerate(lines) if "agent agent_registered" in line)
     banner = next(i for i, line in enumerate(lines) if "claude-cluster is up" in line)
-    assert started < registered < banner, "the banner comes once the agents registered"
+    # the two processes' lines reach the terminal through separate pipes, so only the
+    # banner's place is promised: after both
+    assert max(started, registered) < banner, "the banner comes once the agents registered"
     assert lines[-1].startswith("● http://127.0.0.1:") and "queued 0" in lines[-1]
 
     subprocess.run([*shlex.split(base), "send-keys", "-t", session, "C-c"], check=True)

@@ -23,18 +23,10 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
     if as_json:
         typer.echo(json.dumps(agents, indent=2))
         return
-    # the id, status and heartbeat stay whole; the lists wrap when the terminal is narrow
+    # short figures only, so the table fits 80 columns whole; the lists follow it
     table = Table(
-        Column("id", no_wrap=True),
-        Column("status", no_wrap=True),
-        "slots",
-        "load",
-        "specialties",
-        "runners",
-        "done",
-        "failed",
-        Column("heartbeat", no_wrap=True),
-        "drain",
+        *(Column(name, no_wrap=True) for name in ("id", "status", "slots", "load")),
+        *(Column(name, no_wrap=True) for name in ("done/failed", "heartbeat", "drain")),
     )
     for a in agents:
         table.add_row(
@@ -42,15 +34,15 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
             "not ready" if a.get("not_ready_reason") else a["status"],
             f"{a['active_task_count']}/{a['max_concurrent_tasks']}",
             f"{a['current_load']:.2f}",
-            ",".join(a["specialties"]),
-            "?" if a.get("runners") is None else ",".join(a["runners"]),
-            str(a["total_tasks_completed"]),
-            str(a["total_tasks_failed"]),
+            f"{a['total_tasks_completed']}/{a['total_tasks_failed']}",
             ago(parse_time(a["last_heartbeat"])),
             "yes" if a["draining"] else "",
         )
     out.print(table)
-    for a in agents:  # whole, below the table: a reason is a sentence, not a cell
+    for a in agents:  # whole, below the table: lists and reasons wrap as text, not cells
+        runners = "unknown" if a.get("runners") is None else ", ".join(a["runners"]) or "none"
+        specialties = ", ".join(a["specialties"]) or "none"
+        out.print(f"{a['id']}: specialties {specialties}; runners {runners}", markup=False)
         if a.get("not_ready_reason"):
             out.print(f"{a['id']} is not ready: {a['not_ready_reason']}", markup=False)
 

@@ -91,6 +91,8 @@ def test_agents_status_and_health(env: dict[str, str], coordinator: RunningCoord
     ).raise_for_status()
     code, out = cli(env, "agents", "list")
     assert code == 0 and "a1" in out and "s ago" in out
+    assert "…" not in out, "the table fits a pipe's 80 columns whole"
+    assert "a1: specialties none; runners unknown" in out  # none sent at registration
     assert "a1 is not ready: no model credential" in out
     code, out = cli(env, "agents", "list", "--json")
     assert [(a["id"], a["not_ready_reason"]) for a in json.loads(out)] == [

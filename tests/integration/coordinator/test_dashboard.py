@@ -228,7 +228,11 @@ async def test_a_bearer_caller_acts_without_csrf(coordinator: RunningCoordinator
         assert (await api.get("/api/v1/agents/a1")).json()["draining"] is True
 
 
-async def test_retry_now_skips_the_back_off(coordinator: RunningCoordinator) -> None:
+async def test_retry_now_skips_the_back_off(
+    start_coordinator: Callable[..., RunningCoordinator],
+) -> None:
+    # a back-off long enough that the dispatcher cannot end it before the button does
+    coordinator = start_coordinator(retry_base_seconds=30, retry_max_seconds=60)
     async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
         await sims.add("a1", behaviour="hold")
         task = (await api.post("/api/v1/tasks", json=TASK)).json()

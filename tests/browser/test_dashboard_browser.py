@@ -185,6 +185,66 @@ def test_watch_a_run_log_grow_live(page: Any, cluster: Cluster) -> None:
     shoot(page, "task-finished")
 
 
+def _progress(fix_round: int, turns: int, cost: float) -> dict[str, Any]:
+    """A ``round_progress`` report as an agent sends it while a round runs."""
+    data = {"fix_round": fix_round, "num_turns": turns, "cost_usd": cost, "estimate": True}
+    return {"kind": "round_progress", "message": "agent round so far", "data": data}
+
+
+def test_the_round_in_progress_tallies_live(page: Any, cluster: Cluster) -> None:
+    task_id, run_id = _running_task(cluster)
+    report = cluster.agents.sims.report
+    finished = {
+        "kind": "runner_finished",
+        "message": "done",
+        "data": {"cost_usd": 0.12, "num_turns": 5},
+    }
+    cluster.agents.run(report("alpha", run_id, [finished]))  # round 0: $0.12, 5 turns
+    sign_in(page, f"/tasks/{task_id}")
+    page.get_by_text("live", exact=True).wait_for()
+    page.evaluate("window.notReloaded = true")
+    # the timeline is refetched on each of the task's changes; hold those answers, so what
+    # the page shows below is dashboard.js's own tally of the streamed items
+    page.problems.expected.add((503, f"/tasks/{task_id}"))
+    refetch = re.compile(r"/tasks/\d+\?part=timeline$")
+    page.route(refetch, lambda route: route.fulfill(status=503, body="held by the test"))
+    run = page.locator(f'#timeline [data-run="{run_id}"]')
+    cost, turns = run.locator('[data-tally="cost"]'), run.locator('[data-tally="turns"]')
+    assert (cost.inner_text(), turns.inner_text()) == ("$0.1200", "5")
+    log = page.locator("#log")
+    seq = 1
+
+    def send(*events: dict[str, Any]) -> None:
+        nonlocal seq
+        cluster.agents.run(report("alpha", run_id, list(events), first_seq=seq))
+        seq += len(events)
+
+    # fix round 1 is running: its report shows at once, marked as an estimate
+    send(_progress(1, 2, 0.04))
+    cost.filter(has_text="~$0.1600").wait_for()
+    assert turns.inner_text() == "7"
+    assert "2 turns, ~$0.0400" in log.locator('li[data-kind="round_progress"]').last.inner_text()
+    # other news leaves the estimate as it is
+    send({"kind": "assistant_text", "message": "Raising the sleep to 0.5 s."})
+    page.get_by_text("Raising the sleep").wait_for()
+    assert (cost.inner_text(), turns.inner_text()) == ("~$0.1600", "7")
+    # a newer report of the round replaces the older one: it is not added to it
+    send(_progress(1, 3, 0.05))
+    cost.filter(has_text="~$0.1700").wait_for()
+    assert turns.inner_text() == "8"
+    shoot(page, "task-round-in-progress")
+    # the round ends: its own figure replaces the estimate
+    send({"kind": "runner_finished", "message": "done",
+          "data": {"fix_round": 1, "cost_usd": 0.0612, "num_turns": 3}})  # fmt: skip
+    cost.filter(has_text=re.compile(r"^\$0\.1812$")).wait_for()
+    assert turns.inner_text() == "8"
+    shoot(page, "task-round-finished")
+    assert page.evaluate("window.notReloaded") is True  # all of it without a reload
+    page.unroute(refetch)
+    page.reload()  # and the page as the server draws it agrees
+    assert (cost.inner_text(), turns.inner_text()) == ("$0.1812", "8")
+
+
 def test_cancel_a_task_with_the_keyboard(page: Any, cluster: Cluster) -> None:
     task_id, _run_id = _running_task(cluster)
     sign_in(page, f"/tasks/{task_id}")

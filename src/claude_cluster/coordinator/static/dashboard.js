@@ -49,7 +49,7 @@ function followTask(root) {
     if (kind === "tool_use") bump("tools", 1);
     if (item.classList.contains("fix")) bump("fixes", 1);
     if (kind === "runner_finished") dropLive(item.dataset.round);
-    if (kind === "round_progress" && entry) {
+    if (kind === "round_progress" && entry && item.dataset.round !== undefined) {
       dropLive();
       entry.dataset.liveRound = item.dataset.round;
       entry.dataset.liveTurns = item.dataset.liveTurns;
@@ -62,8 +62,12 @@ function followTask(root) {
     if (turns) bump("turns", turns);
     const cost = parseFloat(item.dataset.cost || "0");
     if (cost) bump("cost", cost);
+    // "~" while the round in progress is an estimate, once (other news leaves it as it is)
     const shown = document.querySelector(`[data-run="${run}"] [data-tally="cost"]`);
-    if (shown && entry && entry.dataset.liveEstimate) shown.textContent = "~" + shown.textContent;
+    if (shown) {
+      const approx = entry && entry.dataset.liveEstimate ? "~" : "";
+      shown.textContent = approx + shown.textContent.replace(/^~+/, "");
+    }
   }
 
   source.addEventListener("open", () => { if (live) live.textContent = "live"; });

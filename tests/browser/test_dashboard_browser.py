@@ -232,6 +232,9 @@ def test_the_round_in_progress_tallies_live(page: Any, cluster: Cluster) -> None
     send(_progress(1, 3, 0.05))
     cost.filter(has_text="~$0.1700").wait_for()
     assert turns.inner_text() == "8"
+    progress = log.locator('li[data-kind="round_progress"]')
+    assert progress.count() == 1  # the log keeps the newest report too, as the store does
+    assert "3 turns, ~$0.0500" in progress.inner_text()
     shoot(page, "task-round-in-progress")
     # the round ends: its own figure replaces the estimate
     send({"kind": "runner_finished", "message": "done",
@@ -243,6 +246,7 @@ def test_the_round_in_progress_tallies_live(page: Any, cluster: Cluster) -> None
     page.unroute(refetch)
     page.reload()  # and the page as the server draws it agrees
     assert (cost.inner_text(), turns.inner_text()) == ("$0.1812", "8")
+    assert progress.count() == 1
 
 
 def test_cancel_a_task_with_the_keyboard(page: Any, cluster: Cluster) -> None:

@@ -76,8 +76,14 @@ function followTask(root) {
     const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
     log.insertAdjacentHTML("beforeend", message.data);
     if (empty) empty.hidden = true;
-    count(log.lastElementChild);
-    if (atBottom) log.lastElementChild.scrollIntoView({ block: "end" });
+    const item = log.lastElementChild;
+    if (item.dataset.kind === "round_progress" && item.dataset.run) {
+      // a run keeps only its newest report of the round in progress, on the page as stored
+      log.querySelectorAll(`li[data-kind="round_progress"][data-run="${item.dataset.run}"]`)
+        .forEach((older) => { if (older !== item) older.remove(); });
+    }
+    count(item);
+    if (atBottom) item.scrollIntoView({ block: "end" });
   });
   source.addEventListener("task", async (message) => {
     const change = JSON.parse(message.data);

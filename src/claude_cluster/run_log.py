@@ -93,6 +93,8 @@ def log_item(event: Mapping[str, Any]) -> LogItem:
     """The readable form of one event (as stored: ``details``, or as sent: ``data``)."""
     kind = str(event.get("kind", ""))
     details = event.get("details") or event.get("data") or {}
+    if not isinstance(details, Mapping):
+        details = {}
     message = str(event.get("message") or "")
     level = str(event.get("level") or "info")
     timestamp = event.get("timestamp") or event.get("ts") or ""
@@ -128,14 +130,20 @@ def log_item(event: Mapping[str, Any]) -> LogItem:
         return LogItem(**base, style="fix", title=message)
     if kind == "round_progress":
         live = round_progress_of(details)
-        if live is None:
-            return LogItem(**base, style="notice", title="agent round so far: no figures")
+        approx = "~" if details.get("estimate") is not False else ""
+        if live is None:  # an older stored report may lack a figure: show what it has
+            turns, cost = details.get("num_turns"), _number(details.get("cost_usd"))
+            parts = [_turns(turns)] if type(turns) is int and 0 <= turns < 10**9 else []
+            parts += [f"{approx}${cost:.4f}"] if cost is not None else []
+            figures = f"{', '.join(parts)} so far" if parts else "no figures yet"
+            return LogItem(**base, style="notice", title=f"agent round in progress: {figures}")
         fix_round, live_turns, live_cost, estimate = live
-        approx = "~" if estimate else ""
         return LogItem(
             **base,
             style=style,
-            title=f"agent round so far: {live_turns} turns, {approx}${live_cost:.4f}",
+            title=(
+                f"agent round in progress: {_turns(live_turns)}, {approx}${live_cost:.4f} so far"
+            ),
             fix_round=fix_round,
             live_turns=live_turns,
             live_cost_usd=live_cost,
@@ -165,6 +173,10 @@ def log_item(event: Mapping[str, Any]) -> LogItem:
         return LogItem(**base, style=style, title=f"{name}: {message}" if message else name)
     body, more = _preview(message)
     return LogItem(**base, style=style, title=name, body=body, more=more)
+
+
+def _turns(turns: int) -> str:
+    return f"{turns} turn{'' if turns == 1 else 's'}"
 
 
 def _round_of(details: Mapping[str, Any]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from rich.console import Console
 
 from claude_cluster.cli.log_view import render
@@ -41,6 +42,37 @@ def test_full_shows_everything() -> None:
     text = _text(full=True)
     assert '"command": "pytest -q"' in text and "line 29" in text
     assert "--full shows" not in text
+
+
+def _line(kind: str, details: object) -> str:
+    console = Console(record=True, width=100, color_system=None)
+    event = {"id": 9, "run_id": 3, "kind": kind, "timestamp": "2026-12-04T10:00:09+00:00",
+             "message": "agent round so far", "details": details}  # fmt: skip
+    console.print(render(log_item(event)))
+    return console.export_text().rstrip("\n")
+
+
+def test_the_round_in_progress_reads_as_a_sentence() -> None:
+    details = {"fix_round": 1, "num_turns": 2, "cost_usd": 0.04, "estimate": True}
+    line = _line("round_progress", details)
+    assert line == "10:00:09 run 3  agent round in progress: 2 turns, ~$0.0400 so far"
+    exact = {**details, "num_turns": 1, "estimate": False}  # the CLI's own figure
+    assert _line("round_progress", exact).endswith("in progress: 1 turn, $0.0400 so far")
+
+
+@pytest.mark.parametrize(
+    ("details", "shown"),
+    [
+        ({"num_turns": 4, "cost_usd": 0.12}, "4 turns, ~$0.1200 so far"),  # no estimate flag
+        ({"num_turns": 4}, "4 turns so far"),
+        ({"cost_usd": 0.12, "estimate": False}, "$0.1200 so far"),
+        ({"num_turns": "4", "cost_usd": float("nan")}, "no figures yet"),
+        ({}, "no figures yet"),
+        (["not", "a", "mapping"], "no figures yet"),
+    ],
+)
+def test_an_older_round_report_with_missing_figures(details: object, shown: str) -> None:
+    assert _line("round_progress", details) == f"10:00:09 run 3  agent round in progress: {shown}"
 
 
 def test_shell_completion_is_installable() -> None:

@@ -74,6 +74,6 @@ def test_the_task_pages_tally_counts_the_round_in_progress() -> None:
     ]
     t = tally(items)[3]
     assert (t.turns, t.cost_usd, t.estimated, t.messages) == (7, pytest.approx(0.29), True, 1)
-    assert items[1].title == "agent round so far: 2 turns, ~$0.0400"
+    assert items[1].title == "agent round in progress: 2 turns, ~$0.0400 so far"
     t = tally([*items, item(4, *finished(1, 0.06, 3))])[3]
     assert (t.turns, t.cost_usd, t.estimated) == (8, pytest.approx(0.31), False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +13,10 @@ from typer.testing import CliRunner
 from claude_cluster.cli.main import app
 from tests.conftest import ADMIN_TOKEN, REGISTRATION_TOKEN, RunningCoordinator
 from tests.support.servers import free_port
+from tests.support.sim_agents import SimAgents
+from tests.support.waiting import eventually
+
+TASK = {"title": "Fix the retry test", "github_repository": "acme/app", "github_issue_number": 8}
 
 runner = CliRunner()
 
@@ -65,6 +70,36 @@ def test_task_commands(env: dict[str, str], coordinator: RunningCoordinator) -> 
     assert "409" in out and "cancelled" in out
     code, out = cli(env, "task", "show", "999")
     assert code == 1 and "404" in out and "claude-cluster task list" in out
+
+
+async def test_task_logs_tells_the_round_in_progress(
+    env: dict[str, str], coordinator: RunningCoordinator
+) -> None:
+    async with SimAgents(coordinator.url) as sims, coordinator.async_client() as api:
+        await sims.add("a1", behaviour="hold")
+        task = (await api.post("/api/v1/tasks", json=TASK)).json()
+
+        async def held() -> dict[int, dict[str, Any]]:
+            return sims.agents["a1"].held
+
+        run_id = next(iter(await eventually(held)))
+        progress = {"fix_round": 0, "num_turns": 2, "cost_usd": 0.04, "estimate": True}
+        await sims.report(
+            "a1", run_id, [{"kind": "round_progress", "message": "so far", "data": progress}]
+        )
+        code, out = cli(env, "task", "logs", str(task["id"]))
+        assert code == 0, out
+        line = next(x for x in out.splitlines() if "in progress" in x)
+        assert line.endswith(f" run {run_id}  agent round in progress: 2 turns, ~$0.0400 so far")
+        finished = {"cost_usd": 0.05, "num_turns": 3}
+        await sims.report(
+            "a1",
+            run_id,
+            [{"kind": "runner_finished", "message": "done", "data": finished}],
+            first_seq=1,
+        )
+        code, out = cli(env, "task", "logs", str(task["id"]))
+        assert out.splitlines()[-1].endswith("agent round finished: $0.0500, 3 turns")
 
 
 def test_bad_options_are_named(env: dict[str, str]) -> None:

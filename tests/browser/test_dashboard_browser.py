@@ -249,6 +249,25 @@ def test_the_round_in_progress_tallies_live(page: Any, cluster: Cluster) -> None
     assert progress.count() == 1
 
 
+def test_the_overview_follows_the_round_in_progress(page: Any, cluster: Cluster) -> None:
+    task_id, run_id = _running_task(cluster)
+    report = cluster.agents.sims.report
+    finished = {"kind": "runner_finished", "message": "done", "data": {"cost_usd": 0.12}}
+    cluster.agents.run(report("alpha", run_id, [finished]))
+    sign_in(page)
+    page.evaluate("window.notReloaded = true")
+    running = page.locator("table", has=page.get_by_role("columnheader", name="cost so far"))
+    row = running.locator("tbody tr", has=page.get_by_role("link", name=f"#{task_id}"))
+    assert row.locator("td").nth(4).inner_text() == "$0.1200"
+    cluster.agents.run(report("alpha", run_id, [_progress(1, 2, 0.04)], first_seq=1))
+    row.locator("td", has_text=re.compile(r"^~\$0\.1600$")).wait_for(timeout=12_000)
+    shoot(page, "overview-round-in-progress")
+    done = {"fix_round": 1, "cost_usd": 0.0612, "num_turns": 3}
+    cluster.agents.run(report("alpha", run_id, [{**finished, "data": done}], first_seq=2))
+    row.locator("td", has_text=re.compile(r"^\$0\.1812$")).wait_for(timeout=12_000)
+    assert page.evaluate("window.notReloaded") is True
+
+
 def test_cancel_a_task_with_the_keyboard(page: Any, cluster: Cluster) -> None:
     task_id, _run_id = _running_task(cluster)
     sign_in(page, f"/tasks/{task_id}")

@@ -56,8 +56,12 @@ from tests.deploy.test_e2e_deploy import (
     _changed_tasks,
     _reachable,
     _recap,
+    _runs,
     _wait_for,
     next_version_wheelhouse,
+    start_a_held_run,
+    wait_for_accepted_heartbeats,
+    wait_until_enrolled,
 )
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
@@ -500,17 +504,13 @@ def test_the_backup_timer_dumps_the_database(cluster: ComposeCluster) -> None:
     assert head.startswith("PGDMP"), head
 
 
-def _runs(cluster: ComposeCluster, task_id: str) -> list[tuple[str, str]]:
-    return [(r["id"], r["status"]) for r in cluster.api("GET", f"/api/v1/tasks/{task_id}/runs")]
-
-
 def test_a_backup_restores_after_the_database_is_lost(
     cluster: ComposeCluster, tmp_path: Path
 ) -> None:
     """restore.sh's Compose branch: the dump goes back into the postgres container's database."""
     tasks_before = {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")}
     assert tasks_before, "no task to find again (test_a_task_runs_to_completion made one)"
-    runs_before = {tid: _runs(cluster, tid) for tid in tasks_before}
+    runs_before = {tid: _runs(cluster.api, tid) for tid in tasks_before}
     # The newest dump the backup timer wrote (test_the_backup_timer_dumps_the_database),
     # copied off the host as an operator would.
     listed = cluster.ssh("h1", "ls -t /opt/coordinator/backup/").stdout.split()
@@ -536,15 +536,12 @@ def test_a_backup_restores_after_the_database_is_lost(
     # The agent enrols again with the empty coordinator (its token unknown there), as agents
     # do with a fresh coordinator host before the operator restores onto it: it now holds
     # a token the dump does not know.
-    def enrolled() -> list[Any]:
-        return [a for a in cluster.api("GET", "/api/v1/agents") if a["id"] == AGENT[0]]
-
-    assert _wait_for(enrolled, timeout=60, interval=2), cluster.api("GET", "/api/v1/agents")
+    assert wait_until_enrolled(cluster.api, [AGENT[0]]), cluster.api("GET", "/api/v1/agents")
     restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
     assert restored.returncode == 0, restored.stdout[-6000:] + "\n" + _stack_log(cluster)
     assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
     for tid, runs in runs_before.items():
-        assert _runs(cluster, tid) == runs
+        assert _runs(cluster.api, tid) == runs
     # The project is whole again under its unit: the coordinator healthy, migrate done.
     assert cluster.ssh("h1", "systemctl is-active claude-coordinator").stdout.strip() == "active"
     ps = cluster.compose("ps --all --format json")
@@ -557,15 +554,8 @@ def test_a_backup_restores_after_the_database_is_lost(
 
     # The agent is back in service with the restored coordinator: its heartbeats are
     # accepted again (the restored row alone says "idle" with the dump's last heartbeat).
-    restored_beat = enrolled()[0]["last_heartbeat"]
-
-    def agent_back() -> dict[str, Any] | None:
-        agent: dict[str, Any] = enrolled()[0]
-        fresh = agent["last_heartbeat"] != restored_beat
-        return agent if fresh and agent["status"] not in ("offline", "error") else None
-
-    assert _wait_for(agent_back, timeout=90, interval=3), (
-        enrolled(),
+    assert wait_for_accepted_heartbeats(cluster.api, [AGENT[0]]), (
+        cluster.api("GET", "/api/v1/agents"),
         cluster.ssh(AGENT[2], "tail -n 20 /opt/agent/logs/agent.log").stdout[-3000:],
     )
 
@@ -618,23 +608,7 @@ def test_a_run_in_flight_outlives_the_coordinators_upgrade(
 ) -> None:
     """Version N+1 of the coordinator image replaces N while a run goes on at the agent."""
     wheelhouse = next_version_wheelhouse(CACHE / "wheelhouse-compose", tmp_path)
-    task = cluster.api(
-        "POST",
-        "/api/v1/tasks",
-        {
-            "title": "A run that outlives the coordinator's upgrade",
-            "description": "The command runner waits for the test, then writes E2E_RESULT.txt.",
-            "github_repository": REPO_ON_AGENT,
-            "github_issue_number": SLOW_ISSUE,
-        },
-    )
-
-    def running() -> list[tuple[str, str]] | None:
-        runs = _runs(cluster, task["id"])
-        return runs if [status for _, status in runs] == ["running"] else None
-
-    started = _wait_for(running, timeout=30, interval=1)
-    assert started, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    task, started = start_a_held_run(cluster.api, REPO_ON_AGENT)
     find = f"find /opt/agent/workspace -name {WAITING} -printf '%h\\n'"
     held = _wait_for(lambda: cluster.ssh(AGENT[2], find).stdout.split(), timeout=60, interval=1)
     assert held and len(held) == 1, held  # the run waits in its repository on the agent
@@ -653,7 +627,7 @@ def test_a_run_in_flight_outlives_the_coordinators_upgrade(
     image = cluster.compose("ps --format '{{.Image}}' coordinator").stdout.strip()
     assert image == "claude-cluster-coordinator:0.1.1", image
     # The restart stopped no run: the same run is still going. Let it finish.
-    assert _runs(cluster, task["id"]) == started, (
+    assert _runs(cluster.api, task["id"]) == started, (
         "the run did not outlive the coordinator",
         cluster.ssh(AGENT[2], "tail -n 30 /opt/agent/logs/agent.log").stdout[-4000:],
         cluster.compose("logs --no-color --tail 60 coordinator").stdout[-6000:],
@@ -669,7 +643,7 @@ def test_a_run_in_flight_outlives_the_coordinators_upgrade(
     assert result, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
     # Delivered once, on its first attempt: not killed by the restart, not retried.
     assert result["status"] == "completed", result
-    assert _runs(cluster, task["id"]) == [(started[0][0], "succeeded")]
+    assert _runs(cluster.api, task["id"]) == [(started[0][0], "succeeded")]
     reflog = (
         f"cd {REPO_ON_AGENT} && sudo -u agent git reflog show --format=%gs"
         f" {shlex.quote(result['github_branch'])}"

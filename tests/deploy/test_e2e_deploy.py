@@ -28,7 +28,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +268,45 @@ def _wait_for(predicate: Any, timeout: float, interval: float = 2.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+# A cluster's api(method, path, body=None): the coordinator's JSON answer to the admin.
+Api = Callable[..., Any]
+
+
+def _agents(api: Api) -> dict[str, dict[str, Any]]:
+    return {a["id"]: a for a in api("GET", "/api/v1/agents")}
+
+
+def wait_until_enrolled(api: Api, names: Collection[str], timeout: float = 90) -> bool:
+    """Whether every agent of names is registered with the coordinator within timeout."""
+    return bool(_wait_for(lambda: set(names) <= set(_agents(api)), timeout, interval=2))
+
+
+def wait_for_accepted_heartbeats(
+    api: Api, names: Collection[str], timeout: float = 90
+) -> dict[str, dict[str, Any]] | None:
+    """The agents once the coordinator has accepted a heartbeat of each of names since this
+    call (None when one has not within timeout).
+
+    An agent's last_heartbeat moves only when the coordinator accepts its heartbeat or its
+    registration, both of which want the agent's own token (or the registration token for an
+    id it does not know yet). An agent whose token it refuses is locked out and leaves the
+    row as it was, although the row may still say "idle" for a while (a restored one does)."""
+    seen = {name: agent["last_heartbeat"] for name, agent in _agents(api).items()}
+
+    def accepted() -> dict[str, dict[str, Any]] | None:
+        agents = _agents(api)
+        back = all(
+            name in agents
+            and agents[name]["last_heartbeat"] != seen.get(name)
+            and agents[name]["status"] not in ("offline", "error")
+            for name in names
+        )
+        return agents if back else None
+
+    agents: dict[str, dict[str, Any]] | None = _wait_for(accepted, timeout, interval=3)
+    return agents
 
 
 def test_first_deploy_succeeds(cluster: Cluster) -> None:
@@ -532,8 +571,31 @@ def next_version_wheelhouse(current: Path, work: Path) -> Path:
     return wheelhouse
 
 
-def _runs(cluster: Cluster, task_id: str) -> list[tuple[str, str]]:
-    return [(r["id"], r["status"]) for r in cluster.api("GET", f"/api/v1/tasks/{task_id}/runs")]
+def _runs(api: Api, task_id: str) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in api("GET", f"/api/v1/tasks/{task_id}/runs")]
+
+
+def start_a_held_run(api: Api, repository: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The task of SLOW_ISSUE in repository and its one run, once that run is running: the
+    command runner holds it at its agent until the test puts RELEASE beside WAITING."""
+    task: dict[str, Any] = api(
+        "POST",
+        "/api/v1/tasks",
+        {
+            "title": "A run that outlives the coordinator's upgrade",
+            "description": "The command runner waits for the test, then writes E2E_RESULT.txt.",
+            "github_repository": repository,
+            "github_issue_number": SLOW_ISSUE,
+        },
+    )
+
+    def running() -> list[tuple[str, str]] | None:
+        runs = _runs(api, task["id"])
+        return runs if [status for _, status in runs] == ["running"] else None
+
+    started = _wait_for(running, timeout=30, interval=1)
+    assert started, api("GET", f"/api/v1/tasks/{task['id']}")
+    return task, started
 
 
 def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
@@ -541,23 +603,7 @@ def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
 ) -> None:
     wheelhouse = _next_version_wheelhouse(cluster)
     before = _cert_serials(cluster)
-    task = cluster.api(
-        "POST",
-        "/api/v1/tasks",
-        {
-            "title": "A run that outlives the coordinator's upgrade",
-            "description": "The command runner waits for the test, then writes E2E_RESULT.txt.",
-            "github_repository": REPO_ON_AGENTS,
-            "github_issue_number": SLOW_ISSUE,
-        },
-    )
-
-    def running() -> list[tuple[str, str]] | None:
-        runs = _runs(cluster, task["id"])
-        return runs if [status for _, status in runs] == ["running"] else None
-
-    started = _wait_for(running, timeout=30, interval=1)
-    assert started, cluster.api("GET", f"/api/v1/tasks/{task['id']}")
+    task, started = start_a_held_run(cluster.api, REPO_ON_AGENTS)
     find = f"find /opt/agent/workspace -name {WAITING} -printf '%h\\n'"
 
     def waiting() -> list[tuple[str, str]]:
@@ -581,7 +627,7 @@ def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
     )
     assert health["version"] == "0.1.1", health
     # The coordinator's restart stopped no run: the same run is still going. Let it finish.
-    assert _runs(cluster, task["id"]) == started, "the run did not outlive the coordinator"
+    assert _runs(cluster.api, task["id"]) == started, "the run did not outlive the coordinator"
     host, repository = held[0]
     released = cluster.ssh(host, f"touch {shlex.quote(repository)}/{RELEASE}")
     assert released.returncode == 0, released.stdout
@@ -595,7 +641,7 @@ def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
     # The run delivered once, on its first attempt: not killed by either restart, not retried.
     result = cluster.api("GET", f"/api/v1/tasks/{task['id']}")
     assert result["status"] == "completed", result
-    assert _runs(cluster, task["id"]) == [(started[0][0], "succeeded")]
+    assert _runs(cluster.api, task["id"]) == [(started[0][0], "succeeded")]
     # Each update of the branch in the repository it was pushed to is one reflog entry.
     reflog = (
         f"cd {REPO_ON_AGENTS} && sudo -u agent git reflog show --format=%gs"
@@ -615,7 +661,7 @@ def test_upgrade_keeps_a_run_in_flight_drains_agents_and_renews_certificates(
 def test_backup_restored_onto_a_fresh_coordinator_host(cluster: Cluster, tmp_path: Path) -> None:
     tasks_before = {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")}
     assert tasks_before
-    runs_before = {tid: _runs(cluster, tid) for tid in tasks_before}
+    runs_before = {tid: _runs(cluster.api, tid) for tid in tasks_before}
     for _ in range(2):  # two dumps; coordinator_backup_keep: 1 keeps the newest
         backup = cluster.ssh("h1", "systemctl start claude-coordinator-backup.service")
         assert backup.returncode == 0, cluster.ssh(
@@ -652,21 +698,23 @@ def test_backup_restored_onto_a_fresh_coordinator_host(cluster: Cluster, tmp_pat
     )  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout[-8000:]
     assert cluster.api("GET", "/api/v1/tasks") == []  # a new, empty database
+    # The agents find the new coordinator by themselves and enrol again (their tokens are
+    # unknown to its empty database): each now holds a token the dump does not know.
+    assert wait_until_enrolled(cluster.api, AGENTS), cluster.api("GET", "/api/v1/agents")
     restored = cluster.script("restore.sh", "-i", str(cluster.inventory), str(dump))
     assert restored.returncode == 0, restored.stdout[-6000:]
     assert {t["id"]: t["status"] for t in cluster.api("GET", "/api/v1/tasks")} == tasks_before
     for tid, runs in runs_before.items():
-        assert _runs(cluster, tid) == runs
-
-    # The agents find the new coordinator by themselves.
-    def agents_back() -> dict[str, Any] | None:
-        agents = {a["id"]: a for a in cluster.api("GET", "/api/v1/agents")}
-        fresh = all(
-            agents.get(n, {}).get("status") not in (None, "offline", "error") for n in AGENTS
-        )
-        return agents if fresh else None
-
-    assert _wait_for(agents_back, timeout=90, interval=3), cluster.api("GET", "/api/v1/agents")
+        assert _runs(cluster.api, tid) == runs
+    # The agents are back in service with the restored coordinator: it accepts their
+    # heartbeats (restore.sh kept their tokens; the dump's rows alone say "idle" anyway).
+    assert wait_for_accepted_heartbeats(cluster.api, AGENTS), (
+        cluster.api("GET", "/api/v1/agents"),
+        {
+            host: cluster.ssh(host, "tail -n 20 /opt/agent/logs/agent.log").stdout[-3000:]
+            for _, host, _ in AGENTS.values()
+        },
+    )
 
 
 def _public_certificate(work: Path) -> tuple[Path, Path]:

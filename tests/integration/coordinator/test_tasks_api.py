@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from tests.conftest import RunningCoordinator
@@ -33,6 +35,20 @@ def test_duplicate_open_issue_returns_the_existing_task(api: httpx.Client) -> No
     assert (first.status_code, second.status_code) == (201, 200)
     assert second.json()["id"] == first.json()["id"]
     assert len(api.get("/api/v1/tasks").json()) == 1
+
+
+async def test_racing_creators_of_one_issue_get_one_task(coordinator: RunningCoordinator) -> None:
+    async with coordinator.async_client() as client:
+        replies = await asyncio.gather(
+            *(client.post("/api/v1/tasks", json={**TASK, "title": f"try {i}"}) for i in range(12))
+        )
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [200] * 11 + [201], [r.text for r in replies if r.status_code >= 400]
+        assert len({r.json()["id"] for r in replies}) == 1
+        (task,) = (await client.get("/api/v1/tasks")).json()
+        events = (await client.get(f"/api/v1/tasks/{task['id']}/events")).json()
+        assert [e["kind"] for e in events] == ["created"]
+        assert events[0]["message"] == f"queued with priority {task['priority']}"
 
 
 def test_a_terminal_task_frees_its_issue(api: httpx.Client) -> None:

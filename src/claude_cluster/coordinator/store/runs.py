@@ -10,12 +10,26 @@ across replicas.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -384,10 +398,20 @@ class RunQueries(RunEndSteps):
         The run id is the fencing token: a lost run is never active again, and a requeued
         task gets a new run with a higher id.
 
+        On PostgreSQL a running run of a task being worked on is stamped by one statement
+        (:func:`_confirm_statement`); anything else (a run not yet accepted, a refusal)
+        takes one transaction that moves or explains it.
+
         Raises:
             Conflict: the run may not deliver; the message says why.
             Forbidden: the run is another agent's.
         """
+        if self._postgres:  # the usual case in one statement; the transaction says why not
+            async with self._statement() as (conn, _):
+                params = {"run": run_id, "agent": agent_id, "now": utcnow()}
+                row = (await conn.execute(_confirm_statement(), params)).first()
+            if row is not None:
+                return _prefixed(TaskRun, "run_", row), _prefixed(Task, "task_", row)
         async with self._tx() as s:
             run = await self._snapshot(s, TaskRun, run_id)
             if run is None:
@@ -680,6 +704,49 @@ def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
         failed=agent.total_tasks_failed,
         average_duration_seconds=agent.average_task_duration,
         runners=agent.runners,
+    )
+
+
+@functools.cache
+def _confirm_statement() -> Select[Any]:
+    """Stamp ``delivery_confirmed_at`` and ``last_seen_at`` of the ``running`` run ``run``
+    of agent ``agent`` whose task is being worked on, in one PostgreSQL statement;
+    returns the run's and the task's columns (prefixed ``run_`` and ``task_``), no row when
+    the run may not deliver or is not accepted yet. A change that ends the run (cancel,
+    requeue, a sweep) locks the run first, so the guard is checked after it committed.
+    Parameters: ``run``, ``agent``, ``now``."""
+    now = bindparam("now", type_=TaskRun.__table__.c.last_seen_at.type)
+    being_worked_on = sorted(status.value for status in RUNNING_TASK_STATUSES)
+    worked_on = (
+        select(Task.id).where(Task.id == TaskRun.task_id, Task.status.in_(being_worked_on)).exists()
+    )
+    run = (
+        update(TaskRun)
+        .where(
+            # (parameters named after no column: an UPDATE would also SET those)
+            TaskRun.id == bindparam("run"),
+            TaskRun.agent_id == bindparam("agent"),
+            TaskRun.status == RunStatus.RUNNING.value,
+            worked_on,
+        )
+        .values(delivery_confirmed_at=now, last_seen_at=now)
+        .returning(*transitions.row_columns(TaskRun))
+        .cte("confirmed_run")
+    )
+    task = Task.__table__.c
+    return select(
+        *(column.label(f"run_{column.name}") for column in run.c),
+        *(task[attr.key].label(f"task_{attr.key}") for attr in inspect(Task).column_attrs),
+    ).join_from(run, Task.__table__, Task.id == run.c.task_id)
+
+
+def _prefixed(model: type[M], prefix: str, row: Row[Any]) -> M:
+    """The columns of ``row`` named ``prefix`` + a column of ``model``, as its snapshot."""
+    return cast(
+        M,
+        transitions.Snapshot(
+            **{k[len(prefix) :]: v for k, v in row._mapping.items() if k.startswith(prefix)}
+        ),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -57,18 +57,65 @@ class NewTask:
     required_runner: str | None = None
 
 
+def _new_task_values(new: NewTask, now: datetime) -> dict[str, Any]:
+    """The columns of the queued task ``new`` (the same keys for every task: one prepared
+    statement)."""
+    values: dict[str, Any] = dict(
+        title=new.title,
+        description=new.description,
+        priority=new.priority.value,
+        priority_rank=new.priority.rank,
+        github_repository=new.github_repository,
+        github_issue_number=new.github_issue_number,
+        repository_url=new.repository_url,
+        labels=new.labels,
+        requirements=new.requirements,
+        preferences=new.preferences,
+        required_runner=known_runner(new.required_runner),
+        estimated_complexity=new.complexity,
+        estimated_duration_minutes=new.estimated_duration_minutes,
+        budget_usd=new.budget_usd,
+        test_command=new.test_command,
+        created_by=new.created_by,
+        result_data={},
+        created_at=now,
+    )
+    transitions.queue_new_task(values, now)
+    return values
+
+
 class TaskQueries(RunEndSteps):
     async def create_task(self, new: NewTask) -> tuple[Task, bool]:
         """Insert a queued task, or return the open task of the same issue (``created`` False).
 
-        One transaction of Core statements: the lookup, the insert, its event. Two racing
-        creators both pass the lookup; the partial unique index stops the second, which
-        then returns the winner's row."""
+        On PostgreSQL one statement (:func:`transitions.create_statement`): the insert,
+        skipped when the issue has an open task, and its event. On SQLite one transaction:
+        the lookup, the insert, its event. Two racing creators both pass the lookup; the
+        partial unique index stops the second, which then returns the winner's row."""
+        now = utcnow()
+        values = _new_task_values(new, now)
+        details = {
+            "requirements": new.requirements,
+            "preferences": new.preferences,
+            "created_by": new.created_by,
+            **({"required_runner": values["required_runner"]} if values["required_runner"] else {}),
+        }
         for _ in range(3):
+            if self._postgres:
+                async with self._statement() as (conn, changes):
+                    task = await transitions.create(conn, values, details, changes)
+                if task is not None:
+                    return task, True
+                found = await self._open_task_for_issue(
+                    new.github_repository, new.github_issue_number
+                )
+                if found is not None:  # (else it ended in between: insert again)
+                    return found, False
+                continue
             try:
                 async with self._tx() as s:
                     conn = await s.connection()
-                    found = (
+                    found_row = (
                         await conn.execute(
                             transitions.select_rows(Task).where(
                                 Task.github_repository == new.github_repository,
@@ -77,46 +124,10 @@ class TaskQueries(RunEndSteps):
                             )
                         )
                     ).first()
-                    if found is not None:
-                        return transitions.snapshot(Task, found), False
-                    now = utcnow()
-                    values: dict[str, Any] = dict(
-                        title=new.title,
-                        description=new.description,
-                        priority=new.priority.value,
-                        priority_rank=new.priority.rank,
-                        github_repository=new.github_repository,
-                        github_issue_number=new.github_issue_number,
-                        repository_url=new.repository_url,
-                        labels=new.labels,
-                        requirements=new.requirements,
-                        preferences=new.preferences,
-                        required_runner=known_runner(new.required_runner),
-                        estimated_complexity=new.complexity,
-                        estimated_duration_minutes=new.estimated_duration_minutes,
-                        budget_usd=new.budget_usd,
-                        test_command=new.test_command,
-                        created_by=new.created_by,
-                        result_data={},
-                        created_at=now,
-                    )
-                    transitions.queue_new_task(values, now)
+                    if found_row is not None:
+                        return transitions.snapshot(Task, found_row), False
                     task = await transitions.insert_task(s, values)
-                    await transitions.created(
-                        s,
-                        task,
-                        now,
-                        {
-                            "requirements": new.requirements,
-                            "preferences": new.preferences,
-                            "created_by": new.created_by,
-                            **(
-                                {"required_runner": values["required_runner"]}
-                                if values["required_runner"]
-                                else {}
-                            ),
-                        },
-                    )
+                    await transitions.created(s, task, now, details)
                 return task, True
             except IntegrityError:
                 continue

@@ -32,6 +32,7 @@ from sqlalchemy import (
     JSON,
     Select,
     String,
+    Table,
     bindparam,
     func,
     insert,
@@ -42,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -183,6 +185,56 @@ async def created(s: AsyncSession, task: Task, now: datetime, details: dict[str,
         insert(TaskEvent), [_event_row(task.id, "created", message, details, None, "info", now)]
     )
     note_change(s, StatusChange(task.id, None, task.status, task.priority))
+
+
+async def create(
+    conn: AsyncConnection,
+    values: dict[str, Any],
+    details: dict[str, Any],
+    changes: list[StatusChange],
+) -> Task | None:
+    """Insert the task ``values`` (:func:`queue_new_task` gave it its status) with its
+    ``created`` event, in one statement (:func:`create_statement`, PostgreSQL); ``None``
+    when the issue has an open task already."""
+    statement = create_statement(tuple(values))
+    row = (await conn.execute(statement, {**values, "details": details})).first()
+    if row is None:
+        return None
+    task = snapshot(Task, row)
+    changes.append(StatusChange(task.id, None, task.status, task.priority))
+    return task
+
+
+@functools.cache
+def create_statement(keys: tuple[str, ...]) -> Select[Any]:
+    """A task created in one PostgreSQL statement: its ``INSERT`` (nothing when the issue
+    has an open task: ``ON CONFLICT`` on the partial unique index) and its ``created``
+    event, as data-modifying CTEs; returns the task's row. Parameters: the task's columns
+    ``keys`` and the event's ``details``."""
+    table = cast(Table, Task.__table__)
+    index = next(i for i in table.indexes if i.name == "uq_tasks_open_issue")
+    task = (
+        pg_insert(Task)
+        .values({key: bindparam(key, type_=table.c[key].type) for key in keys})
+        .on_conflict_do_nothing(
+            index_elements=list(index.columns),
+            index_where=index.dialect_options["postgresql"]["where"],
+        )
+        .returning(*row_columns(Task))
+        .cte("new_task")
+    )
+    event = insert(TaskEvent).from_select(
+        ["task_id", "timestamp", "kind", "level", "message", "details"],
+        select(
+            task.c.id,
+            task.c.created_at,
+            literal("created"),
+            literal("info"),
+            literal("queued with priority ") + task.c.priority,
+            bindparam("details", type_=JSON),
+        ),
+    )
+    return select(task).add_cte(event.cte("created_event"))
 
 
 @dataclass

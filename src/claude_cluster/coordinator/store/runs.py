@@ -63,6 +63,23 @@ from claude_cluster.errors import Conflict, Forbidden, NotFound
 CLAIM_LOCK = 0x636C61696D  # "claim"
 
 
+_QUEUED = Task.status == TaskStatus.QUEUED.value
+#: a queued task past its back-off exists (parameter ``now``); read in ``ix_tasks_claim``
+_ANY_READY = select(
+    select(Task.id)
+    .where(
+        _QUEUED,
+        or_(
+            Task.not_before.is_(None),
+            Task.not_before <= bindparam("now", type_=Task.__table__.c.not_before.type),
+        ),
+    )
+    .exists()
+)
+#: task ``task`` is queued (a manual assignment overrides the back-off)
+_TASK_QUEUED = select(select(Task.id).where(_QUEUED, Task.id == bindparam("task")).exists())
+
+
 @dataclass(frozen=True)
 class Claim:
     """A task claimed for an agent: push ``run`` to ``agent`` next."""
@@ -89,7 +106,13 @@ class RunQueries(RunEndSteps):
         SQLAlchemy Core throughout (rows, not ORM objects): read the candidate agents with
         the count of active runs, then the ready tasks (``SKIP LOCKED``), score, take the slots
         with conditional updates, insert the runs and move the tasks in one statement each.
+        Before all that, on PostgreSQL, one statement outside the transaction asks whether
+        any task is ready at all: the claim a finished run's freed slot triggers usually
+        finds none. (SQLite has no round trips to save, and its transactions begin with
+        ``BEGIN IMMEDIATE``.)
         """
+        if self._postgres and not await self._any_ready(only_task):
+            return []
         async with self._tx() as s:
             conn = await s.connection()
             if self._postgres:  # the global cap holds across replicas: one claim at a time
@@ -119,11 +142,7 @@ class RunQueries(RunEndSteps):
             room = min(batch, max_active - rows[0].active_runs)
             if room <= 0:
                 return []
-            agents = {}
-            for row in rows:
-                agent = transitions.snapshot(Agent, row)
-                delattr(agent, "active_runs")  # the count, not a column of the agent
-                agents[agent.id] = agent
+            agents = {row.id: _prefixed(Agent, "", row, leave_out="active_runs") for row in rows}
             ready = Task.status == TaskStatus.QUEUED.value
             if only_task is None:  # a manual assignment overrides the back-off (and a hold)
                 ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
@@ -175,6 +194,14 @@ class RunQueries(RunEndSteps):
                 now,
             )
             return claims
+
+    async def _any_ready(self, only_task: int | None) -> bool:
+        """Whether a task is queued and past its back-off (or is ``only_task`` and queued),
+        whichever agent could take it: the claim decides that."""
+        async with self._statement() as (conn, _):
+            query = _ANY_READY if only_task is None else _TASK_QUEUED
+            params = {"now": utcnow()} if only_task is None else {"task": only_task}
+            return bool((await conn.execute(query, params)).scalar())
 
     async def _ready_tasks(
         self, conn: AsyncConnection, ready: ColumnElement[bool], limit: int
@@ -740,14 +767,15 @@ def _confirm_statement() -> Select[Any]:
     ).join_from(run, Task.__table__, Task.id == run.c.task_id)
 
 
-def _prefixed(model: type[M], prefix: str, row: Row[Any]) -> M:
-    """The columns of ``row`` named ``prefix`` + a column of ``model``, as its snapshot."""
-    return cast(
-        M,
-        transitions.Snapshot(
-            **{k[len(prefix) :]: v for k, v in row._mapping.items() if k.startswith(prefix)}
-        ),
-    )
+def _prefixed(model: type[M], prefix: str, row: Row[Any], leave_out: str = "") -> M:
+    """The columns of ``row`` named ``prefix`` + a column of ``model`` (but ``leave_out``:
+    a figure read beside them), as its snapshot."""
+    columns = {
+        key[len(prefix) :]: value
+        for key, value in row._mapping.items()
+        if key.startswith(prefix) and key != leave_out
+    }
+    return cast(M, transitions.Snapshot(**columns))
 
 
 def _choose(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, update
+from sqlalchemy import ColumnElement, case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from claude_cluster.coordinator.store import transitions
@@ -35,6 +35,60 @@ def fault_reason(agent_id: str, category: ErrorCategory | None, message: str | N
         f"{last}); fix the host, then restart the agent or run `claude-cluster agents "
         f"ready {agent_id}`"
     )
+
+
+def agent_release(
+    status: RunStatus,
+    now: datetime | ColumnElement[datetime],
+    *,
+    duration: float | ColumnElement[float],
+    cooldown_until: datetime | None = None,
+    fault: bool | None = None,
+    tally: bool = True,
+    fault_text: str = "",
+) -> dict[str, Any]:
+    """The ``UPDATE`` values of an agent whose run ended with ``status``: its slot back,
+    its statistics (``duration`` in seconds, a number or an expression), and its fault
+    streak (see :meth:`RunEndSteps._end_run`; ``fault_text``: why it is no longer ready)."""
+    active = case((Agent.active_task_count > 0, Agent.active_task_count - 1), else_=0)
+    values: dict[str, Any] = {
+        "active_task_count": active,
+        # idle/busy/overloaded follow the load; offline, maintenance and error stay
+        "status": case(
+            (
+                Agent.status.in_(ONLINE_AGENTS),
+                case(
+                    (active <= 0, AgentStatus.IDLE.value),
+                    (active >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                    else_=AgentStatus.BUSY.value,
+                ),
+            ),
+            else_=Agent.status,
+        ),
+    }
+    if status == RunStatus.SUCCEEDED:
+        values["total_tasks_completed"] = Agent.total_tasks_completed + 1
+        values["last_task_completed_at"] = now
+        values["average_task_duration"] = Agent.average_task_duration + (
+            duration - Agent.average_task_duration
+        ) / (Agent.total_tasks_completed + 1)
+    elif status in (RunStatus.FAILED, RunStatus.LOST) and tally:
+        values["total_tasks_failed"] = Agent.total_tasks_failed + 1
+    if cooldown_until is not None:
+        values["dispatch_failures"] = Agent.dispatch_failures + 1
+        values["cooldown_until"] = cooldown_until
+    if fault is True:
+        values["fault_streak"] = Agent.fault_streak + 1
+        values["not_ready_reason"] = case(
+            (Agent.fault_streak + 1 >= AGENT_FAULT_LIMIT, fault_text),
+            else_=Agent.not_ready_reason,
+        )
+    elif fault is False:
+        values["fault_streak"] = 0
+        values["not_ready_reason"] = case(
+            (Agent.fault_streak >= AGENT_FAULT_LIMIT, None), else_=Agent.not_ready_reason
+        )
+    return values
 
 
 @dataclass(frozen=True)
@@ -77,48 +131,15 @@ class RunEndSteps(StoreBase):
         await transitions.move_run(
             s, run, status, now, category=category, message=message, **(figures or {})
         )
-        active = case((Agent.active_task_count > 0, Agent.active_task_count - 1), else_=0)
-        values: dict[str, Any] = {
-            "active_task_count": active,
-            # idle/busy/overloaded follow the load; offline, maintenance and error stay
-            "status": case(
-                (
-                    Agent.status.in_(ONLINE_AGENTS),
-                    case(
-                        (active <= 0, AgentStatus.IDLE.value),
-                        (active >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
-                        else_=AgentStatus.BUSY.value,
-                    ),
-                ),
-                else_=Agent.status,
-            ),
-        }
-        if status == RunStatus.SUCCEEDED:
-            duration = (now - run.started_at).total_seconds()
-            values["total_tasks_completed"] = Agent.total_tasks_completed + 1
-            values["last_task_completed_at"] = now
-            values["average_task_duration"] = Agent.average_task_duration + (
-                duration - Agent.average_task_duration
-            ) / (Agent.total_tasks_completed + 1)
-        elif status in (RunStatus.FAILED, RunStatus.LOST) and tally:
-            values["total_tasks_failed"] = Agent.total_tasks_failed + 1
-        if cooldown_until is not None:
-            values["dispatch_failures"] = Agent.dispatch_failures + 1
-            values["cooldown_until"] = cooldown_until
-        if fault is True:
-            values["fault_streak"] = Agent.fault_streak + 1
-            values["not_ready_reason"] = case(
-                (
-                    Agent.fault_streak + 1 >= AGENT_FAULT_LIMIT,
-                    fault_reason(run.agent_id, category, message),
-                ),
-                else_=Agent.not_ready_reason,
-            )
-        elif fault is False:
-            values["fault_streak"] = 0
-            values["not_ready_reason"] = case(
-                (Agent.fault_streak >= AGENT_FAULT_LIMIT, None), else_=Agent.not_ready_reason
-            )
+        values = agent_release(
+            status,
+            now,
+            duration=(now - run.started_at).total_seconds(),
+            cooldown_until=cooldown_until,
+            fault=fault,
+            tally=tally,
+            fault_text=fault_reason(run.agent_id, category, message),
+        )
         conn = await transitions.connection(s)
         row = (
             await conn.execute(

@@ -42,7 +42,7 @@ from claude_cluster.coordinator.store.common import (
     retry_conflicts,
     utcnow,
 )
-from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps
+from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps, agent_release
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
 from claude_cluster.domain import scoring
 from claude_cluster.domain.contract import known_runner
@@ -479,8 +479,13 @@ class RunQueries(RunEndSteps):
         for a reason of the agent (:data:`AGENT_FAULT_CATEGORIES`) requeues the task without
         counting a retry and counts against the agent (``cooldown_seconds``, its fault streak).
 
-        Core statements on locked snapshots: the run (with its figures), the agent's slot
-        and statistics, the task, and the event, one statement each."""
+        On PostgreSQL a success of a running run is one statement (:meth:`_succeed`).
+        Anything else: Core statements on locked snapshots: the run (with its figures), the
+        agent's slot and statistics, the task, and the event, one statement each."""
+        if self._postgres and result.succeeded:
+            ended = await self._succeed(run_id, agent_id, result)
+            if ended is not None:
+                return ended
         async with self._tx() as s:
             run = await self._snapshot(s, TaskRun, run_id)
             if run is None:
@@ -590,6 +595,51 @@ class RunQueries(RunEndSteps):
                 task=task, run=run, retried=decision.retry, delay_seconds=decision.delay_seconds
             )
 
+    async def _succeed(self, run_id: int, agent_id: str, result: RunResult) -> RunEnd | None:
+        """The agent's ``running`` run ``run_id`` succeeded: one statement
+        (:func:`transitions.succeed_statement`) with what the transaction below would write;
+        ``None`` when the run is not in that state (the transaction then decides)."""
+        target = TaskStatus.REVIEW if result.pr_url else TaskStatus.COMPLETED
+        task_values: dict[str, Any] = {
+            "feedback": None,
+            "result_data": _result_data(result),
+            "error_message": None,
+        }
+        if result.session_id:
+            task_values["session_id"] = result.session_id
+        if result.branch:
+            task_values["github_branch"] = result.branch
+        if result.pr_url:
+            task_values.update(github_pr_number=result.pr_number, github_pr_url=result.pr_url)
+        key = (target, tuple(task_values))
+        statement = _SUCCEED.get(key)
+        if statement is None:
+            statement = _SUCCEED[key] = transitions.succeed_statement(
+                target, RUN_FIGURES, tuple(task_values), _released_on_success
+            )
+        now = utcnow()
+        params = {
+            "run": run_id,
+            "agent": agent_id,
+            "now": now,
+            "cost": result.cost_usd,
+            "run_message": result.message,
+            "event_message": result.message or "run succeeded",
+            "event_details": task_values["result_data"],
+            **{f"r_{name}": getattr(result, name) for name in RUN_FIGURES},
+            **{f"t_{name}": value for name, value in task_values.items()},
+        }
+        async with self._statement() as (conn, changes):
+            row = (await conn.execute(statement, params)).first()
+            if row is None:
+                return None
+            task = _prefixed(Task, "task_", row)
+            if task.status != row.previous:
+                changes.append(
+                    transitions.StatusChange(task.id, row.previous, task.status, task.priority)
+                )
+        return RunEnd(task=task, run=_prefixed(TaskRun, "run_", row))
+
     async def _agent_fault(
         self,
         s: AsyncSession,
@@ -696,6 +746,15 @@ class RunQueries(RunEndSteps):
             )
             return float(total or 0.0)
 
+
+def _released_on_success(
+    duration: ColumnElement[float], now: ColumnElement[datetime]
+) -> dict[str, Any]:
+    return agent_release(RunStatus.SUCCEEDED, now, duration=duration, fault=False)
+
+
+#: the success statements built so far, by target status and the task columns they set
+_SUCCEED: dict[tuple[TaskStatus, tuple[str, ...]], Select[Any]] = {}
 
 #: what a run's result reports, stored on the run as it is
 RUN_FIGURES = (

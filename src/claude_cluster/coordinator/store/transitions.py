@@ -22,7 +22,7 @@ against the tables when it is built, run on a connection outside a transaction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -30,10 +30,13 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
+    Float,
     Select,
     String,
     Table,
     bindparam,
+    case,
     func,
     insert,
     inspect,
@@ -47,11 +50,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from claude_cluster.coordinator.store.tables import Base, Task, TaskEvent, TaskRun
+from claude_cluster.coordinator.store.tables import Agent, Base, Task, TaskEvent, TaskRun
 from claude_cluster.domain.states import (
+    RUNNING_TASK_STATUSES,
     ErrorCategory,
     RunStatus,
     TaskStatus,
+    can_transition,
     check_run_transition,
     check_transition,
 )
@@ -423,6 +428,94 @@ async def accept(
     task = snapshot(Task, row)
     changes.append(StatusChange(task.id, TaskStatus.ASSIGNED.value, task.status, task.priority))
     return task
+
+
+def succeed_statement(
+    target: TaskStatus,
+    run_keys: Sequence[str],
+    task_keys: Sequence[str],
+    agent_values: Callable[[ColumnElement[float], ColumnElement[datetime]], dict[str, Any]],
+) -> Select[Any]:
+    """A run's success, in one PostgreSQL statement, as data-modifying CTEs: the
+    ``running`` run → ``succeeded`` with its figures (``run_keys``), its agent's slot and
+    statistics (``agent_values`` of the run's duration in seconds and the time), its task's other
+    columns (``task_keys``, and the run's cost added) with its move to ``target`` when the
+    task is being worked on (else its status stays, as in a transaction), and the
+    ``run_succeeded`` event. Returns the run's and the task's columns (prefixed ``run_`` and
+    ``task_``) and the task's status before (``previous``); no row when the run is not this
+    agent's ``running`` run (the transaction handles the rest and says why).
+
+    Parameters: ``run``, ``agent``, ``now``, ``cost``, ``run_message``, ``event_message``,
+    ``event_details``, ``r_<key>`` and ``t_<key>`` (named after no column: an ``UPDATE``
+    would also set those)."""
+    check_run_transition(RunStatus.RUNNING, RunStatus.SUCCEEDED)
+    worked_on = sorted(status.value for status in RUNNING_TASK_STATUSES)
+    # a task being worked on from which the table forbids ``target`` (``assigned`` →
+    # ``review``) is left to the transaction, which refuses the move
+    forbidden = [s for s in worked_on if not can_transition(TaskStatus(s), target)]
+    now = bindparam("now", type_=TaskRun.__table__.c.ended_at.type)
+    run = (
+        update(TaskRun)
+        .where(
+            TaskRun.id == bindparam("run"),
+            TaskRun.agent_id == bindparam("agent"),
+            TaskRun.status == RunStatus.RUNNING.value,
+            ~select(Task.id).where(Task.id == TaskRun.task_id, Task.status.in_(forbidden)).exists(),
+        )
+        .values(
+            status=RunStatus.SUCCEEDED.value,
+            ended_at=now,
+            error_category=None,
+            message=bindparam("run_message", type_=String()),
+            **{key: bindparam(f"r_{key}", type_=TaskRun.__table__.c[key].type) for key in run_keys},
+        )
+        .returning(*row_columns(TaskRun))
+        .cte("succeeded_run")
+    )
+    agent = (
+        update(Agent)
+        .where(Agent.id == run.c.agent_id)
+        .values(agent_values(sql_cast(func.extract("epoch", now - run.c.started_at), Float), now))
+        .returning(Agent.id)
+        .cte("released_agent")
+    )
+    before = select(Task.id, Task.status).where(Task.id == run.c.task_id).cte("task_before")
+    moves = Task.status.in_([s for s in worked_on if s not in forbidden])
+    stamp = _STAMPS.get(target)
+    task = (
+        update(Task)
+        .where(Task.id == run.c.task_id)
+        .values(
+            status=case((moves, target.value), else_=Task.status),
+            updated_at=now,
+            cost_usd=func.coalesce(Task.cost_usd, 0.0) + bindparam("cost", type_=Float()),
+            **({stamp: case((moves, now), else_=getattr(Task, stamp))} if stamp else {}),
+            **{key: bindparam(f"t_{key}", type_=Task.__table__.c[key].type) for key in task_keys},
+        )
+        .returning(*row_columns(Task))
+        .cte("succeeded_task")
+    )
+    event = insert(TaskEvent).from_select(
+        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+        select(
+            task.c.id,
+            run.c.id,
+            now,
+            literal("run_succeeded"),
+            literal("info"),
+            bindparam("event_message", type_=String()),
+            bindparam("event_details", type_=JSON),
+        ).select_from(task.join(run, true())),
+    )
+    return (
+        select(
+            *(column.label(f"run_{column.name}") for column in run.c),
+            *(column.label(f"task_{column.name}") for column in task.c),
+            before.c.status.label("previous"),
+        )
+        .select_from(run.join(task, true()).join(before, true()))
+        .add_cte(agent, event.cte("succeeded_event"))
+    )
 
 
 @functools.cache

@@ -1,0 +1,173 @@
+"""A run's success writes the same on both backends; on PostgreSQL it is one statement
+(``transitions.succeed_statement``), elsewhere a transaction: the run's figures, the
+task's move and columns, the agent's slot and statistics, the event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from claude_cluster.coordinator.store.common import utcnow
+from claude_cluster.coordinator.store.db import create_engine, sessionmaker
+from claude_cluster.coordinator.store.repository import Repository
+from claude_cluster.coordinator.store.tables import Agent, TaskEvent, TaskRun
+from claude_cluster.coordinator.store.tasks import NewTask
+from claude_cluster.domain.retry import RetryPolicy
+from claude_cluster.domain.states import Priority
+from claude_cluster.domain.wire import RunResult
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[tuple[Repository, list[str]]]:
+    """The store with one idle agent ``a1`` (2 slots), and the SQL it sends."""
+    engine = create_engine(db_url)
+    sent: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    try:
+        repo = Repository(sessionmaker(engine), postgres=db_url.startswith("postgresql"))
+        now = utcnow()
+        async with repo._sessions.begin() as s:
+            s.add(
+                Agent(
+                    id="a1",
+                    name="a1",
+                    url="http://127.0.0.1:9",
+                    registered_at=now,
+                    last_heartbeat=now,
+                    token_hash="x",
+                    status="idle",
+                    max_concurrent_tasks=2,
+                    specialties=["general"],
+                    fault_streak=1,
+                )
+            )
+        yield repo, sent
+    finally:
+        await engine.dispose()
+
+
+async def running_run(repo: Repository, issue: int) -> int:
+    """A task of ``issue``, claimed and accepted: its run id."""
+    await repo.create_task(
+        NewTask(
+            title=f"T{issue}",
+            description="",
+            github_repository="acme/app",
+            github_issue_number=issue,
+            repository_url="https://example.invalid/acme/app.git",
+            priority=Priority.HIGH,
+            requirements=[],
+            labels=[],
+            complexity="simple",
+            estimated_duration_minutes=5,
+        )
+    )
+    (claim,) = await repo.claim(max_active=10)
+    await repo.mark_accepted(claim.run.id)
+    return int(claim.run.id)
+
+
+async def agent_row(repo: Repository) -> Any:
+    async with repo._sessions() as s:
+        return (await s.execute(select(Agent).where(Agent.id == "a1"))).scalar_one()
+
+
+async def test_a_success_with_a_pull_request_moves_the_task_to_review(
+    store: tuple[Repository, list[str]],
+) -> None:
+    repo, sent = store
+    run_id = await running_run(repo, 1)
+    sent.clear()
+    result = RunResult(
+        succeeded=True,
+        message="fixed it",
+        cost_usd=0.25,
+        input_tokens=1000,
+        num_turns=3,
+        session_id="sess-1",
+        branch="claude/issue-1",
+        commit_sha="abc123",
+        pr_number=7,
+        pr_url="https://github.com/acme/app/pull/7",
+        tests_command="pytest",
+        tests_passed=5,
+        tests_failed=0,
+        tests_ok=True,
+        changed_files=["app.py"],
+    )
+    end = await repo.finish_run(run_id, "a1", result, RetryPolicy())
+    if repo._postgres:
+        assert len(sent) == 1 and "succeeded_run" in sent[0], sent
+    task = await repo.get_task(end.task.id)
+    assert (task.status, task.github_pr_number, task.github_pr_url) == (
+        "review",
+        7,
+        "https://github.com/acme/app/pull/7",
+    )
+    assert (task.cost_usd, task.session_id, task.github_branch) == (
+        0.25,
+        "sess-1",
+        "claude/issue-1",
+    )
+    assert task.result_data["tests_passed"] == 5 and task.completed_at is None
+    assert (end.task.status, end.run.status, end.run.id) == ("review", "succeeded", run_id)
+    async with repo._sessions() as s:
+        run = (await s.execute(select(TaskRun).where(TaskRun.id == run_id))).scalar_one()
+        events = (await s.scalars(select(TaskEvent).where(TaskEvent.task_id == task.id))).all()
+    assert (run.status, run.message, run.cost_usd, run.num_turns) == (
+        "succeeded",
+        "fixed it",
+        0.25,
+        3,
+    )
+    assert (run.commit_sha, run.changed_files, run.ended_at is not None) == (
+        "abc123",
+        ["app.py"],
+        True,
+    )
+    (succeeded,) = [e for e in events if e.kind == "run_succeeded"]
+    assert (succeeded.message, succeeded.run_id) == ("fixed it", run_id)
+    assert succeeded.details["pr_url"] == "https://github.com/acme/app/pull/7"
+    agent = await agent_row(repo)
+    assert (agent.status, agent.active_task_count, agent.total_tasks_completed) == ("idle", 0, 1)
+    assert (agent.fault_streak, agent.average_task_duration >= 0) == (0, True)
+
+
+async def test_a_second_success_adds_up_and_stamps_its_own_time(
+    store: tuple[Repository, list[str]],
+) -> None:
+    repo, _ = store
+    first = await running_run(repo, 1)
+    await repo.finish_run(first, "a1", RunResult(succeeded=True, cost_usd=0.5), RetryPolicy())
+    stamped: datetime = (await agent_row(repo)).last_task_completed_at
+    await asyncio.sleep(0.05)
+    second = await running_run(repo, 2)
+    end = await repo.finish_run(second, "a1", RunResult(succeeded=True), RetryPolicy())
+    agent = await agent_row(repo)
+    assert agent.total_tasks_completed == 2
+    assert agent.last_task_completed_at > stamped  # the statement's time, not its build's
+    task = await repo.get_task(end.task.id)
+    assert (task.status, task.completed_at is not None, task.cost_usd) == ("completed", True, 0.0)
+    events = [e["kind"] for e in await repo_events(repo, task.id)]
+    assert events[-1] == "run_succeeded"
+    # finishing twice changes nothing
+    again = await repo.finish_run(second, "a1", RunResult(succeeded=True), RetryPolicy())
+    assert again.already_finished
+    assert (await agent_row(repo)).total_tasks_completed == 2
+
+
+async def repo_events(repo: Repository, task_id: int) -> list[dict[str, Any]]:
+    async with repo._sessions() as s:
+        rows = (
+            await s.scalars(
+                select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+            )
+        ).all()
+    return [{"kind": e.kind, "message": e.message} for e in rows]

@@ -1,21 +1,25 @@
-"""A run's success writes the same on both backends; on PostgreSQL it is one statement
-(``transitions.succeed_statement``), elsewhere a transaction: the run's figures, the
-task's move and columns, the agent's slot and statistics, the event."""
+"""The hot path's one-statement forms on PostgreSQL, against the same behaviour on SQLite.
+
+A claim with nothing ready costs one statement on PostgreSQL (the probe before the claim's
+transaction: no BEGIN, no advisory lock); a ready task is still claimed, and a task in its
+back-off is not (unless assigned by hand). A run's success writes the same on both
+backends (PostgreSQL: ``transitions.succeed_statement``): the run's figures, the task's
+move and columns, the agent's slot and statistics, the event."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
-from claude_cluster.coordinator.store.tables import Agent, TaskEvent, TaskRun
+from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
 from claude_cluster.coordinator.store.tasks import NewTask
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import Priority
@@ -26,10 +30,20 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[tuple[Repository, list[str]]]:
-    """The store with one idle agent ``a1`` (2 slots), and the SQL it sends."""
+    """The store with one idle agent ``a1`` (2 slots, one fault in its streak), and the SQL
+    it sends (each statement, BEGIN and COMMIT included)."""
     engine = create_engine(db_url)
     sent: list[str] = []
-    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    def begin(conn: Any) -> None:  # (an autocommit connection sends no BEGIN)
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            sent.append("BEGIN")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    event.listen(engine.sync_engine, "begin", begin)
     try:
         repo = Repository(sessionmaker(engine), postgres=db_url.startswith("postgresql"))
         now = utcnow()
@@ -53,22 +67,64 @@ async def store(db_url: str) -> AsyncIterator[tuple[Repository, list[str]]]:
         await engine.dispose()
 
 
-async def running_run(repo: Repository, issue: int) -> int:
-    """A task of ``issue``, claimed and accepted: its run id."""
-    await repo.create_task(
+async def create(repo: Repository, issue: int) -> Task:
+    task, created = await repo.create_task(
         NewTask(
             title=f"T{issue}",
             description="",
             github_repository="acme/app",
             github_issue_number=issue,
             repository_url="https://example.invalid/acme/app.git",
-            priority=Priority.HIGH,
+            priority=Priority.MEDIUM,
             requirements=[],
             labels=[],
             complexity="simple",
             estimated_duration_minutes=5,
         )
     )
+    assert created
+    return task
+
+
+async def test_an_empty_queue_costs_one_statement(store: tuple[Repository, list[str]]) -> None:
+    repo, sent = store
+    sent.clear()
+    assert await repo.claim(max_active=10) == []
+    if repo._postgres:
+        assert len(sent) == 1 and "EXISTS" in sent[0], sent
+
+
+async def test_a_task_in_its_back_off_is_not_ready_until_it_ends(
+    store: tuple[Repository, list[str]],
+) -> None:
+    repo, sent = store
+    task = await create(repo, 1)
+    async with repo._sessions.begin() as s:
+        await s.execute(
+            update(Task)
+            .where(Task.id == task.id)
+            .values(not_before=utcnow() + timedelta(minutes=5))
+        )
+    sent.clear()
+    assert await repo.claim(max_active=10) == []
+    if repo._postgres:
+        assert len(sent) == 1, sent
+    # a manual assignment overrides the back-off: the probe asks for that task only
+    (claim,) = await repo.claim(max_active=10, only_task=task.id)
+    assert claim.task.id == task.id and claim.agent.id == "a1"
+
+
+async def test_a_ready_task_is_claimed(store: tuple[Repository, list[str]]) -> None:
+    repo, _ = store
+    first, second = await create(repo, 1), await create(repo, 2)
+    claims = await repo.claim(max_active=10)
+    assert sorted(c.task.id for c in claims) == [first.id, second.id]
+    assert await repo.claim(max_active=10) == []  # the queue is empty again
+
+
+async def running_run(repo: Repository, issue: int) -> int:
+    """A task of ``issue``, claimed and accepted: its run id."""
+    await create(repo, issue)
     (claim,) = await repo.claim(max_active=10)
     await repo.mark_accepted(claim.run.id)
     return int(claim.run.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class AgentView:
     #: the runners the agent offers; None: not told (an older agent)
     runners: Sequence[str] | None = None
 
+    @cached_property
+    def specialty_set(self) -> frozenset[str]:
+        """The specialties, lower case (built once: a claim scores every agent per task)."""
+        return frozenset(s.lower() for s in self.specialties)
+
+    @cached_property
+    def skills(self) -> frozenset[str]:
+        """Specialties and capabilities, lower case."""
+        return self.specialty_set | {c.lower() for c in self.capabilities}
+
     @property
     def load(self) -> float:
         return min(1.0, self.active / self.capacity) if self.capacity else 1.0
@@ -43,8 +54,7 @@ def matches(agent: AgentView, requirements: Sequence[str]) -> bool:
     wanted = {r for r in requirements if r != "general"}
     if not wanted:
         return True
-    skills = {s.lower() for s in (*agent.specialties, *agent.capabilities)}
-    return bool(wanted & skills) or "general" in {s.lower() for s in agent.specialties}
+    return not wanted.isdisjoint(agent.skills) or "general" in agent.specialty_set
 
 
 def offers(agent: AgentView, runner: str | None) -> bool:
@@ -60,9 +70,15 @@ def score(
 ) -> float:
     """+10 per requirement or preference in the specialties, −5·load, +2·success rate,
     −|average duration − estimate| / 60 (both in minutes)."""
-    specialties = {s.lower() for s in agent.specialties}
-    wanted = {r.lower() for r in (*requirements, *preferences)}
-    value = 10.0 * sum(1 for r in wanted if r in specialties)
+    return _score(agent, _wanted(requirements, preferences), estimated_minutes)
+
+
+def _wanted(requirements: Sequence[str], preferences: Sequence[str]) -> frozenset[str]:
+    return frozenset(r.lower() for r in (*requirements, *preferences))
+
+
+def _score(agent: AgentView, wanted: frozenset[str], estimated_minutes: int) -> float:
+    value = 10.0 * len(wanted & agent.specialty_set)
     value -= 5.0 * agent.load
     value += 2.0 * agent.success_rate
     if agent.average_duration_seconds > 0:
@@ -82,6 +98,7 @@ def pick(
     """Agents with a free slot that offer ``runner`` and match the requirements, best
     first (preferences only score). A manual assignment (``require_match=False``)
     overrides the match, not the runner: an agent without it could only refuse the run."""
+    wanted = _wanted(requirements, preferences)
     candidates = [
         a
         for a in agents
@@ -89,10 +106,7 @@ def pick(
         and offers(a, runner)
         and (not require_match or matches(a, requirements))
     ]
-    return sorted(
-        candidates,
-        key=lambda a: (-score(a, requirements, estimated_minutes, preferences), a.load, a.id),
-    )
+    return sorted(candidates, key=lambda a: (-_score(a, wanted, estimated_minutes), a.load, a.id))
 
 
 def waiting_for(

@@ -10,7 +10,7 @@ wins; ties go to the less loaded agent, then the id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -40,11 +40,11 @@ class AgentView:
         """Specialties and capabilities, lower case."""
         return self.specialty_set | {c.lower() for c in self.capabilities}
 
-    @property
+    @cached_property
     def load(self) -> float:
         return min(1.0, self.active / self.capacity) if self.capacity else 1.0
 
-    @property
+    @cached_property
     def success_rate(self) -> float:
         finished = self.completed + self.failed
         return self.completed / finished if finished else 1.0
@@ -98,15 +98,51 @@ def pick(
     """Agents with a free slot that offer ``runner`` and match the requirements, best
     first (preferences only score). A manual assignment (``require_match=False``)
     overrides the match, not the runner: an agent without it could only refuse the run."""
-    wanted = _wanted(requirements, preferences)
-    candidates = [
+    return sorted(
+        _candidates(agents, requirements, require_match=require_match, runner=runner),
+        key=_rank(requirements, estimated_minutes, preferences),
+    )
+
+
+def best(
+    agents: Sequence[AgentView],
+    requirements: Sequence[str],
+    estimated_minutes: int,
+    *,
+    require_match: bool = True,
+    preferences: Sequence[str] = (),
+    runner: str | None = None,
+) -> AgentView | None:
+    """The first agent :func:`pick` would list (None: no candidate), without sorting."""
+    return min(
+        _candidates(agents, requirements, require_match=require_match, runner=runner),
+        key=_rank(requirements, estimated_minutes, preferences),
+        default=None,
+    )
+
+
+def _candidates(
+    agents: Sequence[AgentView],
+    requirements: Sequence[str],
+    *,
+    require_match: bool,
+    runner: str | None,
+) -> list[AgentView]:
+    return [
         a
         for a in agents
         if a.active < a.capacity
         and offers(a, runner)
         and (not require_match or matches(a, requirements))
     ]
-    return sorted(candidates, key=lambda a: (-_score(a, wanted, estimated_minutes), a.load, a.id))
+
+
+def _rank(
+    requirements: Sequence[str], estimated_minutes: int, preferences: Sequence[str]
+) -> Callable[[AgentView], tuple[float, float, str]]:
+    """Best score first; ties to the less loaded agent, then the id."""
+    wanted = _wanted(requirements, preferences)
+    return lambda a: (-_score(a, wanted, estimated_minutes), a.load, a.id)
 
 
 def waiting_for(

@@ -866,7 +866,7 @@ def _choose(
     for task in tasks:
         if len(chosen) >= room:
             break
-        best = scoring.pick(
+        pick = scoring.best(
             list(views.values()),
             task.requirements,
             task.estimated_duration_minutes,
@@ -874,9 +874,8 @@ def _choose(
             preferences=task.preferences,
             runner=task.required_runner,
         )
-        if not best:
+        if pick is None:
             continue
-        pick = best[0]
         chosen.append((task, agents[pick.id]))
         taken[pick.id] = taken.get(pick.id, 0) + 1
         views[pick.id] = _view(agents[pick.id], extra=taken[pick.id])

@@ -10,9 +10,8 @@ wins; ties go to the less loaded agent, then the id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -30,21 +29,11 @@ class AgentView:
     #: the runners the agent offers; None: not told (an older agent)
     runners: Sequence[str] | None = None
 
-    @cached_property
-    def specialty_set(self) -> frozenset[str]:
-        """The specialties, lower case (built once: a claim scores every agent per task)."""
-        return frozenset(s.lower() for s in self.specialties)
-
-    @cached_property
-    def skills(self) -> frozenset[str]:
-        """Specialties and capabilities, lower case."""
-        return self.specialty_set | {c.lower() for c in self.capabilities}
-
-    @cached_property
+    @property
     def load(self) -> float:
         return min(1.0, self.active / self.capacity) if self.capacity else 1.0
 
-    @cached_property
+    @property
     def success_rate(self) -> float:
         finished = self.completed + self.failed
         return self.completed / finished if finished else 1.0
@@ -54,7 +43,8 @@ def matches(agent: AgentView, requirements: Sequence[str]) -> bool:
     wanted = {r for r in requirements if r != "general"}
     if not wanted:
         return True
-    return not wanted.isdisjoint(agent.skills) or "general" in agent.specialty_set
+    skills = {s.lower() for s in (*agent.specialties, *agent.capabilities)}
+    return bool(wanted & skills) or "general" in {s.lower() for s in agent.specialties}
 
 
 def offers(agent: AgentView, runner: str | None) -> bool:
@@ -70,15 +60,9 @@ def score(
 ) -> float:
     """+10 per requirement or preference in the specialties, −5·load, +2·success rate,
     −|average duration − estimate| / 60 (both in minutes)."""
-    return _score(agent, _wanted(requirements, preferences), estimated_minutes)
-
-
-def _wanted(requirements: Sequence[str], preferences: Sequence[str]) -> frozenset[str]:
-    return frozenset(r.lower() for r in (*requirements, *preferences))
-
-
-def _score(agent: AgentView, wanted: frozenset[str], estimated_minutes: int) -> float:
-    value = 10.0 * len(wanted & agent.specialty_set)
+    specialties = {s.lower() for s in agent.specialties}
+    wanted = {r.lower() for r in (*requirements, *preferences)}
+    value = 10.0 * sum(1 for r in wanted if r in specialties)
     value -= 5.0 * agent.load
     value += 2.0 * agent.success_rate
     if agent.average_duration_seconds > 0:
@@ -98,51 +82,17 @@ def pick(
     """Agents with a free slot that offer ``runner`` and match the requirements, best
     first (preferences only score). A manual assignment (``require_match=False``)
     overrides the match, not the runner: an agent without it could only refuse the run."""
-    return sorted(
-        _candidates(agents, requirements, require_match=require_match, runner=runner),
-        key=_rank(requirements, estimated_minutes, preferences),
-    )
-
-
-def best(
-    agents: Sequence[AgentView],
-    requirements: Sequence[str],
-    estimated_minutes: int,
-    *,
-    require_match: bool = True,
-    preferences: Sequence[str] = (),
-    runner: str | None = None,
-) -> AgentView | None:
-    """The first agent :func:`pick` would list (None: no candidate), without sorting."""
-    return min(
-        _candidates(agents, requirements, require_match=require_match, runner=runner),
-        key=_rank(requirements, estimated_minutes, preferences),
-        default=None,
-    )
-
-
-def _candidates(
-    agents: Sequence[AgentView],
-    requirements: Sequence[str],
-    *,
-    require_match: bool,
-    runner: str | None,
-) -> list[AgentView]:
-    return [
+    candidates = [
         a
         for a in agents
         if a.active < a.capacity
         and offers(a, runner)
         and (not require_match or matches(a, requirements))
     ]
-
-
-def _rank(
-    requirements: Sequence[str], estimated_minutes: int, preferences: Sequence[str]
-) -> Callable[[AgentView], tuple[float, float, str]]:
-    """Best score first; ties to the less loaded agent, then the id."""
-    wanted = _wanted(requirements, preferences)
-    return lambda a: (-_score(a, wanted, estimated_minutes), a.load, a.id)
+    return sorted(
+        candidates,
+        key=lambda a: (-score(a, requirements, estimated_minutes, preferences), a.load, a.id),
+    )
 
 
 def waiting_for(

@@ -80,31 +80,9 @@ _ANY_READY = select(
 _TASK_QUEUED = select(select(Task.id).where(_QUEUED, Task.id == bindparam("task")).exists())
 
 
-#: the columns of a candidate agent a claim reads: what scoring, taking a slot and the push
-#: need (not its configuration or metadata: a claim reads every candidate)
-_CLAIM_AGENT_COLUMNS = [
-    column.label(column.key)
-    for column in (
-        Agent.id,
-        Agent.url,
-        Agent.call_secret,
-        Agent.status,
-        Agent.specialties,
-        Agent.capabilities,
-        Agent.runners,
-        Agent.active_task_count,
-        Agent.max_concurrent_tasks,
-        Agent.total_tasks_completed,
-        Agent.total_tasks_failed,
-        Agent.average_task_duration,
-    )
-]
-
-
 @dataclass(frozen=True)
 class Claim:
-    """A task claimed for an agent: push ``run`` to ``agent`` next (the agent's columns
-    that scoring, the slot and the push need: see ``_CLAIM_AGENT_COLUMNS``)."""
+    """A task claimed for an agent: push ``run`` to ``agent`` next."""
 
     task: Task
     run: TaskRun
@@ -140,7 +118,7 @@ class RunQueries(RunEndSteps):
             if self._postgres:  # the global cap holds across replicas: one claim at a time
                 await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
             now = utcnow()
-            agent_query = select(*_CLAIM_AGENT_COLUMNS).add_columns(
+            agent_query = transitions.select_rows(Agent).add_columns(
                 select(func.count())
                 .select_from(TaskRun)
                 .where(TaskRun.status.in_(ACTIVE_RUNS))
@@ -243,32 +221,35 @@ class RunQueries(RunEndSteps):
 
     @staticmethod
     async def _take_slots(conn: AsyncConnection, chosen: list[tuple[Task, Agent]]) -> set[str]:
-        """Take the agents' slots with one conditional update: another coordinator may have
+        """Take the agents' slots with conditional updates: another coordinator may have
         taken some since they were read; tasks whose agent has no room left stay queued."""
         taken: dict[str, int] = {}
         agents: dict[str, Agent] = {}
         for _, agent in chosen:
             taken[agent.id] = taken.get(agent.id, 0) + 1
             agents[agent.id] = agent
-        after = Agent.active_task_count + case(taken, value=Agent.id, else_=0)
-        rows = await conn.execute(
-            update(Agent)
-            .where(Agent.id.in_(sorted(taken)), after <= Agent.max_concurrent_tasks)
-            .values(
-                active_task_count=after,
-                # candidates are online, so the status follows the new load
-                status=case(
-                    (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
-                    else_=AgentStatus.BUSY.value,
-                ),
-            )
-            .returning(Agent.id, Agent.active_task_count, Agent.status)
-        )
         granted: set[str] = set()
-        for agent_id, active, status in rows:
-            granted.add(agent_id)
-            agent = agents[agent_id]
-            agent.active_task_count, agent.status = active, status
+        for agent_id, n in sorted(taken.items()):  # one lock order across replicas
+            after = Agent.active_task_count + n
+            row = (
+                await conn.execute(
+                    update(Agent)
+                    .where(Agent.id == agent_id, after <= Agent.max_concurrent_tasks)
+                    .values(
+                        active_task_count=after,
+                        # candidates are online, so the status follows the new load
+                        status=case(
+                            (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                            else_=AgentStatus.BUSY.value,
+                        ),
+                    )
+                    .returning(Agent.active_task_count, Agent.status)
+                )
+            ).first()
+            if row is not None:
+                granted.add(agent_id)
+                agent = agents[agent_id]
+                agent.active_task_count, agent.status = row
         return granted
 
     @retry_conflicts
@@ -866,7 +847,7 @@ def _choose(
     for task in tasks:
         if len(chosen) >= room:
             break
-        pick = scoring.best(
+        best = scoring.pick(
             list(views.values()),
             task.requirements,
             task.estimated_duration_minutes,
@@ -874,8 +855,9 @@ def _choose(
             preferences=task.preferences,
             runner=task.required_runner,
         )
-        if pick is None:
+        if not best:
             continue
+        pick = best[0]
         chosen.append((task, agents[pick.id]))
         taken[pick.id] = taken.get(pick.id, 0) + 1
         views[pick.id] = _view(agents[pick.id], extra=taken[pick.id])

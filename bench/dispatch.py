@@ -211,6 +211,19 @@ def _buckets(metrics_text: str, name: str) -> list[tuple[float, float]]:
     return buckets
 
 
+def histogram_mean(after: str, before: str, name: str) -> float:
+    """The mean of a Prometheus histogram's observations between two scrapes."""
+
+    def value(text: str, series: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(f"{name}_{series} "):
+                return float(line.split()[-1])
+        return 0.0
+
+    count = value(after, "count") - value(before, "count")
+    return (value(after, "sum") - value(before, "sum")) / count if count else float("nan")
+
+
 def histogram_quantile(after: str, before: str, name: str, q: float) -> tuple[float, float]:
     """The ``q`` quantile of a Prometheus histogram between two scrapes, as the upper
     bound of its bucket, and the number of observations."""
@@ -270,7 +283,8 @@ async def backlog(url: str, pid: int, agents: int, backlog_tasks: int, seconds: 
         print(
             f"backlog ({agents} agents, {backlog_tasks} tasks, {queued} still queued): "
             f"{finished} runs finished in {seconds:.0f} s; {count:.0f} claims, "
-            f"claim p50 ≤ {p50 * 1000:.0f} ms, p99 ≤ {p99 * 1000:.0f} ms (bucket bounds); "
+            f"claim mean {histogram_mean(text, before, name) * 1000:.1f} ms, "
+            f"p50 ≤ {p50 * 1000:.0f} ms, p99 ≤ {p99 * 1000:.0f} ms (bucket bounds); "
             f"coordinator RSS {now:.0f} MB now, {peak:.0f} MB peak"
         )
 

@@ -24,6 +24,7 @@ from claude_cluster.coordinator.store.tasks import NewTask
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import Priority
 from claude_cluster.domain.wire import RunResult
+from claude_cluster.errors import Forbidden
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,3 +228,27 @@ async def repo_events(repo: Repository, task_id: int) -> list[dict[str, Any]]:
             )
         ).all()
     return [{"kind": e.kind, "message": e.message} for e in rows]
+
+
+async def test_create_and_the_delivery_check_are_one_statement_each(
+    store: tuple[Repository, list[str]],
+) -> None:
+    repo, sent = store
+    sent.clear()
+    task = await create(repo, 1)
+    if repo._postgres:
+        assert len(sent) == 1 and "new_task" in sent[0], sent
+    (claim,) = await repo.claim(max_active=10)
+    await repo.mark_accepted(claim.run.id)
+    sent.clear()
+    run, checked = await repo.confirm_delivery(claim.run.id, "a1")
+    if repo._postgres:
+        assert len(sent) == 1 and "confirmed_run" in sent[0], sent
+    assert (run.id, checked.id, run.delivery_confirmed_at is not None) == (
+        claim.run.id,
+        task.id,
+        True,
+    )
+    # another agent's check is refused, by the transaction that says why
+    with pytest.raises(Forbidden, match="belongs to another agent"):
+        await repo.confirm_delivery(claim.run.id, "a2")

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -24,12 +24,10 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -64,17 +62,16 @@ CLAIM_LOCK = 0x636C61696D  # "claim"
 
 
 _QUEUED = Task.status == TaskStatus.QUEUED.value
+
+
+def _ready(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """A queued task past its back-off at ``now``."""
+    return _QUEUED & or_(Task.not_before.is_(None), Task.not_before <= now)
+
+
 #: a queued task past its back-off exists (parameter ``now``); read in ``ix_tasks_claim``
 _ANY_READY = select(
-    select(Task.id)
-    .where(
-        _QUEUED,
-        or_(
-            Task.not_before.is_(None),
-            Task.not_before <= bindparam("now", type_=Task.__table__.c.not_before.type),
-        ),
-    )
-    .exists()
+    select(Task.id).where(_ready(bindparam("now", type_=Task.__table__.c.not_before.type))).exists()
 )
 #: task ``task`` is queued (a manual assignment overrides the back-off)
 _TASK_QUEUED = select(select(Task.id).where(_QUEUED, Task.id == bindparam("task")).exists())
@@ -142,12 +139,12 @@ class RunQueries(RunEndSteps):
             room = min(batch, max_active - rows[0].active_runs)
             if room <= 0:
                 return []
-            agents = {row.id: _prefixed(Agent, "", row, leave_out="active_runs") for row in rows}
-            ready = Task.status == TaskStatus.QUEUED.value
-            if only_task is None:  # a manual assignment overrides the back-off (and a hold)
-                ready = ready & or_(Task.not_before.is_(None), Task.not_before <= now)
-            else:
-                ready = ready & (Task.id == only_task)
+            agents = {
+                row.id: transitions.prefixed_snapshot(Agent, "", row, leave_out="active_runs")
+                for row in rows
+            }
+            # a manual assignment overrides the back-off (and a hold)
+            ready = _ready(now) if only_task is None else _QUEUED & (Task.id == only_task)
             # a task that needs a runner no candidate offers is not read at all (in SQL, so
             # a queue of such tasks neither costs rows nor blocks the tasks behind it)
             offered = sorted({r for a in agents.values() for r in a.runners or ()})
@@ -438,7 +435,8 @@ class RunQueries(RunEndSteps):
                 params = {"run": run_id, "agent": agent_id, "now": utcnow()}
                 row = (await conn.execute(_confirm_statement(), params)).first()
             if row is not None:
-                return _prefixed(TaskRun, "run_", row), _prefixed(Task, "task_", row)
+                confirmed = transitions.prefixed_snapshot(TaskRun, "run_", row)
+                return confirmed, transitions.prefixed_snapshot(Task, "task_", row)
         async with self._tx() as s:
             run = await self._snapshot(s, TaskRun, run_id)
             if run is None:
@@ -611,12 +609,9 @@ class RunQueries(RunEndSteps):
             task_values["github_branch"] = result.branch
         if result.pr_url:
             task_values.update(github_pr_number=result.pr_number, github_pr_url=result.pr_url)
-        key = (target, tuple(task_values))
-        statement = _SUCCEED.get(key)
-        if statement is None:
-            statement = _SUCCEED[key] = transitions.succeed_statement(
-                target, RUN_FIGURES, tuple(task_values), _released_on_success
-            )
+        statement = transitions.succeed_statement(
+            target, RUN_FIGURES, tuple(task_values), _released_on_success
+        )
         now = utcnow()
         params = {
             "run": run_id,
@@ -633,12 +628,12 @@ class RunQueries(RunEndSteps):
             row = (await conn.execute(statement, params)).first()
             if row is None:
                 return None
-            task = _prefixed(Task, "task_", row)
+            task = transitions.prefixed_snapshot(Task, "task_", row)
             if task.status != row.previous:
                 changes.append(
                     transitions.StatusChange(task.id, row.previous, task.status, task.priority)
                 )
-        return RunEnd(task=task, run=_prefixed(TaskRun, "run_", row))
+        return RunEnd(task=task, run=transitions.prefixed_snapshot(TaskRun, "run_", row))
 
     async def _agent_fault(
         self,
@@ -753,9 +748,6 @@ def _released_on_success(
     return agent_release(RunStatus.SUCCEEDED, now, duration=duration, fault=False)
 
 
-#: the success statements built so far, by target status and the task columns they set
-_SUCCEED: dict[tuple[TaskStatus, tuple[str, ...]], Select[Any]] = {}
-
 #: what a run's result reports, stored on the run as it is
 RUN_FIGURES = (
     "cost_usd",
@@ -802,9 +794,10 @@ def _confirm_statement() -> Select[Any]:
     requeue, a sweep) locks the run first, so the guard is checked after it committed.
     Parameters: ``run``, ``agent``, ``now``."""
     now = bindparam("now", type_=TaskRun.__table__.c.last_seen_at.type)
-    being_worked_on = sorted(status.value for status in RUNNING_TASK_STATUSES)
     worked_on = (
-        select(Task.id).where(Task.id == TaskRun.task_id, Task.status.in_(being_worked_on)).exists()
+        select(Task.id)
+        .where(Task.id == TaskRun.task_id, Task.status.in_(transitions.WORKED_ON))
+        .exists()
     )
     run = (
         update(TaskRun)
@@ -819,22 +812,9 @@ def _confirm_statement() -> Select[Any]:
         .returning(*transitions.row_columns(TaskRun))
         .cte("confirmed_run")
     )
-    task = Task.__table__.c
     return select(
-        *(column.label(f"run_{column.name}") for column in run.c),
-        *(task[attr.key].label(f"task_{attr.key}") for attr in inspect(Task).column_attrs),
+        *transitions.prefixed(run.c, "run_"), *transitions.prefixed(Task.__table__.c, "task_")
     ).join_from(run, Task.__table__, Task.id == run.c.task_id)
-
-
-def _prefixed(model: type[M], prefix: str, row: Row[Any], leave_out: str = "") -> M:
-    """The columns of ``row`` named ``prefix`` + a column of ``model`` (but ``leave_out``:
-    a figure read beside them), as its snapshot."""
-    columns = {
-        key[len(prefix) :]: value
-        for key, value in row._mapping.items()
-        if key.startswith(prefix) and key != leave_out
-    }
-    return cast(M, transitions.Snapshot(**columns))
 
 
 def _choose(

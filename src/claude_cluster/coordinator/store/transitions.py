@@ -22,7 +22,7 @@ against the tables when it is built, run on a connection outside a transaction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -98,6 +98,26 @@ def row_columns(model: type[Base]) -> list[Any]:
             attr.columns[0].label(attr.key) for attr in inspect(model).column_attrs
         ]
     return cols
+
+
+def prefixed(columns: Iterable[ColumnElement[Any]], prefix: str) -> list[Any]:
+    """``columns`` labelled ``prefix`` + their key: two rows' columns in one result."""
+    return [column.label(f"{prefix}{column.key}") for column in columns]
+
+
+def prefixed_snapshot(model: type[M], prefix: str, row: Row[Any], leave_out: str = "") -> M:
+    """The columns of ``row`` named ``prefix`` + a column of ``model`` (see
+    :func:`prefixed`; but ``leave_out``: a figure read beside them), as its snapshot."""
+    columns = {
+        key[len(prefix) :]: value
+        for key, value in row._mapping.items()
+        if key.startswith(prefix) and key != leave_out
+    }
+    return cast(M, Snapshot(**columns))
+
+
+#: the statuses of a task being worked on, as stored (for ``IN`` in the one-statement paths)
+WORKED_ON = sorted(status.value for status in RUNNING_TASK_STATUSES)
 
 
 def select_rows(model: type[M]) -> Select[Any]:
@@ -430,6 +450,7 @@ async def accept(
     return task
 
 
+@functools.cache
 def succeed_statement(
     target: TaskStatus,
     run_keys: Sequence[str],
@@ -443,16 +464,16 @@ def succeed_statement(
     task is being worked on (else its status stays, as in a transaction), and the
     ``run_succeeded`` event. Returns the run's and the task's columns (prefixed ``run_`` and
     ``task_``) and the task's status before (``previous``); no row when the run is not this
-    agent's ``running`` run (the transaction handles the rest and says why).
+    agent's ``running`` run (the transaction handles the rest and says why). Built once
+    per set of arguments (they are hashable: tuples and a function).
 
     Parameters: ``run``, ``agent``, ``now``, ``cost``, ``run_message``, ``event_message``,
     ``event_details``, ``r_<key>`` and ``t_<key>`` (named after no column: an ``UPDATE``
     would also set those)."""
     check_run_transition(RunStatus.RUNNING, RunStatus.SUCCEEDED)
-    worked_on = sorted(status.value for status in RUNNING_TASK_STATUSES)
     # a task being worked on from which the table forbids ``target`` (``assigned`` →
     # ``review``) is left to the transaction, which refuses the move
-    forbidden = [s for s in worked_on if not can_transition(TaskStatus(s), target)]
+    forbidden = [s for s in WORKED_ON if not can_transition(TaskStatus(s), target)]
     now = bindparam("now", type_=TaskRun.__table__.c.ended_at.type)
     run = (
         update(TaskRun)
@@ -480,7 +501,7 @@ def succeed_statement(
         .cte("released_agent")
     )
     before = select(Task.id, Task.status).where(Task.id == run.c.task_id).cte("task_before")
-    moves = Task.status.in_([s for s in worked_on if s not in forbidden])
+    moves = Task.status.in_([s for s in WORKED_ON if s not in forbidden])
     stamp = _STAMPS.get(target)
     task = (
         update(Task)
@@ -509,8 +530,8 @@ def succeed_statement(
     )
     return (
         select(
-            *(column.label(f"run_{column.name}") for column in run.c),
-            *(column.label(f"task_{column.name}") for column in task.c),
+            *prefixed(run.c, "run_"),
+            *prefixed(task.c, "task_"),
             before.c.status.label("previous"),
         )
         .select_from(run.join(task, true()).join(before, true()))

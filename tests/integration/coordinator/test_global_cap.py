@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from claude_cluster.coordinator.store.common import ACTIVE_RUNS, utcnow
+from claude_cluster.coordinator.store.common import ACTIVE_RUNS
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
-from claude_cluster.coordinator.store.tables import Agent, TaskRun
-from claude_cluster.coordinator.store.tasks import NewTask
-from claude_cluster.domain.states import Priority
+from claude_cluster.coordinator.store.tables import TaskRun
 from tests.support import databases
+from tests.support.store_rows import add_idle_agents, create_task
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -48,37 +47,9 @@ async def test_concurrent_claims_of_two_replicas_never_pass_the_cap(
     replicas: list[Repository],
 ) -> None:
     a, b = replicas
-    now = utcnow()
-    async with a._sessions.begin() as s:
-        for i in range(AGENTS):
-            s.add(
-                Agent(
-                    id=f"agent-{i}",
-                    name=f"agent-{i}",
-                    url="http://127.0.0.1:9",
-                    registered_at=now,
-                    last_heartbeat=now,
-                    token_hash="x",
-                    status="idle",
-                    max_concurrent_tasks=10,
-                    specialties=["general"],
-                )
-            )
+    await add_idle_agents(a, [f"agent-{i}" for i in range(AGENTS)], max_concurrent_tasks=10)
     for i in range(TASKS):
-        await a.create_task(
-            NewTask(
-                title=f"T{i}",
-                description="",
-                github_repository="acme/app",
-                github_issue_number=i + 1,
-                repository_url="https://example.invalid/acme/app.git",
-                priority=Priority.MEDIUM,
-                requirements=[],
-                labels=[],
-                complexity="simple",
-                estimated_duration_minutes=5,
-            )
-        )
+        await create_task(a, i + 1)
 
     async def claimer(repo: Repository) -> int:
         claimed = 0

@@ -20,11 +20,10 @@ from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
-from claude_cluster.coordinator.store.tasks import NewTask
 from claude_cluster.domain.retry import RetryPolicy
-from claude_cluster.domain.states import Priority
 from claude_cluster.domain.wire import RunResult
 from claude_cluster.errors import Forbidden
+from tests.support.store_rows import add_idle_agents, create_task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,44 +46,10 @@ async def store(db_url: str) -> AsyncIterator[tuple[Repository, list[str]]]:
     event.listen(engine.sync_engine, "begin", begin)
     try:
         repo = Repository(sessionmaker(engine), postgres=db_url.startswith("postgresql"))
-        now = utcnow()
-        async with repo._sessions.begin() as s:
-            s.add(
-                Agent(
-                    id="a1",
-                    name="a1",
-                    url="http://127.0.0.1:9",
-                    registered_at=now,
-                    last_heartbeat=now,
-                    token_hash="x",
-                    status="idle",
-                    max_concurrent_tasks=2,
-                    specialties=["general"],
-                    fault_streak=1,
-                )
-            )
+        await add_idle_agents(repo, ["a1"], max_concurrent_tasks=2, fault_streak=1)
         yield repo, sent
     finally:
         await engine.dispose()
-
-
-async def create(repo: Repository, issue: int) -> Task:
-    task, created = await repo.create_task(
-        NewTask(
-            title=f"T{issue}",
-            description="",
-            github_repository="acme/app",
-            github_issue_number=issue,
-            repository_url="https://example.invalid/acme/app.git",
-            priority=Priority.MEDIUM,
-            requirements=[],
-            labels=[],
-            complexity="simple",
-            estimated_duration_minutes=5,
-        )
-    )
-    assert created
-    return task
 
 
 async def test_an_empty_queue_costs_one_statement(store: tuple[Repository, list[str]]) -> None:
@@ -99,7 +64,7 @@ async def test_a_task_in_its_back_off_is_not_ready_until_it_ends(
     store: tuple[Repository, list[str]],
 ) -> None:
     repo, sent = store
-    task = await create(repo, 1)
+    task = await create_task(repo, 1)
     async with repo._sessions.begin() as s:
         await s.execute(
             update(Task)
@@ -117,7 +82,7 @@ async def test_a_task_in_its_back_off_is_not_ready_until_it_ends(
 
 async def test_a_ready_task_is_claimed(store: tuple[Repository, list[str]]) -> None:
     repo, _ = store
-    first, second = await create(repo, 1), await create(repo, 2)
+    first, second = await create_task(repo, 1), await create_task(repo, 2)
     claims = await repo.claim(max_active=10)
     assert sorted(c.task.id for c in claims) == [first.id, second.id]
     assert await repo.claim(max_active=10) == []  # the queue is empty again
@@ -125,7 +90,7 @@ async def test_a_ready_task_is_claimed(store: tuple[Repository, list[str]]) -> N
 
 async def running_run(repo: Repository, issue: int) -> int:
     """A task of ``issue``, claimed and accepted: its run id."""
-    await create(repo, issue)
+    await create_task(repo, issue)
     (claim,) = await repo.claim(max_active=10)
     await repo.mark_accepted(claim.run.id)
     return int(claim.run.id)
@@ -235,7 +200,7 @@ async def test_create_and_the_delivery_check_are_one_statement_each(
 ) -> None:
     repo, sent = store
     sent.clear()
-    task = await create(repo, 1)
+    task = await create_task(repo, 1)
     if repo._postgres:
         assert len(sent) == 1 and "new_task" in sent[0], sent
     (claim,) = await repo.claim(max_active=10)

@@ -2,9 +2,10 @@
 
 A claim with nothing ready costs one statement on PostgreSQL (the probe before the claim's
 transaction: no BEGIN, no advisory lock); a ready task is still claimed, and a task in its
-back-off is not (unless assigned by hand). A run's success writes the same on both
-backends (PostgreSQL: ``transitions.succeed_statement``): the run's figures, the task's
-move and columns, the agent's slot and statistics, the event."""
+back-off is not (unless assigned by hand). A claim's writes are one statement there
+(``claims.assign_statement``) and write what SQLite's steps write. A run's success writes
+the same on both backends (PostgreSQL: ``transitions.succeed_statement``): the run's
+figures, the task's move and columns, the agent's slot and statistics, the event."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
+from claude_cluster.coordinator.store import claims
 from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
 from claude_cluster.coordinator.store.repository import Repository
@@ -83,8 +85,8 @@ async def test_a_task_in_its_back_off_is_not_ready_until_it_ends(
 async def test_a_ready_task_is_claimed(store: tuple[Repository, list[str]]) -> None:
     repo, _ = store
     first, second = await create_task(repo, 1), await create_task(repo, 2)
-    claims = await repo.claim(max_active=10)
-    assert sorted(c.task.id for c in claims) == [first.id, second.id]
+    claimed = await repo.claim(max_active=10)
+    assert sorted(c.task.id for c in claimed) == [first.id, second.id]
     assert await repo.claim(max_active=10) == []  # the queue is empty again
 
 
@@ -217,3 +219,59 @@ async def test_create_and_the_delivery_check_are_one_statement_each(
     # another agent's check is refused, by the transaction that says why
     with pytest.raises(Forbidden, match="belongs to another agent"):
         await repo.confirm_delivery(claim.run.id, "a2")
+
+
+async def test_a_claim_writes_the_same_on_both_backends(
+    store: tuple[Repository, list[str]],
+) -> None:
+    repo, sent = store
+    first, second = await create_task(repo, 1), await create_task(repo, 2)
+    sent.clear()
+    claimed = await repo.claim(max_active=10)
+    if repo._postgres:  # the probe, then BEGIN, lock, agents, tasks, the writes (and COMMIT)
+        assert len(sent) == 6 and "new_runs" in sent[-1], sent
+    assert [(c.task.id, c.task.status, c.run.attempt) for c in claimed] == [
+        (first.id, "assigned", 1),
+        (second.id, "assigned", 1),
+    ]
+    assert {(c.agent.active_task_count, c.agent.status) for c in claimed} == {(2, "overloaded")}
+    async with repo._sessions() as s:
+        runs = (await s.execute(select(TaskRun).order_by(TaskRun.id))).scalars().all()
+        tasks = (await s.execute(select(Task).order_by(Task.id))).scalars().all()
+        events = (
+            (await s.execute(select(TaskEvent).where(TaskEvent.kind == "assigned"))).scalars().all()
+        )
+    assert [(r.id, r.task_id, r.agent_id, r.status, r.kind) for r in runs] == [
+        (claimed[0].run.id, first.id, "a1", "dispatching", "initial"),
+        (claimed[1].run.id, second.id, "a1", "dispatching", "initial"),
+    ]
+    for run in runs:
+        assert (run.cost_usd, run.num_turns, run.fix_rounds, run.changed_files) == (0.0, 0, 0, [])
+        assert run.started_at == run.last_seen_at and run.accepted_at is None
+    for task in tasks:
+        assert (task.status, task.attempts, task.assigned_agent_id) == ("assigned", 1, "a1")
+        assert task.assigned_at == task.updated_at == runs[0].started_at
+    assert sorted((e.task_id, e.run_id, e.message, e.details) for e in events) == [
+        (r.task_id, r.id, f"run {r.id} (attempt 1) to a1", {"run_id": r.id, "agent_id": "a1"})
+        for r in runs
+    ]
+    assert (await agent_row(repo)).active_task_count == 2
+
+
+async def test_an_agent_filled_since_it_was_read_takes_no_task(
+    store: tuple[Repository, list[str]],
+) -> None:
+    """Another replica took the agent's slots between the claim's read and its writes:
+    the conditional update takes none, no run is written and the task stays queued."""
+    repo, _ = store
+    task = await create_task(repo, 1)
+    stale = await agent_row(repo)
+    async with repo._sessions.begin() as s:
+        await s.execute(update(Agent).where(Agent.id == "a1").values(active_task_count=2))
+    async with repo._tx() as s:
+        conn = await s.connection()
+        write = claims._assign if repo._postgres else repo._assign_in_steps
+        assert await write(s, conn, [(task, stale)], utcnow()) == []
+    async with repo._sessions() as s:
+        assert (await s.execute(select(TaskRun))).first() is None
+        assert (await s.get(Task, task.id)).status == "queued"

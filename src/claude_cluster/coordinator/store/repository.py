@@ -12,7 +12,8 @@ both), an agent slot is taken by a conditional update, and a run is finished onc
 - ``feedback``: review feedback and the follow-up runs it queues;
 - ``events``: a task's event log and once-only marks;
 - ``agents``: registration, heartbeats, draining, lookups;
-- ``runs``: claiming, the agent's reports, what runs cost;
+- ``claims``: claiming ready tasks for the best agents;
+- ``runs``: the agent's acceptance and reports, what runs cost;
 - ``leases``: expired runs and agents, timed-out runs;
 - ``run_end``: the steps every run ending shares;
 - ``overview``: the dashboard's reads (queue by priority, active runs, cost, search);
@@ -28,6 +29,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from claude_cluster.coordinator.store.agents import AgentQueries
+from claude_cluster.coordinator.store.claims import Claim, ClaimQueries
 from claude_cluster.coordinator.store.cluster import ClusterQueries
 from claude_cluster.coordinator.store.common import retry_conflicts, utcnow
 from claude_cluster.coordinator.store.events import EventQueries
@@ -36,7 +38,7 @@ from claude_cluster.coordinator.store.leases import LeaseQueries
 from claude_cluster.coordinator.store.overview import OverviewQueries
 from claude_cluster.coordinator.store.queue_status import QueueQueries, QueueStatus
 from claude_cluster.coordinator.store.run_end import RunEnd
-from claude_cluster.coordinator.store.runs import Claim, RunQueries
+from claude_cluster.coordinator.store.runs import RunQueries
 from claude_cluster.coordinator.store.tasks import NewTask, TaskQueries
 from claude_cluster.coordinator.store.tokens import TokenQueries
 from claude_cluster.coordinator.store.webhooks import WebhookQueries
@@ -57,6 +59,7 @@ class Repository(
     FeedbackQueries,
     EventQueries,
     AgentQueries,
+    ClaimQueries,
     RunQueries,
     LeaseQueries,
     QueueQueries,

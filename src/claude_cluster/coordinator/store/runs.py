@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,21 +19,17 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     bindparam,
-    case,
     delete,
     func,
-    insert,
-    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from claude_cluster.coordinator.store import transitions
 from claude_cluster.coordinator.store.common import (
     ACTIVE_RUNS,
-    ONLINE_AGENTS,
     M,
     get_or_raise,
     retry_conflicts,
@@ -42,13 +37,11 @@ from claude_cluster.coordinator.store.common import (
 )
 from claude_cluster.coordinator.store.run_end import RunEnd, RunEndSteps, agent_release
 from claude_cluster.coordinator.store.tables import Agent, Task, TaskEvent, TaskRun
-from claude_cluster.domain import scoring
 from claude_cluster.domain.contract import known_runner
 from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.states import (
     AGENT_FAULT_CATEGORIES,
     RUNNING_TASK_STATUSES,
-    AgentStatus,
     ErrorCategory,
     RunStatus,
     TaskStatus,
@@ -56,198 +49,9 @@ from claude_cluster.domain.states import (
 from claude_cluster.domain.wire import ROUND_PROGRESS, RunEvent, RunResult
 from claude_cluster.errors import Conflict, Forbidden, NotFound
 
-#: the PostgreSQL advisory lock every claim takes first (held to its commit), so the count
-#: of active runs it checks against ``MAX_CONCURRENT_TASKS`` includes every other claim's
-CLAIM_LOCK = 0x636C61696D  # "claim"
-
-
-_QUEUED = Task.status == TaskStatus.QUEUED.value
-
-
-def _ready(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
-    """A queued task past its back-off at ``now``."""
-    return _QUEUED & or_(Task.not_before.is_(None), Task.not_before <= now)
-
-
-#: a queued task past its back-off exists (parameter ``now``); read in ``ix_tasks_claim``
-_ANY_READY = select(
-    select(Task.id).where(_ready(bindparam("now", type_=Task.__table__.c.not_before.type))).exists()
-)
-#: task ``task`` is queued (a manual assignment overrides the back-off)
-_TASK_QUEUED = select(select(Task.id).where(_QUEUED, Task.id == bindparam("task")).exists())
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A task claimed for an agent: push ``run`` to ``agent`` next."""
-
-    task: Task
-    run: TaskRun
-    agent: Agent
-
 
 class RunQueries(RunEndSteps):
-    # --- claiming -------------------------------------------------------------------
-
-    @retry_conflicts
-    async def claim(
-        self,
-        *,
-        max_active: int,
-        batch: int = 16,
-        only_task: int | None = None,
-        only_agent: str | None = None,
-    ) -> list[Claim]:
-        """Claim up to ``batch`` ready tasks for the best agents, in one transaction.
-
-        SQLAlchemy Core throughout (rows, not ORM objects): read the candidate agents with
-        the count of active runs, then the ready tasks (``SKIP LOCKED``), score, take the slots
-        with conditional updates, insert the runs and move the tasks in one statement each.
-        Before all that, on PostgreSQL, one statement outside the transaction asks whether
-        any task is ready at all: the claim a finished run's freed slot triggers usually
-        finds none. (SQLite has no round trips to save, and its transactions begin with
-        ``BEGIN IMMEDIATE``.)
-        """
-        if self._postgres and not await self._any_ready(only_task):
-            return []
-        async with self._tx() as s:
-            conn = await s.connection()
-            if self._postgres:  # the global cap holds across replicas: one claim at a time
-                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK)))
-            now = utcnow()
-            agent_query = transitions.select_rows(Agent).add_columns(
-                select(func.count())
-                .select_from(TaskRun)
-                .where(TaskRun.status.in_(ACTIVE_RUNS))
-                .scalar_subquery()
-                .label("active_runs")
-            )
-            agent_query = agent_query.where(
-                Agent.status.in_(ONLINE_AGENTS),
-                Agent.draining.is_(False),
-                Agent.not_ready_reason.is_(None),
-                Agent.active_task_count < Agent.max_concurrent_tasks,
-                or_(Agent.cooldown_until.is_(None), Agent.cooldown_until <= now),
-            )
-            if only_agent is not None:
-                agent_query = agent_query.where(Agent.id == only_agent)
-            rows = (await conn.execute(agent_query)).all()
-            if not rows:
-                return []
-            # the active runs counted in the same statement (after the lock: every other
-            # claim has committed)
-            room = min(batch, max_active - rows[0].active_runs)
-            if room <= 0:
-                return []
-            agents = {
-                row.id: transitions.prefixed_snapshot(Agent, "", row, leave_out="active_runs")
-                for row in rows
-            }
-            # a manual assignment overrides the back-off (and a hold)
-            ready = _ready(now) if only_task is None else _QUEUED & (Task.id == only_task)
-            # a task that needs a runner no candidate offers is not read at all (in SQL, so
-            # a queue of such tasks neither costs rows nor blocks the tasks behind it)
-            offered = sorted({r for a in agents.values() for r in a.runners or ()})
-            runner_ok: ColumnElement[bool] = Task.required_runner.is_(None)
-            if offered:  # (no empty IN: a plain IS NULL when no candidate offers any)
-                runner_ok = or_(runner_ok, Task.required_runner.in_(offered))
-            tasks = await self._ready_tasks(
-                conn, ready & runner_ok, room * 4 if only_task is None else 1
-            )
-            chosen = _choose(tasks, agents, room, require_match=only_agent is None)
-            if not chosen:
-                return []
-            granted = await self._take_slots(conn, chosen)
-            chosen = [(task, agent) for task, agent in chosen if agent.id in granted]
-            if not chosen:
-                return []
-            runs = [transitions.new_run(task, agent.id, now) for task, agent in chosen]
-            ids = (
-                await conn.execute(
-                    insert(TaskRun).returning(TaskRun.id, sort_by_parameter_order=True),
-                    [transitions.values_of(run) for run in runs],
-                )
-            ).scalars()
-            for run, run_id in zip(runs, ids, strict=True):
-                run.id = run_id
-            claims = [
-                Claim(task=task, run=run, agent=agent)
-                for (task, agent), run in zip(chosen, runs, strict=True)
-            ]
-            await transitions.move_tasks(
-                s,
-                [
-                    transitions.Move(
-                        c.task,
-                        TaskStatus.ASSIGNED,
-                        "assigned",
-                        f"run {c.run.id} (attempt {c.run.attempt}) to {c.agent.id}",
-                        {"run_id": c.run.id, "agent_id": c.agent.id},
-                        run_id=c.run.id,
-                        fields={"attempts": c.task.attempts, "assigned_agent_id": c.agent.id},
-                    )
-                    for c in claims
-                ],
-                now,
-            )
-            return claims
-
-    async def _any_ready(self, only_task: int | None) -> bool:
-        """Whether a task is queued and past its back-off (or is ``only_task`` and queued),
-        whichever agent could take it: the claim decides that."""
-        async with self._statement() as (conn, _):
-            query = _ANY_READY if only_task is None else _TASK_QUEUED
-            params = {"now": utcnow()} if only_task is None else {"task": only_task}
-            return bool((await conn.execute(query, params)).scalar())
-
-    async def _ready_tasks(
-        self, conn: AsyncConnection, ready: ColumnElement[bool], limit: int
-    ) -> list[Task]:
-        """Up to ``limit`` ``ready`` tasks, most urgent first, then oldest: one read of
-        ``ix_tasks_claim`` (status, priority_rank DESC, created_at, id) in its own order,
-        which stops at the LIMIT however long the queue is."""
-        query = (
-            transitions.select_rows(Task)
-            .where(ready)
-            .order_by(Task.priority_rank.desc(), Task.created_at, Task.id)
-            .limit(limit)
-        )
-        if self._postgres:
-            query = query.with_for_update(skip_locked=True)
-        return [transitions.snapshot(Task, row) for row in await conn.execute(query)]
-
-    @staticmethod
-    async def _take_slots(conn: AsyncConnection, chosen: list[tuple[Task, Agent]]) -> set[str]:
-        """Take the agents' slots with conditional updates: another coordinator may have
-        taken some since they were read; tasks whose agent has no room left stay queued."""
-        taken: dict[str, int] = {}
-        agents: dict[str, Agent] = {}
-        for _, agent in chosen:
-            taken[agent.id] = taken.get(agent.id, 0) + 1
-            agents[agent.id] = agent
-        granted: set[str] = set()
-        for agent_id, n in sorted(taken.items()):  # one lock order across replicas
-            after = Agent.active_task_count + n
-            row = (
-                await conn.execute(
-                    update(Agent)
-                    .where(Agent.id == agent_id, after <= Agent.max_concurrent_tasks)
-                    .values(
-                        active_task_count=after,
-                        # candidates are online, so the status follows the new load
-                        status=case(
-                            (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
-                            else_=AgentStatus.BUSY.value,
-                        ),
-                    )
-                    .returning(Agent.active_task_count, Agent.status)
-                )
-            ).first()
-            if row is not None:
-                granted.add(agent_id)
-                agent = agents[agent_id]
-                agent.active_task_count, agent.status = row
-        return granted
+    # --- the agent's acceptance and reports -----------------------------------------
 
     @retry_conflicts
     async def mark_accepted(self, run_id: int) -> Task | None:
@@ -771,20 +575,6 @@ RUN_FIGURES = (
 )
 
 
-def _view(agent: Agent, extra: int = 0) -> scoring.AgentView:
-    return scoring.AgentView(
-        id=agent.id,
-        specialties=agent.specialties,
-        capabilities=agent.capabilities,
-        active=agent.active_task_count + extra,
-        capacity=agent.max_concurrent_tasks,
-        completed=agent.total_tasks_completed,
-        failed=agent.total_tasks_failed,
-        average_duration_seconds=agent.average_task_duration,
-        runners=agent.runners,
-    )
-
-
 @functools.cache
 def _confirm_statement() -> Select[Any]:
     """Stamp ``delivery_confirmed_at`` and ``last_seen_at`` of the ``running`` run ``run``
@@ -815,33 +605,6 @@ def _confirm_statement() -> Select[Any]:
     return select(
         *transitions.prefixed(run.c, "run_"), *transitions.prefixed(Task.__table__.c, "task_")
     ).join_from(run, Task.__table__, Task.id == run.c.task_id)
-
-
-def _choose(
-    tasks: list[Task], agents: dict[str, Agent], room: int, *, require_match: bool
-) -> list[tuple[Task, Agent]]:
-    """The best agent for each task in queue order, counting the slots taken so far."""
-    views = {a.id: _view(a) for a in agents.values()}
-    taken: dict[str, int] = {}
-    chosen: list[tuple[Task, Agent]] = []
-    for task in tasks:
-        if len(chosen) >= room:
-            break
-        best = scoring.pick(
-            list(views.values()),
-            task.requirements,
-            task.estimated_duration_minutes,
-            require_match=require_match,
-            preferences=task.preferences,
-            runner=task.required_runner,
-        )
-        if not best:
-            continue
-        pick = best[0]
-        chosen.append((task, agents[pick.id]))
-        taken[pick.id] = taken.get(pick.id, 0) + 1
-        views[pick.id] = _view(agents[pick.id], extra=taken[pick.id])
-    return chosen
 
 
 def _result_data(result: RunResult) -> dict[str, Any]:

@@ -14,7 +14,8 @@ snapshot (:func:`snapshot`, read with SQLAlchemy Core on the hot paths: claim, a
 finish): then the move is one ``UPDATE`` of the changed columns, guarded by the status it
 was read in, and several moves share one ``executemany``.
 
-On PostgreSQL the agent's acceptance is one statement (:func:`accept_statement`): the run's
+On PostgreSQL a claim's writes are one statement (:func:`assign_statement`), and the
+agent's acceptance is one statement (:func:`accept_statement`): the run's
 and the task's guarded ``UPDATE`` and the event's ``INSERT`` as data-modifying CTEs, checked
 against the tables when it is built, run on a connection outside a transaction.
 """
@@ -29,9 +30,12 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
+    BigInteger,
     ColumnElement,
     Float,
+    Integer,
     Select,
     String,
     Table,
@@ -53,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from claude_cluster.coordinator.store.tables import Agent, Base, Task, TaskEvent, TaskRun
 from claude_cluster.domain.states import (
     RUNNING_TASK_STATUSES,
+    AgentStatus,
     ErrorCategory,
     RunStatus,
     TaskStatus,
@@ -359,6 +364,18 @@ async def change_task(s: AsyncSession, task: Task, changes: dict[str, Any]) -> N
         await conn.execute(update(Task).where(Task.id == task.id).values(changes))
 
 
+#: the figures of a run that has just begun
+NEW_RUN_FIGURES: dict[str, float | int] = {
+    "cost_usd": 0.0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cache_read_tokens": 0,
+    "cache_creation_tokens": 0,
+    "num_turns": 0,
+    "fix_rounds": 0,
+}
+
+
 def new_run(task: Task, agent_id: str, now: datetime) -> TaskRun:
     """A run of ``task`` for ``agent_id``, being pushed (``dispatching``), attempt counted."""
     task.attempts += 1
@@ -371,13 +388,7 @@ def new_run(task: Task, agent_id: str, now: datetime) -> TaskRun:
         started_at=now,
         last_seen_at=now,
         branch=task.github_branch,
-        cost_usd=0.0,
-        input_tokens=0,
-        output_tokens=0,
-        cache_read_tokens=0,
-        cache_creation_tokens=0,
-        num_turns=0,
-        fix_rounds=0,
+        **NEW_RUN_FIGURES,
         changed_files=[],
     )
 
@@ -582,3 +593,114 @@ def accept_statement() -> Select[Any]:
         ).select_from(task.join(run, true())),
     )
     return select(task).add_cte(event.cte("accepted_event"))
+
+
+@functools.cache
+def assign_statement() -> Select[Any]:
+    """A claim's writes in one PostgreSQL statement, as data-modifying CTEs: each agent's
+    slots taken by a conditional ``UPDATE`` (an agent another replica filled since it was
+    read takes none), a ``dispatching`` run per pick whose agent had room, its task
+    ``queued`` → ``assigned`` and the ``assigned`` event. Returns a row per claimed task:
+    the run's and the task's columns (prefixed ``run_`` and ``task_``), the agent's new
+    ``agent_active`` and ``agent_status``, and ``runs_inserted`` (a check: every run's task
+    moved). Parameters: ``now`` and one array per column of the picks, in step:
+    ``task_ids``, ``agent_ids``, ``attempts``, ``kinds``, ``branches``."""
+    check_transition(TaskStatus.QUEUED, TaskStatus.ASSIGNED)
+    now = bindparam("now", type_=TaskRun.__table__.c.started_at.type)
+    picks = (
+        func.unnest(
+            bindparam("task_ids", type_=ARRAY(BigInteger)),
+            bindparam("agent_ids", type_=ARRAY(String)),
+            bindparam("attempts", type_=ARRAY(Integer)),
+            bindparam("kinds", type_=ARRAY(String)),
+            bindparam("branches", type_=ARRAY(String)),
+        )
+        .table_valued("task_id", "agent_id", "attempt", "kind", "branch")
+        .render_derived(name="pick")
+    )
+    pick = select(picks).cte("picks")
+    wanted = (
+        select(pick.c.agent_id, func.count().label("n")).group_by(pick.c.agent_id).cte("wanted")
+    )
+    after = Agent.active_task_count + wanted.c.n
+    slots = (
+        update(Agent)
+        .where(Agent.id == wanted.c.agent_id, after <= Agent.max_concurrent_tasks)
+        .values(
+            active_task_count=after,
+            # candidates are online, so the status follows the new load
+            status=case(
+                (after >= Agent.max_concurrent_tasks, AgentStatus.OVERLOADED.value),
+                else_=AgentStatus.BUSY.value,
+            ),
+        )
+        .returning(Agent.id, Agent.active_task_count, Agent.status)
+        .cte("slots")
+    )
+    run_columns = {
+        "task_id": pick.c.task_id,
+        "attempt": pick.c.attempt,
+        "agent_id": pick.c.agent_id,
+        "status": literal(RunStatus.DISPATCHING.value),
+        "kind": pick.c.kind,
+        "started_at": now,
+        "last_seen_at": now,
+        "branch": pick.c.branch,
+        **{key: literal(value) for key, value in NEW_RUN_FIGURES.items()},
+        "changed_files": literal([], JSON),
+    }
+    runs = (
+        insert(TaskRun)
+        .from_select(
+            list(run_columns),
+            select(*run_columns.values()).join_from(pick, slots, slots.c.id == pick.c.agent_id),
+            include_defaults=False,
+        )
+        .returning(*row_columns(TaskRun))
+        .cte("new_runs")
+    )
+    tasks = (
+        update(Task)
+        .where(Task.id == runs.c.task_id, Task.status == TaskStatus.QUEUED.value)
+        .values(
+            status=TaskStatus.ASSIGNED.value,
+            updated_at=now,
+            assigned_at=now,
+            attempts=runs.c.attempt,
+            assigned_agent_id=runs.c.agent_id,
+        )
+        .returning(*row_columns(Task))
+        .cte("assigned_tasks")
+    )
+    message = (
+        literal("run ")
+        + sql_cast(runs.c.id, String)
+        + literal(" (attempt ")
+        + sql_cast(runs.c.attempt, String)
+        + literal(") to ")
+        + runs.c.agent_id
+    )
+    events = insert(TaskEvent).from_select(
+        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+        select(
+            tasks.c.id,
+            runs.c.id,
+            now,
+            literal("assigned"),
+            literal("info"),
+            message,
+            func.json_build_object("run_id", runs.c.id, "agent_id", runs.c.agent_id),
+        ).join_from(runs, tasks, tasks.c.id == runs.c.task_id),
+    )
+    return (
+        select(
+            *prefixed(runs.c, "run_"),
+            *prefixed(tasks.c, "task_"),
+            slots.c.active_task_count.label("agent_active"),
+            slots.c.status.label("agent_status"),
+            select(func.count()).select_from(runs).scalar_subquery().label("runs_inserted"),
+        )
+        .join_from(runs, tasks, tasks.c.id == runs.c.task_id)
+        .join(slots, slots.c.id == runs.c.agent_id)
+        .add_cte(events.cte("assigned_events"))
+    )

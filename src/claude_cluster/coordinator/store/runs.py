@@ -1,11 +1,6 @@
-"""Runs: claiming ready tasks for the best agents, the agent's acceptance or a failed
-push, and what the agent reports (events, phases, the result), plus what runs cost.
-
-A task is claimed once: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
-SQLite, and a partial unique index on active runs behind both. An agent slot is taken by a
-conditional update, and a run is finished once. Claims take one advisory lock on
-PostgreSQL (SQLite's writers are serial anyway), so ``MAX_CONCURRENT_TASKS`` holds exactly
-across replicas.
+"""Runs after their claim (``claims.py``): the agent's acceptance or a failed push, and
+what the agent reports (events, phases, the delivery check, the result), plus what runs
+cost. A run is finished once: its end is guarded by the status it leaves.
 """
 
 from __future__ import annotations

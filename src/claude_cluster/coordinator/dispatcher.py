@@ -70,9 +70,14 @@ class Dispatcher:
         self._tokens = token_provider
         self._contracts = operator_contract
         self._wake = asyncio.Event()
+        #: a wake-up since the last pass came with a task known to be ready
+        self._task_ready = False
         self._pushes: set[asyncio.Task[None]] = set()
 
-    def wake(self) -> None:
+    def wake(self, *, task_ready: bool = False) -> None:
+        """Start a dispatch pass; ``task_ready``: the caller has just queued a task, so
+        the pass claims at once instead of first asking whether any task is ready."""
+        self._task_ready = self._task_ready or task_ready
         self._wake.set()
 
     def wake_later(self, delay: float) -> None:
@@ -85,8 +90,9 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._wake.clear()
+            probe, self._task_ready = not self._task_ready, False
             try:
-                await self.dispatch_once()
+                await self.dispatch_once(probe=probe)
             except Exception:  # keep dispatching whatever one pass hit
                 log.exception("dispatch_pass_failed")
                 await asyncio.sleep(min(1.0, self._sweep))
@@ -98,9 +104,11 @@ class Dispatcher:
             await asyncio.gather(*self._pushes, return_exceptions=True)
 
     async def dispatch_once(
-        self, *, only_task: int | None = None, only_agent: str | None = None
+        self, *, only_task: int | None = None, only_agent: str | None = None, probe: bool = True
     ) -> int:
-        """Claim and push until nothing more can be claimed; returns how many were claimed."""
+        """Claim and push until nothing more can be claimed; returns how many were claimed.
+        ``probe``: let the first claim ask whether any task is ready before its transaction
+        (the next ones follow a full batch, which says that more may be)."""
         total = 0
         while True:
             started = time.perf_counter()
@@ -109,7 +117,9 @@ class Dispatcher:
                 batch=CLAIM_BATCH,
                 only_task=only_task,
                 only_agent=only_agent,
+                probe=probe,
             )
+            probe = False
             metrics.CLAIM_DURATION.observe(time.perf_counter() - started)
             if not claims:
                 return total

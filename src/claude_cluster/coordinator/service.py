@@ -197,8 +197,8 @@ class Coordinator:
             # Without the bus, other replicas' wake-ups arrive with the sweep instead.
             log.warning("wake_listener_stopped", error=str(exc))
 
-    async def _wake_all(self) -> None:
-        self.dispatcher.wake()
+    async def _wake_all(self, *, task_ready: bool = False) -> None:
+        self.dispatcher.wake(task_ready=task_ready)
         await self.bus.publish(WAKE, {})
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -262,7 +262,7 @@ class Coordinator:
                 issue=task.github_issue_number,
                 priority=task.priority,
             )
-            await self._wake_all()
+            await self._wake_all(task_ready=True)
             await self._notify(TaskChange("created", task))
         return task, created
 

@@ -3,7 +3,7 @@
 A claim with nothing ready costs one statement on PostgreSQL (the probe before the claim's
 transaction: no BEGIN, no advisory lock); a ready task is still claimed, and a task in its
 back-off is not (unless assigned by hand). A claim's writes are one statement there
-(``claims.assign_statement``) and write what SQLite's steps write. A run's success writes
+(``transitions.assign_statement``) and write what SQLite's steps write. A run's success writes
 the same on both backends (PostgreSQL: ``transitions.succeed_statement``): the run's
 figures, the task's move and columns, the agent's slot and statistics, the event."""
 
@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, update
 
+from claude_cluster.coordinator.agent_client import AgentClient
+from claude_cluster.coordinator.dispatcher import Dispatcher
 from claude_cluster.coordinator.store import claims
 from claude_cluster.coordinator.store.common import utcnow
 from claude_cluster.coordinator.store.db import create_engine, sessionmaker
@@ -26,6 +28,7 @@ from claude_cluster.domain.retry import RetryPolicy
 from claude_cluster.domain.wire import RunResult
 from claude_cluster.errors import Forbidden
 from tests.support.store_rows import add_idle_agents, create_task
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -275,3 +278,45 @@ async def test_an_agent_filled_since_it_was_read_takes_no_task(
     async with repo._sessions() as s:
         assert (await s.execute(select(TaskRun))).first() is None
         assert (await s.get(Task, task.id)).status == "queued"
+
+
+async def test_a_pass_woken_by_a_new_task_claims_without_the_probe(
+    store: tuple[Repository, list[str]],
+) -> None:
+    """The service wakes the dispatcher with ``task_ready`` after queueing a task: the
+    pass's first claim goes straight to its transaction. Any other wake-up probes first."""
+    repo, sent = store
+    if not repo._postgres:
+        pytest.skip("SQLite claims have no probe")
+    client = AgentClient(timeout=1)  # a1 listens nowhere: the push fails, a1 cools down
+    dispatcher = Dispatcher(
+        repo,
+        client,
+        max_concurrent_tasks=10,
+        sweep_interval=60,
+        task_timeout=60,
+        cooldown_seconds=60,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.create_task(dispatcher.run(stop))
+
+    async def claimed() -> bool:
+        return any("new_runs" in statement for statement in sent)
+
+    try:
+        await create_task(repo, 1)
+        sent.clear()
+        dispatcher.wake(task_ready=True)
+        await eventually(claimed)
+        assert sent[0] == "BEGIN", sent[:3]
+        await dispatcher.settle()  # the failed push is handed back
+        await create_task(repo, 2)
+        sent.clear()
+        dispatcher.wake()
+        await eventually(lambda: asyncio.sleep(0, result=bool(sent)))
+        assert "EXISTS" in sent[0], sent[:3]
+    finally:
+        stop.set()
+        dispatcher.wake()
+        await loop
+        await client.close()

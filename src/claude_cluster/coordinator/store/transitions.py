@@ -31,6 +31,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     ARRAY,
+    CTE,
     JSON,
     BigInteger,
     ColumnElement,
@@ -45,6 +46,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal,
+    null,
     select,
     true,
     update,
@@ -253,18 +255,41 @@ def create_statement(keys: tuple[str, ...]) -> Select[Any]:
         .returning(*row_columns(Task))
         .cte("new_task")
     )
-    event = insert(TaskEvent).from_select(
-        ["task_id", "timestamp", "kind", "level", "message", "details"],
+    event = event_cte(
+        "created_event",
         select(
             task.c.id,
+            null(),
             task.c.created_at,
             literal("created"),
-            literal("info"),
             literal("queued with priority ") + task.c.priority,
             bindparam("details", type_=JSON),
         ),
     )
-    return select(task).add_cte(event.cte("created_event"))
+    return select(task).add_cte(event)
+
+
+def event_cte(name: str, rows: Select[Any]) -> CTE:
+    """The ``info`` events of a one-statement path, as a data-modifying CTE ``name``:
+    one per row of ``rows`` (task id, run id, timestamp, kind, message, details)."""
+    task_id, run_id, timestamp, kind, message, details = rows.selected_columns
+    return (
+        insert(TaskEvent)
+        .from_select(
+            ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+            rows.with_only_columns(
+                task_id,
+                run_id,
+                timestamp,
+                kind,
+                literal("info"),
+                message,
+                details,
+                maintain_column_froms=True,
+            ),
+        )
+        .cte(name)
+    )
 
 
 @dataclass
@@ -527,14 +552,13 @@ def succeed_statement(
         .returning(*row_columns(Task))
         .cte("succeeded_task")
     )
-    event = insert(TaskEvent).from_select(
-        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+    event = event_cte(
+        "succeeded_event",
         select(
             task.c.id,
             run.c.id,
             now,
             literal("run_succeeded"),
-            literal("info"),
             bindparam("event_message", type_=String()),
             bindparam("event_details", type_=JSON),
         ).select_from(task.join(run, true())),
@@ -546,7 +570,7 @@ def succeed_statement(
             before.c.status.label("previous"),
         )
         .select_from(run.join(task, true()).join(before, true()))
-        .add_cte(agent, event.cte("succeeded_event"))
+        .add_cte(agent, event)
     )
 
 
@@ -580,19 +604,13 @@ def accept_statement() -> Select[Any]:
     message = (
         literal("run ") + sql_cast(run.c.run_id, String) + literal(" accepted by ") + run.c.agent_id
     )
-    event = insert(TaskEvent).from_select(
-        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+    event = event_cte(
+        "accepted_event",
         select(
-            task.c.id,
-            run.c.run_id,
-            now,
-            literal("accepted"),
-            literal("info"),
-            message,
-            literal({}, JSON),
+            task.c.id, run.c.run_id, now, literal("accepted"), message, literal({}, JSON)
         ).select_from(task.join(run, true())),
     )
-    return select(task).add_cte(event.cte("accepted_event"))
+    return select(task).add_cte(event)
 
 
 @functools.cache
@@ -680,14 +698,13 @@ def assign_statement() -> Select[Any]:
         + literal(") to ")
         + runs.c.agent_id
     )
-    events = insert(TaskEvent).from_select(
-        ["task_id", "run_id", "timestamp", "kind", "level", "message", "details"],
+    events = event_cte(
+        "assigned_events",
         select(
             tasks.c.id,
             runs.c.id,
             now,
             literal("assigned"),
-            literal("info"),
             message,
             func.json_build_object("run_id", runs.c.id, "agent_id", runs.c.agent_id),
         ).join_from(runs, tasks, tasks.c.id == runs.c.task_id),
@@ -702,5 +719,5 @@ def assign_statement() -> Select[Any]:
         )
         .join_from(runs, tasks, tasks.c.id == runs.c.task_id)
         .join(slots, slots.c.id == runs.c.agent_id)
-        .add_cte(events.cte("assigned_events"))
+        .add_cte(events)
     )
